@@ -1,0 +1,32 @@
+"""The `tpvkit` command line: a thin Typer layer over library functions.
+
+Each command module parses and validates its options, then calls one library function that is
+just as usable from Python. Heavy imports (torch, the devkit) happen inside the commands so that
+`tpvkit --help` is instant and works without a GPU.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from tpvkit.cli import demo, eval as eval_cmd, export, predict, prepare, train, visualize
+
+app = typer.Typer(
+    name="tpvkit",
+    help="Train, evaluate and inspect camera-only 3D semantic occupancy models (TPVFormer).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(prepare.app, name="prepare")
+app.command("train")(train.train)
+app.command("eval")(eval_cmd.eval_)
+app.command("predict")(predict.predict)
+app.command("export")(export.export)
+app.command("visualize")(visualize.visualize)
+app.command("demo")(demo.demo)
+
+
+@app.callback()
+def _main() -> None:
+    """tpvkit: TPVFormer in pure PyTorch. Run `tpvkit COMMAND --help` for a command's options."""

@@ -1,0 +1,39 @@
+"""`tpvkit prepare`: write the synthetic dataroot, or build info files from a nuScenes dataroot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from tpvkit.cli._common import user_errors
+
+app = typer.Typer(help="Prepare data: a synthetic nuScenes-format set, or info files from nuScenes.",
+                  no_args_is_help=True)
+
+
+@app.command("synthetic")
+def synthetic(
+    out: Path = typer.Option(..., "--out", help="Folder for the dataroot (created)."),
+    scenes: int = typer.Option(10, "--scenes", help="Number of scenes (real v1.0-mini names)."),
+    samples_per_scene: int = typer.Option(4, "--samples-per-scene", help="Key frames per scene."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the output is deterministic per seed."),
+) -> None:
+    """Generate a learnable synthetic street world in the nuScenes layout, plus its info files."""
+    with user_errors():
+        from tpvkit.data.synthetic import generate_synthetic
+
+        generate_synthetic(out, scenes=scenes, samples_per_scene=samples_per_scene, seed=seed)
+
+
+@app.command("nuscenes")
+def nuscenes(
+    dataroot: Path = typer.Option(..., "--dataroot", help="nuScenes dataroot."),
+    version: str = typer.Option(..., "--version", help="v1.0-mini | v1.0-trainval | v1.0-test"),
+    out: Path = typer.Option(..., "--out", help="Folder for the info files (one per split)."),
+) -> None:
+    """Build tpvkit info files (JSON) for every split of a nuScenes version with the devkit."""
+    with user_errors():
+        from tpvkit.data.infos import prepare_nuscenes_infos
+
+        prepare_nuscenes_infos(dataroot, version, out)

@@ -1,0 +1,22 @@
+"""`tpvkit train CONFIG --work-dir W`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from tpvkit.cli._common import load_cli_config, user_errors
+
+
+def train(
+    config: str = typer.Argument(..., help="YAML file or shipped config name (e.g. tpv_tiny)."),
+    work_dir: Path = typer.Option(..., "--work-dir", help="Checkpoints, logs and TensorBoard."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
+    set_: list[str] = typer.Option(None, "--set", help="Override: dotted.key=value (repeatable)."),
+) -> None:
+    """Train a model (CPU, one GPU, or many through torchrun)."""
+    with user_errors():
+        from tpvkit.engine.train import train as run_train
+
+        run_train(load_cli_config(config, set_), work_dir, resume=resume)

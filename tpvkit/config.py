@@ -1,0 +1,387 @@
+"""Typed configuration: dataclasses with real defaults, YAML files that state what differs, and
+dotted command-line overrides.
+
+The defaults are the public lidarseg Base model (TPV 200x200x16, C=128, ResNet-101-DCN) and its
+training recipe. A YAML file in configs/ may name a `_base_` config (another shipped name or a
+path) and then lists only the keys that differ. Unknown keys are errors that name the nearest
+valid key.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tpvkit.errors import TpvkitError
+from tpvkit.constants import IMG_MEAN_BGR, IMG_STD, NUM_CLASSES, POINT_CLOUD_RANGE
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+PACKAGED_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+class ConfigError(TpvkitError, ValueError):
+    """A config file or override that cannot be applied; the message says what to change."""
+
+
+@dataclass
+class BackboneConfig:
+    depth: int = 101  # 18 | 34 | 50 | 101
+    style: str = "caffe"  # "caffe": stride on the 1x1 conv; "pytorch": stride on the 3x3 conv
+    base_channels: int = 64  # width of the stem; < 64 gives the slim backbones of the tiny configs
+    frozen_stages: int = 1  # -1: none; 0: stem; k: stem and stages 1..k
+    norm_eval: bool = True  # BatchNorm frozen: running stats and affine parameters fixed
+    dcn_stages: list[bool] = field(default_factory=lambda: [False, False, True, True])
+    out_indices: list[int] = field(default_factory=lambda: [1, 2, 3])  # C3, C4, C5
+
+
+@dataclass
+class NeckConfig:
+    num_outs: int = 4  # FPN levels; the last one is an extra stride-2 conv on the top output
+
+
+@dataclass
+class EncoderConfig:
+    num_hcab: int = 3  # hybrid cross-attention blocks (CVHA + image cross-attention + FFN)
+    num_hab: int = 2  # hybrid attention blocks (CVHA + FFN)
+    num_heads: int = 8
+    ffn_dim: int = 256
+    dropout: float = 0.1
+    num_points_in_pillar: list[int] = field(default_factory=lambda: [4, 32, 32])  # hw, zh, wz
+    num_points_ica: list[int] = field(default_factory=lambda: [8, 64, 64])  # hw, zh, wz
+    cvha_num_anchors: int = 16
+    cvha_num_points: int = 32
+    cvha_mode: str = "full"  # "full": cross-view hybrid attention; "hw_self": occupancy release
+    pos_dims: list[int] = field(default_factory=lambda: [48, 48, 32])  # h, w, z
+    num_cams: int = 6
+    num_levels: int = 4
+    msda_backend: str = "auto"  # see tpvkit.ops.msda.available_backends()
+
+
+@dataclass
+class HeadConfig:
+    scale_h: int = 1  # plane upsampling factors before decoding
+    scale_w: int = 1
+    scale_z: int = 1
+    voxel_chunk: int = 65536  # voxels decoded per chunk
+    # "center": a point samples the planes at its continuous position (tpvkit's convention);
+    # "tpvformer": sample at the integer voxel index with align_corners=False, as the public code.
+    point_sampling: str = "center"
+
+
+@dataclass
+class ModelConfig:
+    mode: str = "tpv"  # "tpv": three planes; "bev": the top plane only (BEV baseline)
+    dim: int = 128
+    tpv_h: int = 200
+    tpv_w: int = 200
+    tpv_z: int = 16
+    num_classes: int = NUM_CLASSES
+    point_cloud_range: list[float] = field(default_factory=lambda: list(POINT_CLOUD_RANGE))
+    checkpoint_activations: bool = False
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    neck: NeckConfig = field(default_factory=NeckConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+
+
+@dataclass
+class DataConfig:
+    train_infos: str = "data/nuscenes_infos_train.json"
+    val_infos: str = "data/nuscenes_infos_val.json"
+    dataroot: str = ""  # "" = the dataroot recorded in the info file
+    img_size: list[int] = field(default_factory=lambda: [900, 1600])  # resize target (H, W)
+    size_divisor: int = 32
+    img_mean: list[float] = field(default_factory=lambda: list(IMG_MEAN_BGR))
+    img_std: list[float] = field(default_factory=lambda: list(IMG_STD))
+    to_rgb: bool = False  # False: BGR channel order (caffe backbones)
+    photometric_aug: bool = True
+    grid_mask: bool = True
+    grid_mask_prob: float = 0.7
+    # "exact": voxel size = range / grid; "tpvformer": range / (grid - 1), the public code's rule
+    voxel_convention: str = "exact"
+    batch_size: int = 1
+    num_workers: int = 2
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-4
+    weight_decay: float = 0.01
+    backbone_lr_mult: float = 0.1
+    grad_clip: float = 35.0
+    warmup_iters: int = 500
+    warmup_start_lr: float = 1e-5
+    min_lr: float = 1e-6
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 24
+    max_iters: int = 0  # > 0 caps the run (and sets the schedule length)
+    max_minutes: float = 0.0  # > 0 stops after this wall-clock budget, with a checkpoint
+    seed: int = 0
+    device: str = "auto"  # "auto" | "cpu" | "cuda"
+    amp: str = "none"  # "none" | "bf16" | "fp16" (GPU only)
+    lovasz_weight: float = 1.0
+    ce_weight: float = 1.0
+    log_interval: int = 10
+    val_interval: int = 0  # iterations between validations; 0 = at the end of every epoch
+    ckpt_interval: int = 0  # iterations between checkpoints; 0 = at the end of every epoch
+    keep_checkpoints: int = 2
+
+
+@dataclass
+class EvalConfig:
+    split: str = "val"
+    batch_size: int = 1
+    voxel_metrics: bool = True  # also score the voxel-lookup predictions
+
+
+@dataclass
+class Config:
+    name: str = "tpv_lidarseg_base"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading, merging, overriding
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _nearest(key: str, choices: list[str]) -> str:
+    match = difflib.get_close_matches(key, choices, n=1, cutoff=0.0)
+    return match[0] if match else ""
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against the annotated type `tp`, converting where it is lossless."""
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: {value!r} does not fit {tp}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _merge(obj: Any, data: dict[str, Any], prefix: str) -> None:
+    """Apply a nested dict onto the dataclass instance `obj` in place, checking every key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    types_ = _field_types(type(obj))
+    for key, value in data.items():
+        where = f"{prefix}{key}"
+        if key not in types_:
+            near = _nearest(key, list(types_))
+            hint = f" (did you mean '{prefix}{near}'?)" if near else ""
+            raise ConfigError(f"unknown config key '{where}'{hint}")
+        tp = types_[key]
+        if dataclasses.is_dataclass(tp):
+            _merge(getattr(obj, key), value, where + ".")
+        else:
+            setattr(obj, key, _coerce(value, tp, where))
+
+
+def all_keys(cfg: Any | None = None, prefix: str = "") -> list[str]:
+    """Every dotted key of the config tree, for help texts and error messages."""
+    cfg = Config() if cfg is None else cfg
+    keys = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            keys.extend(all_keys(value, f"{prefix}{f.name}."))
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def shipped_configs() -> dict[str, Path]:
+    """Names of the configs shipped with tpvkit -> their YAML files."""
+    found: dict[str, Path] = {}
+    for folder in (PACKAGED_CONFIG_DIR, CONFIG_DIR):
+        if folder.is_dir():
+            for path in sorted(folder.glob("*.yaml")):
+                found.setdefault(path.stem, path)
+    return found
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        return path
+    shipped = shipped_configs()
+    if str(name_or_path) in shipped:
+        return shipped[str(name_or_path)]
+    near = _nearest(str(name_or_path), list(shipped))
+    raise ConfigError(
+        f"no config named '{name_or_path}': give a YAML path or one of {', '.join(shipped)}"
+        + (f" (did you mean '{near}'?)" if near else "")
+    )
+
+
+def _load_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[dict[str, Any]]:
+    """The YAML mappings from the root `_base_` down to `path`, in merge order."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"config {path} includes itself through _base_")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config {path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a mapping of keys to values")
+    base = data.pop("_base_", None)
+    chain: list[dict[str, Any]] = []
+    if base is not None:
+        base_path = Path(base)
+        if not base_path.is_absolute() and (path.parent / base_path).is_file():
+            base_path = path.parent / base_path
+        else:
+            base_path = resolve_config_path(str(base))
+        chain = _load_yaml_chain(base_path, (*seen, path))
+    return [*chain, data]
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'model.encoder.num_hcab=2' -> ('model.encoder.num_hcab', 2); values are parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key=value (e.g. train.max_iters=100)")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override '{text}': the value is not valid YAML: {err}") from err
+    return key.strip(), value
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Config:
+    """Apply dotted overrides to a copy of `cfg`."""
+    cfg = copy.deepcopy(cfg)
+    items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides)
+    for key, value in items:
+        nested: dict[str, Any] = {}
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+        _merge(cfg, nested, "")
+    validate(cfg)
+    return cfg
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    cfg = Config()
+    _merge(cfg, data, "")
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def load_config(name_or_path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Build a Config from defaults, a YAML file (or shipped name) and dotted overrides."""
+    cfg = Config()
+    if name_or_path is not None:
+        path = resolve_config_path(name_or_path)
+        for data in _load_yaml_chain(path):
+            _merge(cfg, data, "")
+        if "name" not in _load_yaml_chain(path)[-1]:
+            cfg.name = path.stem
+    if overrides:
+        cfg = apply_overrides(cfg, overrides)
+    validate(cfg)
+    return cfg
+
+
+def _choice(value: str, choices: tuple[str, ...], key: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}: '{value}' is not one of {', '.join(choices)}")
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that a type annotation cannot express."""
+    m = cfg.model
+    _choice(m.mode, ("tpv", "bev"), "model.mode")
+    _choice(m.backbone.style, ("caffe", "pytorch"), "model.backbone.style")
+    _choice(m.encoder.cvha_mode, ("full", "hw_self"), "model.encoder.cvha_mode")
+    _choice(m.head.point_sampling, ("center", "tpvformer"), "model.head.point_sampling")
+    _choice(cfg.data.voxel_convention, ("exact", "tpvformer"), "data.voxel_convention")
+    _choice(cfg.train.amp, ("none", "bf16", "fp16"), "train.amp")
+    _choice(cfg.train.device, ("auto", "cpu", "cuda"), "train.device")
+    if m.backbone.depth not in (18, 34, 50, 101):
+        raise ConfigError(f"model.backbone.depth: {m.backbone.depth} is not one of 18, 34, 50, 101")
+    if len(m.backbone.dcn_stages) != 4:
+        raise ConfigError("model.backbone.dcn_stages: give one true/false per stage (4 values)")
+    if m.dim % m.encoder.num_heads:
+        raise ConfigError(
+            f"model.dim ({m.dim}) must be divisible by model.encoder.num_heads ({m.encoder.num_heads})"
+        )
+    if m.mode == "tpv" and m.encoder.cvha_mode == "full" and sum(m.encoder.pos_dims) != m.dim:
+        raise ConfigError(
+            f"model.encoder.pos_dims {m.encoder.pos_dims} must add up to model.dim ({m.dim})"
+        )
+    if len(m.point_cloud_range) != 6:
+        raise ConfigError("model.point_cloud_range: give 6 numbers (x/y/z min, then x/y/z max)")
+    for name in ("num_points_in_pillar", "num_points_ica", "pos_dims"):
+        if len(getattr(m.encoder, name)) != 3:
+            raise ConfigError(f"model.encoder.{name}: give 3 values (hw, zh, wz)")
+    if len(cfg.data.img_size) != 2:
+        raise ConfigError("data.img_size: give [height, width]")
+    if m.encoder.num_levels != m.neck.num_outs:
+        raise ConfigError(
+            f"model.encoder.num_levels ({m.encoder.num_levels}) must equal "
+            f"model.neck.num_outs ({m.neck.num_outs})"
+        )

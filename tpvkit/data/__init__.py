@@ -1,0 +1,1 @@
+"""Data: nuScenes and synthetic dataroots, info files and the torch Dataset."""

@@ -1,0 +1,1 @@
+"""Engine: training, evaluation, checkpoints and distributed set-up."""

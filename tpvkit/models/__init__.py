@@ -1,0 +1,1 @@
+"""Models: backbone, FPN neck, TPV encoder, aggregator/head and losses."""

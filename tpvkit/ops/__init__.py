@@ -1,0 +1,1 @@
+"""Ops: multi-scale deformable attention backends and modulated deformable convolution."""

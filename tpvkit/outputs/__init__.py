@@ -1,0 +1,1 @@
+"""Outputs: metrics, predictions, PLY export and rendered pictures."""
