@@ -22,10 +22,11 @@ def eval_(
 ) -> None:
     """nuScenes LiDAR-segmentation evaluation (devkit-exact mIoU), points and voxels."""
     with user_errors():
+        cfg = load_cli_config(config, set_)
         from tpvkit.engine.evaluate import evaluate
 
         evaluate(
-            load_cli_config(config, set_),
+            cfg,
             checkpoint,
             infos,
             split=split,

@@ -19,7 +19,8 @@ def predict(
 ) -> None:
     """Predict semantic voxels (and point labels) per sample into compressed .npz files."""
     with user_errors():
+        cfg = load_cli_config(config, set_)
         from tpvkit.outputs.predict import predict as run_predict
 
         token_list = [t for t in tokens.split(",") if t] if tokens else None
-        run_predict(load_cli_config(config, set_), checkpoint, infos, out, tokens=token_list)
+        run_predict(cfg, checkpoint, infos, out, tokens=token_list)

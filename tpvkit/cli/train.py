@@ -17,6 +17,7 @@ def train(
 ) -> None:
     """Train a model (CPU, one GPU, or many through torchrun)."""
     with user_errors():
+        cfg = load_cli_config(config, set_)
         from tpvkit.engine.train import train as run_train
 
-        run_train(load_cli_config(config, set_), work_dir, resume=resume)
+        run_train(cfg, work_dir, resume=resume)
