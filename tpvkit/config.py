@@ -20,8 +20,8 @@ from typing import Any
 
 import yaml
 
-from tpvkit.errors import TpvkitError
 from tpvkit.constants import IMG_MEAN_BGR, IMG_STD, NUM_CLASSES, POINT_CLOUD_RANGE
+from tpvkit.errors import TpvkitError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 PACKAGED_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -331,7 +331,9 @@ def to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def load_config(name_or_path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+def load_config(
+    name_or_path: str | Path | None = None, overrides: list[str] | None = None
+) -> Config:
     """Build a Config from defaults, a YAML file (or shipped name) and dotted overrides."""
     cfg = Config()
     if name_or_path is not None:
@@ -367,7 +369,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("model.backbone.dcn_stages: give one true/false per stage (4 values)")
     if m.dim % m.encoder.num_heads:
         raise ConfigError(
-            f"model.dim ({m.dim}) must be divisible by model.encoder.num_heads ({m.encoder.num_heads})"
+            f"model.dim ({m.dim}) must be divisible by "
+            f"model.encoder.num_heads ({m.encoder.num_heads})"
         )
     if m.mode == "tpv" and m.encoder.cvha_mode == "full" and sum(m.encoder.pos_dims) != m.dim:
         raise ConfigError(

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import typer
 
-from tpvkit.cli import demo, eval as eval_cmd, export, predict, prepare, train, visualize
+from tpvkit.cli import demo, export, predict, prepare, train, visualize
+from tpvkit.cli import eval as eval_cmd
 
 app = typer.Typer(
     name="tpvkit",

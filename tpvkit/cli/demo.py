@@ -10,7 +10,9 @@ from tpvkit.cli._common import user_errors
 
 
 def demo(
-    work_dir: Path = typer.Option(Path("work_dirs/demo"), "--work-dir", help="Where everything goes."),
+    work_dir: Path = typer.Option(
+        Path("work_dirs/demo"), "--work-dir", help="Where everything goes."
+    ),
 ) -> None:
     """Synthetic data -> info files -> train tpv_tiny on CPU -> eval -> predict, export, render."""
     with user_errors():

@@ -14,7 +14,9 @@ def eval_(
     checkpoint: Path = typer.Argument(..., help="Checkpoint (.pth) to evaluate."),
     infos: Path = typer.Option(..., "--infos", help="Info file of the split to evaluate."),
     split: str = typer.Option(None, "--split", help="Split name (default: the info file's)."),
-    out: Path = typer.Option(None, "--out", help="Folder for metrics.json (default: beside the checkpoint)."),
+    out: Path = typer.Option(
+        None, "--out", help="Folder for metrics.json (default: beside the checkpoint)."
+    ),
     save_predictions: Path = typer.Option(
         None, "--save-predictions", help="Write the official lidarseg submission layout here."
     ),

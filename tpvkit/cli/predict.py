@@ -14,7 +14,9 @@ def predict(
     checkpoint: Path = typer.Argument(..., help="Checkpoint (.pth)."),
     infos: Path = typer.Option(..., "--infos", help="Info file whose samples to predict."),
     out: Path = typer.Option(..., "--out", help="Folder for one .npz per sample."),
-    tokens: str = typer.Option(None, "--tokens", help="Comma-separated sample tokens (default: all)."),
+    tokens: str = typer.Option(
+        None, "--tokens", help="Comma-separated sample tokens (default: all)."
+    ),
     set_: list[str] = typer.Option(None, "--set", help="Override: dotted.key=value (repeatable)."),
 ) -> None:
     """Predict semantic voxels (and point labels) per sample into compressed .npz files."""

@@ -8,8 +8,10 @@ import typer
 
 from tpvkit.cli._common import user_errors
 
-app = typer.Typer(help="Prepare data: a synthetic nuScenes-format set, or info files from nuScenes.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Prepare data: a synthetic nuScenes-format set, or info files from nuScenes.",
+    no_args_is_help=True,
+)
 
 
 @app.command("synthetic")
@@ -17,7 +19,9 @@ def synthetic(
     out: Path = typer.Option(..., "--out", help="Folder for the dataroot (created)."),
     scenes: int = typer.Option(10, "--scenes", help="Number of scenes (real v1.0-mini names)."),
     samples_per_scene: int = typer.Option(4, "--samples-per-scene", help="Key frames per scene."),
-    seed: int = typer.Option(0, "--seed", help="Random seed; the output is deterministic per seed."),
+    seed: int = typer.Option(
+        0, "--seed", help="Random seed; the output is deterministic per seed."
+    ),
 ) -> None:
     """Generate a learnable synthetic street world in the nuScenes layout, plus its info files."""
     with user_errors():
