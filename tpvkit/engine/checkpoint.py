@@ -1,0 +1,446 @@
+"""Checkpoint files: atomic saves, safe (weights_only) loads, exact-resume state, weight loading.
+
+A tpvkit checkpoint is a plain dict that `torch.load(path, weights_only=True)` can read: tensors,
+dicts, lists, numbers and strings only. RNG states are stored as tensors and lists, the config as
+the plain dict of `tpvkit.config.to_dict`. Files are written through `tpvkit.utils.io.atomic_path`
+so that a crash at any moment leaves the previous checkpoint intact.
+
+`load_model_weights` is what eval and predict call: it accepts a tpvkit checkpoint, a bare state
+dict, or a public TPVFormer checkpoint (mapped with `public_to_tpvkit`), and refuses one that does
+not fit the config with a message naming what differs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import tpvkit
+from tpvkit.config import Config, to_dict
+from tpvkit.errors import TpvkitError
+
+CHECKPOINT_FORMAT = "tpvkit-checkpoint"
+CHECKPOINT_FORMAT_VERSION = 1
+LATEST_NAME = "latest.pth"
+_ITER_PATTERN = re.compile(r"^iter_(\d+)\.pth$")
+
+# Top-level prefixes of the public TPVFormer code's state dicts (current and pre-2023 names).
+PUBLIC_PREFIXES = (
+    "img_backbone.",
+    "img_neck.",
+    "tpv_head.",
+    "tpv_aggregator.",
+    "pts_bbox_head.",
+    "fusion_head.",
+)
+
+# Model config keys that change neither the parameters nor what they mean: a checkpoint may be
+# loaded under a different value (e.g. evaluate with another MSDA backend or chunk size).
+RUNTIME_MODEL_KEYS = frozenset(
+    {
+        "model.checkpoint_activations",
+        "model.encoder.dropout",
+        "model.encoder.msda_backend",
+        "model.head.voxel_chunk",
+        "model.backbone.frozen_stages",
+        "model.backbone.norm_eval",
+    }
+)
+
+_MAX_LISTED = 5  # names listed in a mismatch message before "... and N more"
+
+
+class CheckpointError(TpvkitError):
+    """A checkpoint that is missing, unreadable or does not fit the model/config."""
+
+
+# ---------------------------------------------------------------------------------------------
+# File names and rotation
+
+
+def iter_checkpoint_name(iteration: int) -> str:
+    return f"iter_{iteration:06d}.pth"
+
+
+def list_iter_checkpoints(work_dir: str | Path) -> list[tuple[int, Path]]:
+    """(iteration, path) of every iter_*.pth in `work_dir`, oldest first."""
+    work_dir = Path(work_dir)
+    if not work_dir.is_dir():
+        return []
+    found = []
+    for path in work_dir.iterdir():
+        match = _ITER_PATTERN.match(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def find_resume_checkpoint(work_dir: str | Path) -> Path | None:
+    """latest.pth if present, else the newest iter_*.pth, else None."""
+    work_dir = Path(work_dir)
+    latest = work_dir / LATEST_NAME
+    if latest.is_file():
+        return latest
+    iters = list_iter_checkpoints(work_dir)
+    return iters[-1][1] if iters else None
+
+
+def rotate_checkpoints(work_dir: str | Path, keep: int) -> list[Path]:
+    """Delete all but the `keep` newest iter_*.pth files (keep <= 0: keep all); return removed.
+
+    latest.pth is a separate directory entry (a hard link or copy), so it survives rotation.
+    """
+    if keep <= 0:
+        return []
+    removed = []
+    for _, path in list_iter_checkpoints(work_dir)[:-keep]:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+# ---------------------------------------------------------------------------------------------
+# RNG states as weights_only-loadable values
+
+
+def capture_rng_state(cuda_device: torch.device | None = None) -> dict[str, Any]:
+    """Python, NumPy, torch CPU (and CUDA when `cuda_device` is given) RNG states."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_name, np_key, np_pos, np_has_gauss, np_cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {
+            "version": int(py_version),
+            "state": torch.tensor(py_state, dtype=torch.int64),  # 625 words < 2**32
+            "gauss_next": py_gauss,
+        },
+        "numpy": {
+            "name": str(np_name),
+            "key": torch.from_numpy(np.asarray(np_key, dtype=np.int64)),  # 624 uint32 words
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "cached_gaussian": float(np_cached),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": None,
+    }
+    if cuda_device is not None and cuda_device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(cuda_device)
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any], cuda_device: torch.device | None = None) -> None:
+    """Inverse of `capture_rng_state`."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss_next"]))
+    npy = state["numpy"]
+    np.random.set_state(
+        (
+            npy["name"],
+            npy["key"].numpy().astype(np.uint32),
+            npy["pos"],
+            npy["has_gauss"],
+            npy["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(state["torch"])
+    if cuda_device is not None and cuda_device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], cuda_device)
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving and loading files
+
+
+def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
+    """torch.save `state` to `path` atomically (temp file + rename)."""
+    # Local import keeps a circular import impossible if utils ever grows engine helpers.
+    from tpvkit.utils.io import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(dict(state), tmp)
+    return path
+
+
+def link_or_copy_atomic(src: str | Path, dst: str | Path) -> Path:
+    """Make `dst` a hard link to `src` (a copy where links are unsupported), replaced atomically.
+
+    A hard link costs no disk space and no write time for a large checkpoint; the rename makes
+    the switch from the previous `dst` instantaneous.
+    """
+    src, dst = Path(src), Path(dst)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        tmp_path.unlink()
+        try:
+            os.link(src, tmp_path)
+        except OSError:
+            shutil.copyfile(src, tmp_path)
+        os.replace(tmp_path, dst)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+    return dst
+
+
+def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """torch.load with weights_only=True; clear errors for a missing or unsafe/corrupt file."""
+    path = Path(path)
+    if not path.is_file():
+        hint = ""
+        if path.is_dir():
+            found = find_resume_checkpoint(path)
+            hint = f" (it is a directory; did you mean {found}?)" if found else " (a directory)"
+        raise CheckpointError(f"checkpoint not found: {path}{hint}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+        text = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if "weights_only" in str(err) or "Unsupported global" in str(err):
+            raise CheckpointError(
+                f"checkpoint {path} holds Python objects that a safe load refuses ({text}). "
+                "If you trust the file, re-save its state dict: "
+                "torch.save(torch.load(p, weights_only=False)['state_dict'], 'clean.pth')"
+            ) from err
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({text}); is it complete?"
+        ) from err
+
+
+def is_tpvkit_checkpoint(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT
+
+
+def build_checkpoint(
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    scheduler: Any | None,
+    scaler: Any | None,
+    cfg: Config,
+    epoch: int,
+    iteration: int,
+    iter_in_epoch: int,
+    rng: Any,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The dict written for one training step: everything `--resume` needs, weights_only-safe.
+
+    `epoch`/`iter_in_epoch` name the next batch to run: (epoch, 0) after a finished epoch.
+    `rng` is one capture_rng_state() dict, or a list of them (one per rank) under DDP.
+    """
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "tpvkit_version": tpvkit.__version__,
+        "torch_version": str(torch.__version__),
+        "config": to_dict(cfg),
+        "model": unwrap_model(model).state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "epoch": int(epoch),
+        "iteration": int(iteration),
+        "iter_in_epoch": int(iter_in_epoch),
+        "rng": rng,
+        "extra": dict(extra or {}),
+    }
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The bare model inside DistributedDataParallel / DataParallel wrappers."""
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Config comparison
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return float(a) == float(b)
+    return a == b
+
+
+def config_differences(
+    stored: Mapping[str, Any], cfg: Config, section: str = "model"
+) -> list[tuple[str, Any, Any]]:
+    """(key, checkpoint value, config value) for every `section` key that differs.
+
+    Runtime-only model keys (RUNTIME_MODEL_KEYS) are not compared. A key the stored config lacks
+    (a checkpoint from an older tpvkit) is compared against the default, which is what that
+    version used.
+    """
+    current = _flatten(to_dict(cfg))
+    defaults = _flatten(to_dict(Config()))
+    saved = _flatten(stored)
+    prefix = f"{section}."
+    diffs = []
+    for key, value in current.items():
+        if not key.startswith(prefix) or key in RUNTIME_MODEL_KEYS:
+            continue
+        old = saved.get(key, defaults.get(key))
+        if not _same(old, value):
+            diffs.append((key, old, value))
+    return diffs
+
+
+def format_config_differences(diffs: list[tuple[str, Any, Any]]) -> str:
+    return "; ".join(f"{key} {old!r} (checkpoint) vs {new!r} (config)" for key, old, new in diffs)
+
+
+def config_from_checkpoint(path: str | Path) -> Config:
+    """The config stored in a tpvkit checkpoint (e.g. to evaluate it without its YAML file)."""
+    from tpvkit.config import from_dict
+
+    ckpt = load_checkpoint_file(path)
+    if not is_tpvkit_checkpoint(ckpt):
+        raise CheckpointError(f"{path} is not a tpvkit checkpoint: it stores no config")
+    return from_dict(ckpt["config"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Model weights for eval / predict
+
+
+def _strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in state.items()}
+
+
+def _extract_state_dict(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], Any]:
+    """(state dict, stored config dict or None) of a tpvkit / public / bare checkpoint."""
+    if is_tpvkit_checkpoint(obj):
+        return dict(obj["model"]), obj.get("config")
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model"):  # the public code and common trainers nest it
+            inner = obj.get(key)
+            if (
+                isinstance(inner, Mapping)
+                and inner
+                and all(isinstance(v, torch.Tensor) for v in inner.values())
+            ):
+                return dict(inner), None
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return dict(obj), None
+    raise CheckpointError(
+        f"{path} holds no model weights: expected a tpvkit checkpoint, a TPVFormer checkpoint "
+        "with 'state_dict', or a plain state dict"
+    )
+
+
+def _is_public_layout(state: Mapping[str, torch.Tensor], model_keys: set[str]) -> bool:
+    own = sum(k in model_keys for k in state)
+    public = sum(k.startswith(PUBLIC_PREFIXES) for k in state)
+    return public > own
+
+
+def _listing(names: list[str]) -> str:
+    shown = ", ".join(names[:_MAX_LISTED])
+    return shown + (f" ... and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else "")
+
+
+def state_dict_mismatches(
+    model: nn.Module, state: Mapping[str, torch.Tensor]
+) -> tuple[list[str], list[str], list[str]]:
+    """(missing, unexpected, 'name: ckpt shape vs model shape') between a model and a state."""
+    own = unwrap_model(model).state_dict()
+    missing = sorted(k for k in own if k not in state)
+    unexpected = sorted(k for k in state if k not in own)
+    shapes = sorted(
+        f"{k}: {tuple(state[k].shape)} (checkpoint) vs {tuple(own[k].shape)} (model)"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    )
+    return missing, unexpected, shapes
+
+
+def load_model_weights(
+    model: nn.Module, path: str | Path, cfg: Config, *, check_config: bool = True
+) -> dict[str, Any]:
+    """Load weights from `path` into `model` (built from `cfg.model`); refuse any mismatch.
+
+    Accepts a tpvkit checkpoint (its stored model config must equal `cfg.model` apart from
+    runtime-only keys), a bare tpvkit state dict, or a public TPVFormer checkpoint (detected by
+    its key prefixes, mapped with `tpvkit.models.checkpoint_keys.public_to_tpvkit`). A "module."
+    prefix from DDP saving is stripped. Every parameter must match by name and shape.
+
+    Returns {"source": "tpvkit" | "state_dict" | "public", "iteration", "epoch",
+    "tpvkit_version"} (the last three None when the file does not record them).
+    """
+    path = Path(path)
+    obj = load_checkpoint_file(path)
+    state, stored_cfg = _extract_state_dict(obj, path)
+    if check_config and stored_cfg is not None:
+        diffs = config_differences(stored_cfg, cfg)
+        if diffs:
+            overrides = " ".join(f"--set {k}={_yaml_value(old)}" for k, old, _ in diffs)
+            raise CheckpointError(
+                f"checkpoint {path} was trained with a different model config: "
+                f"{format_config_differences(diffs)}. Use the config it was trained with "
+                f"(or add: {overrides})"
+            )
+    state = _strip_prefix(state, "module.")
+    target = unwrap_model(model)
+    source = "tpvkit" if is_tpvkit_checkpoint(obj) else "state_dict"
+    if _is_public_layout(state, set(target.state_dict())):
+        from tpvkit.models.checkpoint_keys import public_to_tpvkit
+
+        state = public_to_tpvkit(state, cfg)
+        source = "public"
+    missing, unexpected, shapes = state_dict_mismatches(target, state)
+    if missing or unexpected or shapes:
+        parts = []
+        if shapes:
+            parts.append(f"shape mismatch: {_listing(shapes)}")
+        if missing:
+            parts.append(f"missing in the checkpoint: {_listing(missing)}")
+        if unexpected:
+            parts.append(f"not in the model: {_listing(unexpected)}")
+        raise CheckpointError(
+            f"checkpoint {path} does not fit the model built from config '{cfg.name}': "
+            + "; ".join(parts)
+            + ". Check that the config matches the checkpoint (model.dim, tpv_h/w/z, layers)"
+        )
+    target.load_state_dict(state, strict=True)
+    meta = obj if is_tpvkit_checkpoint(obj) else {}
+    return {
+        "source": source,
+        "iteration": meta.get("iteration"),
+        "epoch": meta.get("epoch"),
+        "tpvkit_version": meta.get("tpvkit_version"),
+    }
+
+
+def _yaml_value(value: Any) -> str:
+    """A value spelled the way `--set key=value` parses it back (YAML flow style)."""
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
