@@ -1,0 +1,391 @@
+"""The torch Dataset of LiDAR-segmentation samples (6 images + every LiDAR point + labels), its
+training augmentations and the collate function that pads point clouds into batches.
+
+Batch keys and dtypes are the contract of docs/internals.md ("Batches").
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from tpvkit.constants import CAMERA_ORDER, LABEL_MAP_32_TO_16
+from tpvkit.data import geometry
+from tpvkit.data.infos import InfoSet, load_infos
+from tpvkit.errors import TpvkitError
+
+POINT_DIMS = 5  # x, y, z, intensity, ring (float32 each) in a nuScenes .pcd.bin
+_LABEL_MAP = np.asarray(LABEL_MAP_32_TO_16, dtype=np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# File readers
+
+
+def read_points(path: Path) -> np.ndarray:
+    """A nuScenes .pcd.bin -> (N, 5) float32; a truncated or missing file is a TpvkitError."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise TpvkitError(f"LiDAR file {path} is missing") from None
+    except OSError as err:
+        raise TpvkitError(f"LiDAR file {path} cannot be read: {err}") from err
+    row_bytes = POINT_DIMS * 4
+    if len(raw) % row_bytes:
+        raise TpvkitError(
+            f"LiDAR file {path} is truncated or not a nuScenes .pcd.bin: {len(raw)} bytes is "
+            f"not a multiple of {row_bytes} (5 float32 per point)"
+        )
+    return np.frombuffer(raw, dtype=np.float32).reshape(-1, POINT_DIMS)
+
+
+def read_labels(path: Path, num_points: int) -> np.ndarray:
+    """A *_lidarseg.bin (uint8, 32-class general index) -> (N,) int64 challenge labels 0..16."""
+    try:
+        raw = np.fromfile(path, dtype=np.uint8)
+    except FileNotFoundError:
+        raise TpvkitError(f"lidarseg label file {path} is missing") from None
+    if len(raw) != num_points:
+        raise TpvkitError(
+            f"lidarseg label file {path} holds {len(raw)} labels for {num_points} points: the "
+            "label file does not belong to this point cloud (or one of them is truncated)"
+        )
+    if len(raw) and int(raw.max()) >= len(_LABEL_MAP):
+        raise TpvkitError(
+            f"lidarseg label file {path} holds label {int(raw.max())}; nuScenes general labels "
+            f"are 0..{len(_LABEL_MAP) - 1}"
+        )
+    return map_labels_32_to_16(raw)
+
+
+def map_labels_32_to_16(labels: np.ndarray) -> np.ndarray:
+    """General nuScenes labels (0..31) -> challenge labels (0..16), one vectorised lookup."""
+    return _LABEL_MAP[np.asarray(labels, dtype=np.int64)]
+
+
+def read_image(path: Path) -> Image.Image:
+    """An RGB PIL image; missing or undecodable files are TpvkitErrors naming the file."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise TpvkitError(f"image {path} is missing") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise TpvkitError(f"image {path} cannot be decoded ({err}); re-extract it") from err
+
+
+# ---------------------------------------------------------------------------------------------
+# Augmentations (torch RNG, so DataLoader worker seeds make them reproducible)
+
+
+def _rgb_to_hsv(img: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) RGB in [0, 255] -> HSV with H in degrees [0, 360), S in [0, 1], V in [0, 255]."""
+    r, g, b = img
+    v, _ = img.max(dim=0)
+    c = v - img.min(dim=0).values
+    s = torch.where(v > 0, c / v.clamp(min=1e-12), torch.zeros_like(v))
+    safe_c = c.clamp(min=1e-12)
+    h = torch.where(
+        v == r,
+        ((g - b) / safe_c) % 6,
+        torch.where(v == g, (b - r) / safe_c + 2, (r - g) / safe_c + 4),
+    )
+    h = torch.where(c > 0, h * 60.0, torch.zeros_like(h))
+    return torch.stack([h, s, v])
+
+
+def _hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
+    h, s, v = hsv
+    c = v * s
+    hp = (h % 360.0) / 60.0
+    x = c * (1 - (hp % 2 - 1).abs())
+    zero = torch.zeros_like(c)
+    sector = hp.floor().clamp(0, 5).long()
+    # (r, g, b) of each of the six hue sectors, before adding the offset m = v - c
+    table = torch.stack(
+        [
+            torch.stack([c, x, zero]),
+            torch.stack([x, c, zero]),
+            torch.stack([zero, c, x]),
+            torch.stack([zero, x, c]),
+            torch.stack([x, zero, c]),
+            torch.stack([c, zero, x]),
+        ]
+    )  # (6, 3, H, W)
+    rgb = torch.gather(table, 0, sector[None, None].expand(1, 3, *sector.shape))[0]
+    return rgb + (v - c)
+
+
+def _uniform(low: float, high: float) -> float:
+    return float(torch.empty(()).uniform_(low, high))
+
+
+def _coin() -> bool:
+    return bool(torch.randint(0, 2, ()).item())
+
+
+def photometric_distortion(
+    img: torch.Tensor,
+    brightness_delta: float = 32.0,
+    contrast_range: tuple[float, float] = (0.5, 1.5),
+    saturation_range: tuple[float, float] = (0.5, 1.5),
+    hue_delta: float = 18.0,
+) -> torch.Tensor:
+    """mmdet's PhotoMetricDistortion on a (3, H, W) RGB float image in [0, 255].
+
+    Each step runs with probability 1/2: brightness shift, contrast scale (before or after the
+    HSV steps, chosen at random), saturation scale, hue shift, a random channel permutation.
+    Unlike mmdet the values are clipped to [0, 255] before the HSV conversion, where negative
+    intensities have no meaning.
+    """
+    img = img.clone()
+    if _coin():
+        img += _uniform(-brightness_delta, brightness_delta)
+    contrast_first = _coin()
+    if contrast_first and _coin():
+        img *= _uniform(*contrast_range)
+    img = img.clamp(0.0, 255.0)
+    do_saturation, do_hue = _coin(), _coin()
+    if do_saturation or do_hue:
+        hsv = _rgb_to_hsv(img)
+        if do_saturation:
+            hsv[1] = (hsv[1] * _uniform(*saturation_range)).clamp(0.0, 1.0)
+        if do_hue:
+            hsv[0] = (hsv[0] + _uniform(-hue_delta, hue_delta)) % 360.0
+        img = _hsv_to_rgb(hsv)
+    if not contrast_first and _coin():
+        img *= _uniform(*contrast_range)
+    if _coin():
+        img = img[torch.randperm(3)]
+    return img
+
+
+def grid_mask(height: int, width: int, ratio: float = 0.5) -> torch.Tensor:
+    """A random GridMask (BEVFormer/TPVFormer settings: rows and columns, mode 1, no rotation).
+
+    Returns an (H, W) float mask: 0 on a grid of square holes of period d (random in [2, H)),
+    1 elsewhere. Drawn on a 1.5x larger canvas with a random phase, then centre-cropped.
+    """
+    hh, ww = int(1.5 * height), int(1.5 * width)
+    d = int(torch.randint(2, max(height, 3), ()).item())
+    keep = min(max(int(d * ratio + 0.5), 1), d - 1)  # stripe width that stays visible
+    st_h = int(torch.randint(0, d, ()).item())
+    st_w = int(torch.randint(0, d, ()).item())
+
+    def stripes(n: int, start: int) -> torch.Tensor:
+        offset = torch.arange(n) - start
+        return (offset >= 0) & (offset // d < n // d) & (offset % d < keep)
+
+    visible = stripes(hh, st_h)[:, None] | stripes(ww, st_w)[None, :]
+    top, left = (hh - height) // 2, (ww - width) // 2
+    return visible[top : top + height, left : left + width].float()
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset
+
+
+class LidarSegDataset(torch.utils.data.Dataset):
+    """Samples of an info file as model inputs and targets (one dict per key frame).
+
+    Items: img float32 (6, 3, Hp, Wp), lidar2img float32 (6, 4, 4), points float32 (N, 3),
+    point_labels int64 (N,), point_voxel_index int64 (N, 3), voxel_labels int64 (X, Y, Z),
+    token, lidar_token. Every point of the sweep is kept, in file order.
+    """
+
+    def __init__(
+        self,
+        infos: str | Path | InfoSet,
+        data_cfg: Any,
+        model_cfg: Any,
+        train: bool,
+        dataroot: str | Path | None = None,
+        voxel_label_ignore: int | None = None,
+    ) -> None:
+        """`data_cfg`/`model_cfg`: tpvkit.config DataConfig / ModelConfig. The dataroot is, in
+        order: the argument, data_cfg.dataroot, the info file's own. `voxel_label_ignore`: a
+        label that does not vote for voxel labels (default None: every label votes, as the
+        public code)."""
+        root = dataroot or (data_cfg.dataroot or None)
+        if isinstance(infos, InfoSet):
+            self.infos = infos
+            if root:
+                self.infos = InfoSet(**{**infos.__dict__, "dataroot": Path(root)})
+        else:
+            self.infos = load_infos(infos, dataroot=root)
+        if len(self.infos) == 0:
+            where = self.infos.path or "the info set"
+            raise TpvkitError(f"{where} holds no samples: nothing to load")
+        self.train = train
+        self.data_cfg = data_cfg
+        self.img_size = (int(data_cfg.img_size[0]), int(data_cfg.img_size[1]))
+        self.size_divisor = max(int(data_cfg.size_divisor), 1)
+        self.mean = torch.tensor(data_cfg.img_mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(data_cfg.img_std, dtype=torch.float32).view(3, 1, 1)
+        self.point_cloud_range = [float(v) for v in model_cfg.point_cloud_range]
+        head = model_cfg.head
+        self.grid = geometry.voxel_grid_shape(
+            model_cfg.tpv_w, model_cfg.tpv_h, model_cfg.tpv_z, head.scale_w, head.scale_h,
+            head.scale_z,
+        )  # fmt: skip
+        self.voxel_convention = data_cfg.voxel_convention
+        self.voxel_label_ignore = voxel_label_ignore
+
+    def __len__(self) -> int:
+        return len(self.infos)
+
+    def padded_size(self) -> tuple[int, int]:
+        """(Hp, Wp) of the image tensors: the resize target rounded up to the size divisor."""
+        div = self.size_divisor
+        h, w = self.img_size
+        return (-(-h // div) * div, -(-w // div) * div)
+
+    def _load_camera(self, cam_info: dict[str, Any]) -> tuple[torch.Tensor, np.ndarray]:
+        """One camera -> ((3, Hp, Wp) normalised image, (4, 4) lidar2img of the resized image)."""
+        path = self.infos.resolve(cam_info["img_path"])
+        im = read_image(path)
+        w0, h0 = im.size
+        expected = (cam_info.get("width"), cam_info.get("height"))
+        if None not in expected and (w0, h0) != expected:
+            raise TpvkitError(
+                f"image {path} is {w0}x{h0} but the info file records {expected[0]}x"
+                f"{expected[1]}: its intrinsics would not match; rebuild the info file"
+            )
+        H, W = self.img_size
+        if (w0, h0) != (W, H):
+            im = im.resize((W, H), Image.BILINEAR)
+        K = geometry.scale_intrinsic(cam_info["cam_intrinsic"], W / w0, H / h0)
+        lidar2img = geometry.lidar2img_from_sensor2lidar(
+            np.asarray(cam_info["sensor2lidar_rotation"]),
+            np.asarray(cam_info["sensor2lidar_translation"]),
+            K,
+        )
+        img = torch.from_numpy(np.asarray(im, dtype=np.float32).copy()).permute(2, 0, 1)  # RGB
+        if self.train and self.data_cfg.photometric_aug:
+            img = photometric_distortion(img)
+        if not self.data_cfg.to_rgb:
+            img = img.flip(0)  # BGR, the order of caffe-style backbones
+        img = (img - self.mean) / self.std
+        Hp, Wp = self.padded_size()
+        img = torch.nn.functional.pad(img, (0, Wp - W, 0, Hp - H))  # bottom/right, zeros
+        return img, lidar2img
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.infos[index]
+        imgs, lidar2imgs = [], []
+        for cam in CAMERA_ORDER:
+            img, lidar2img = self._load_camera(sample["cams"][cam])
+            imgs.append(img)
+            lidar2imgs.append(lidar2img)
+        img_t = torch.stack(imgs)  # (6, 3, Hp, Wp)
+        if (
+            self.train
+            and self.data_cfg.grid_mask
+            and float(torch.rand(())) < self.data_cfg.grid_mask_prob
+        ):
+            img_t = img_t * grid_mask(img_t.shape[-2], img_t.shape[-1])  # one mask, all cameras
+
+        points = read_points(self.infos.resolve(sample["lidar_path"]))
+        xyz = np.ascontiguousarray(points[:, :3])
+        if sample.get("lidarseg_path"):
+            labels = read_labels(self.infos.resolve(sample["lidarseg_path"]), len(points))
+        else:  # test split: no labels, every point ignored
+            labels = np.zeros(len(points), dtype=np.int64)
+        voxel_index = geometry.point_voxel_indices(
+            xyz, self.point_cloud_range, self.grid, self.voxel_convention
+        )
+        voxel_labels = geometry.voxel_majority_labels(
+            voxel_index, labels, self.grid, ignore_index=self.voxel_label_ignore
+        )
+        return {
+            "img": img_t,
+            "lidar2img": torch.from_numpy(np.stack(lidar2imgs)).float(),  # (6, 4, 4)
+            "points": torch.from_numpy(xyz),  # (N, 3)
+            "point_labels": torch.from_numpy(labels),  # (N,)
+            "point_voxel_index": torch.from_numpy(voxel_index),  # (N, 3)
+            "voxel_labels": torch.from_numpy(voxel_labels),  # (X, Y, Z)
+            "token": sample["token"],
+            "lidar_token": sample.get("lidar_token") or "",
+        }
+
+
+def collate_batch(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Items of LidarSegDataset -> a batch (docs/internals.md): point clouds padded to the
+    largest with zeros, label 0 and point_mask False."""
+    if not samples:
+        raise ValueError("collate_batch needs at least one sample")
+    B = len(samples)
+    counts = [int(s["points"].shape[0]) for s in samples]
+    n_max = max(counts)
+    points = torch.zeros(B, n_max, 3, dtype=torch.float32)
+    labels = torch.zeros(B, n_max, dtype=torch.int64)
+    mask = torch.zeros(B, n_max, dtype=torch.bool)
+    voxel_index = torch.zeros(B, n_max, 3, dtype=torch.int64)
+    for b, (s, n) in enumerate(zip(samples, counts, strict=True)):
+        points[b, :n] = s["points"]
+        labels[b, :n] = s["point_labels"]
+        mask[b, :n] = True
+        voxel_index[b, :n] = s["point_voxel_index"]
+    return {
+        "img": torch.stack([s["img"] for s in samples]).float(),
+        "lidar2img": torch.stack([s["lidar2img"] for s in samples]).float(),
+        "points": points,
+        "point_labels": labels,
+        "point_mask": mask,
+        "num_points": torch.tensor(counts, dtype=torch.int64),
+        "point_voxel_index": voxel_index,
+        "voxel_labels": torch.stack([s["voxel_labels"] for s in samples]).long(),
+        "tokens": [s["token"] for s in samples],
+        "lidar_tokens": [s["lidar_token"] for s in samples],
+    }
+
+
+def _seed_worker(worker_id: int) -> None:
+    """numpy and random follow torch's per-worker seed, so every RNG differs across workers."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def build_dataloader(
+    dataset: torch.utils.data.Dataset,
+    batch_size: int = 1,
+    num_workers: int = 0,
+    shuffle: bool = False,
+    distributed: bool = False,
+    seed: int = 0,
+    drop_last: bool = False,
+    pin_memory: bool = False,
+) -> torch.utils.data.DataLoader:
+    """A DataLoader with collate_batch and seeded shuffling/augmentation.
+
+    With distributed=True a DistributedSampler splits the samples over the ranks of the
+    initialised process group; call loader.sampler.set_epoch(epoch) every epoch.
+    """
+    sampler = None
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    if distributed:
+        sampler = torch.utils.data.DistributedSampler(
+            dataset, shuffle=shuffle, seed=seed, drop_last=drop_last
+        )
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate_batch,
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+        worker_init_fn=_seed_worker,
+        generator=generator,
+        persistent_workers=num_workers > 0,
+    )
