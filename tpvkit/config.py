@@ -59,6 +59,9 @@ class EncoderConfig:
     cvha_num_anchors: int = 16
     cvha_num_points: int = 32
     cvha_mode: str = "full"  # "full": cross-view hybrid attention; "hw_self": occupancy release
+    # Heights of the ICA pillar points: "center": centres of equal sub-intervals of the axis;
+    # "tpvformer": the public rule (0.5 m inside each end), for loading public checkpoints.
+    pillar_sampling: str = "center"
     pos_dims: list[int] = field(default_factory=lambda: [48, 48, 32])  # h, w, z
     num_cams: int = 6
     num_levels: int = 4
@@ -360,6 +363,7 @@ def validate(cfg: Config) -> None:
     _choice(m.backbone.style, ("caffe", "pytorch"), "model.backbone.style")
     _choice(m.encoder.cvha_mode, ("full", "hw_self"), "model.encoder.cvha_mode")
     _choice(m.head.point_sampling, ("center", "tpvformer"), "model.head.point_sampling")
+    _choice(m.encoder.pillar_sampling, ("center", "tpvformer"), "model.encoder.pillar_sampling")
     _choice(cfg.data.voxel_convention, ("exact", "tpvformer"), "data.voxel_convention")
     _choice(cfg.train.amp, ("none", "bf16", "fp16"), "train.amp")
     _choice(cfg.train.device, ("auto", "cpu", "cuda"), "train.device")
