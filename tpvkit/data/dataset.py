@@ -167,25 +167,32 @@ def photometric_distortion(
     return img
 
 
-def grid_mask(height: int, width: int, ratio: float = 0.5) -> torch.Tensor:
-    """A random GridMask (BEVFormer/TPVFormer settings: rows and columns, mode 1, no rotation).
-
-    Returns an (H, W) float mask: 0 on a grid of square holes of period d (random in [2, H)),
-    1 elsewhere. Drawn on a 1.5x larger canvas with a random phase, then centre-cropped.
-    """
+def grid_mask_from_params(
+    height: int, width: int, period: int, start_h: int, start_w: int, ratio: float = 0.5
+) -> torch.Tensor:
+    """The (H, W) GridMask of given period d and phase: 1 on rows or columns whose offset from
+    the phase is < keep (mod d), with keep = round(d * ratio) in [1, d - 1], 0 on the square
+    holes between them. Drawn on a 1.5x canvas, then centre-cropped (BEVFormer's GridMask,
+    mode 1, no rotation)."""
     hh, ww = int(1.5 * height), int(1.5 * width)
-    d = int(torch.randint(2, max(height, 3), ()).item())
-    keep = min(max(int(d * ratio + 0.5), 1), d - 1)  # stripe width that stays visible
-    st_h = int(torch.randint(0, d, ()).item())
-    st_w = int(torch.randint(0, d, ()).item())
+    keep = min(max(int(period * ratio + 0.5), 1), period - 1)
 
     def stripes(n: int, start: int) -> torch.Tensor:
         offset = torch.arange(n) - start
-        return (offset >= 0) & (offset // d < n // d) & (offset % d < keep)
+        # only the n // d stripes the reference loop draws (none past the last full period)
+        return (offset >= 0) & (offset // period < n // period) & (offset % period < keep)
 
-    visible = stripes(hh, st_h)[:, None] | stripes(ww, st_w)[None, :]
+    visible = stripes(hh, start_h)[:, None] | stripes(ww, start_w)[None, :]
     top, left = (hh - height) // 2, (ww - width) // 2
     return visible[top : top + height, left : left + width].float()
+
+
+def grid_mask(height: int, width: int, ratio: float = 0.5) -> torch.Tensor:
+    """A random GridMask (TPVFormer's training setting) of period d in [2, H) and random phase."""
+    period = int(torch.randint(2, max(height, 3), ()).item())
+    start_h = int(torch.randint(0, period, ()).item())
+    start_w = int(torch.randint(0, period, ()).item())
+    return grid_mask_from_params(height, width, period, start_h, start_w, ratio)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,9 +239,13 @@ class LidarSegDataset(torch.utils.data.Dataset):
         self.point_cloud_range = [float(v) for v in model_cfg.point_cloud_range]
         head = model_cfg.head
         self.grid = geometry.voxel_grid_shape(
-            model_cfg.tpv_w, model_cfg.tpv_h, model_cfg.tpv_z, head.scale_w, head.scale_h,
+            model_cfg.tpv_w,
+            model_cfg.tpv_h,
+            model_cfg.tpv_z,
+            head.scale_w,
+            head.scale_h,
             head.scale_z,
-        )  # fmt: skip
+        )
         self.voxel_convention = data_cfg.voxel_convention
         self.voxel_label_ignore = voxel_label_ignore
 
@@ -363,18 +374,26 @@ def build_dataloader(
     seed: int = 0,
     drop_last: bool = False,
     pin_memory: bool = False,
+    num_replicas: int | None = None,
+    rank: int | None = None,
 ) -> torch.utils.data.DataLoader:
     """A DataLoader with collate_batch and seeded shuffling/augmentation.
 
     With distributed=True a DistributedSampler splits the samples over the ranks of the
-    initialised process group; call loader.sampler.set_epoch(epoch) every epoch.
+    initialised process group (or over `num_replicas` given explicitly, this being `rank`);
+    call loader.sampler.set_epoch(epoch) every epoch.
     """
     sampler = None
     generator = torch.Generator()
     generator.manual_seed(seed)
     if distributed:
         sampler = torch.utils.data.DistributedSampler(
-            dataset, shuffle=shuffle, seed=seed, drop_last=drop_last
+            dataset,
+            num_replicas=num_replicas,
+            rank=rank,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
         )
     return torch.utils.data.DataLoader(
         dataset,
