@@ -176,7 +176,9 @@ class CrossViewHybridAttention(nn.Module):
         """Offsets (B, Q, nH, L, P, 2) in cells and weights (B, Q, nH, L, P), Q over planes."""
         H, L, P = self.num_heads, self.num_levels, self.num_points
         offsets, weights = [], []
-        for q, lin_off, lin_w in zip(queries, self.sampling_offsets, self.attention_weights):
+        for q, lin_off, lin_w in zip(
+            queries, self.sampling_offsets, self.attention_weights, strict=True
+        ):
             b, n, _ = q.shape
             offsets.append(lin_off(q).view(b, n, H, L, P, 2))
             logits = lin_w(q).view(b, n, H, L, P + 1)
@@ -194,8 +196,8 @@ class CrossViewHybridAttention(nn.Module):
         reference_points (sum Q_p, L, A, 2). Returns the updated queries, per plane."""
         b = queries[0].shape[0]
         H, L, P, A = self.num_heads, self.num_levels, self.num_points, self.num_anchors
-        q_pos = [q if p is None else q + p for q, p in zip(queries, query_pos)]
-        value = torch.cat([proj(q) for proj, q in zip(self.value_proj, q_pos)], dim=1)
+        q_pos = [q if p is None else q + p for q, p in zip(queries, query_pos, strict=True)]
+        value = torch.cat([proj(q) for proj, q in zip(self.value_proj, q_pos, strict=True)], dim=1)
         num_value = value.shape[1]
         value = value.view(b, num_value, H, self.dim // H)
         offsets, weights = self.sampling(q_pos)
@@ -212,7 +214,10 @@ class CrossViewHybridAttention(nn.Module):
             self.msda_backend,
         )
         outs = out.split(self.plane_sizes, dim=1)
-        return [q + self.dropout(proj(o)) for q, proj, o in zip(queries, self.output_proj, outs)]
+        return [
+            q + self.dropout(proj(o))
+            for q, proj, o in zip(queries, self.output_proj, outs, strict=True)
+        ]
 
 
 class HWSelfAttention(nn.Module):
@@ -379,7 +384,7 @@ class ImageCrossAttention(nn.Module):
                 f"pillar points ({base_anchors}) of the first plane"
             )
         self.multipliers = []
-        for p, a in zip(num_points, num_anchors):
+        for p, a in zip(num_points, num_anchors, strict=True):
             if a % base_anchors or p * base_anchors != base_points * a:
                 raise ValueError(
                     f"image cross-attention: plane with {a} pillar points and {p} sampling "
@@ -410,7 +415,11 @@ class ImageCrossAttention(nn.Module):
         ring = torch.stack([theta.cos(), theta.sin()], -1)
         ring = ring / ring.abs().max(-1, keepdim=True)[0]
         for lin_off, lin_w, p, a in zip(
-            self.sampling_offsets, self.attention_weights, self.num_points, self.num_anchors
+            self.sampling_offsets,
+            self.attention_weights,
+            self.num_points,
+            self.num_anchors,
+            strict=True,
         ):
             # Around every anchor, its P / D points at growing radius j + 1 along the head's
             # direction, on every level.
@@ -440,7 +449,7 @@ class ImageCrossAttention(nn.Module):
         v = self.value_proj(value).view(bn, num_value, H, c // H)
 
         offsets, weights, refs, sub_counts = [], [], [], []
-        for i, (q, hit) in enumerate(zip(queries, hits)):
+        for i, (q, hit) in enumerate(zip(queries, hits, strict=True)):
             m, k = hit.num_slots, self.multipliers[i]
             qg = q.reshape(-1, c)[hit.index].view(bn, m, c)  # the queries each camera sees
             off = self.sampling_offsets[i](qg).view(bn, m, H, L, k, P0, 2)
@@ -471,7 +480,7 @@ class ImageCrossAttention(nn.Module):
             outs = [value.new_zeros(bn, 0, c) for _ in queries]
 
         results = []
-        for i, (q, hit, o) in enumerate(zip(queries, hits, outs)):
+        for i, (q, hit, o) in enumerate(zip(queries, hits, outs, strict=True)):
             m, k = hit.num_slots, self.multipliers[i]
             o = o.view(bn, m, k, c).sum(2)  # merge the sub-queries of a query
             o = o * hit.valid.reshape(bn, m, 1).to(o.dtype)  # padding slots add nothing

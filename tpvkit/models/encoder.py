@@ -61,7 +61,7 @@ class AxisPositionalEncoding(nn.Module):
     ) -> None:
         super().__init__()
         self.sizes = {"h": tpv_h, "w": tpv_w, "z": tpv_z}
-        self.dims = dict(zip(("h", "w", "z"), (int(d) for d in dims)))
+        self.dims = dict(zip(("h", "w", "z"), (int(d) for d in dims), strict=True))
         self.order = tuple(a for a in order if self.dims[a] > 0)
         # Only axes spanned by an encoded plane get a table (BEV: no z table, its slot is 0).
         spanned = {a for p in planes for a in PLANE_AXES[p]}

@@ -64,7 +64,7 @@ class TPVHead(nn.Module):
         sh, sw, sz = self.scale_h, self.scale_w, self.scale_z
         scale = {"hw": (sh, sw), "zh": (sz, sh), "wz": (sw, sz)}
         maps = {}
-        for name, q in zip(names, planes):
+        for name, q in zip(names, planes, strict=True):
             rows, cols = plane_shape(name, self.tpv_h, self.tpv_w, self.tpv_z)
             m = q.transpose(1, 2).reshape(q.shape[0], q.shape[2], rows, cols)
             sr, sc = scale[name]
