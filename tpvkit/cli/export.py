@@ -1,4 +1,4 @@
-"""`tpvkit export INPUT --out FILE.ply`."""
+"""`tpvkit export INPUT --out FILE.ply` (or the ground truth: `--infos X --token T`)."""
 
 from __future__ import annotations
 
@@ -6,18 +6,61 @@ from pathlib import Path
 
 import typer
 
-from tpvkit.cli._common import user_errors
+from tpvkit.cli._common import load_cli_config, user_errors
 
 
 def export(
-    input: Path = typer.Argument(..., help="Prediction .npz (from `tpvkit predict`)."),
+    input: Path = typer.Argument(
+        None, help="Prediction .npz (from `tpvkit predict`); leave out with --infos/--token."
+    ),
     out: Path = typer.Option(..., "--out", help="Output .ply file."),
     mode: str = typer.Option("points", "--mode", help="points: a vertex per voxel; cubes: meshes."),
     ascii: bool = typer.Option(False, "--ascii", help="ASCII PLY instead of binary little-endian."),
     frame: str = typer.Option("lidar", "--frame", help="lidar | ego"),
+    source: str = typer.Option(
+        "voxels",
+        "--source",
+        help="voxels | points (LiDAR points with labels) | gt_voxels | gt_points.",
+    ),
+    faces: str = typer.Option("quads", "--faces", help="Cube faces: quads | triangles."),
+    exclude: str = typer.Option(
+        None,
+        "--exclude",
+        help="Comma-separated class names to leave out (default: noise,empty; '' keeps all).",
+    ),
+    infos: Path = typer.Option(
+        None, "--infos", help="Export a dataset sample's ground truth from this info file."
+    ),
+    token: str = typer.Option(None, "--token", help="Sample token of the ground truth (--infos)."),
+    config: str = typer.Option(
+        "tpv_lidarseg_base",
+        "--config",
+        help="Config fixing the voxel grid of the ground truth (--infos).",
+    ),
+    set_: list[str] = typer.Option(None, "--set", help="Config override for --infos (repeatable)."),
 ) -> None:
     """Export voxels (or LiDAR points) to PLY with class colours and ids."""
     with user_errors():
-        from tpvkit.outputs.export import export_ply
+        from tpvkit.errors import TpvkitError
+        from tpvkit.outputs.export import export_ground_truth, export_ply
 
-        export_ply(input, out, mode=mode, ascii=ascii, frame=frame)
+        excluded = None if exclude is None else [n.strip() for n in exclude.split(",") if n.strip()]
+        if infos is not None or token is not None:
+            if input is not None:
+                raise TpvkitError("give either INPUT (a prediction file) or --infos/--token")
+            if infos is None or token is None:
+                raise TpvkitError("the ground truth needs both --infos PATH and --token TOKEN")
+            if source not in ("voxels", "points"):
+                raise TpvkitError("with --infos, --source is voxels or points")
+            cfg = load_cli_config(config, set_)
+            result = export_ground_truth(
+                cfg, infos, token, out, mode, ascii, frame, excluded, source, faces
+            )
+        else:
+            if input is None:
+                raise TpvkitError("give INPUT (a prediction .npz) or --infos PATH --token TOKEN")
+            result = export_ply(input, out, mode, ascii, frame, excluded, source, faces)
+        typer.echo(
+            f"wrote {result.path} ({result.num_items} {source.split('_')[-1]}, "
+            f"{result.num_vertices} vertices, {result.num_faces} faces)"
+        )

@@ -17,6 +17,10 @@ def predict(
     tokens: str = typer.Option(
         None, "--tokens", help="Comma-separated sample tokens (default: all)."
     ),
+    confidence: bool = typer.Option(
+        False, "--confidence", help="Also store the per-voxel softmax probability (float16)."
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     set_: list[str] = typer.Option(None, "--set", help="Override: dotted.key=value (repeatable)."),
 ) -> None:
     """Predict semantic voxels (and point labels) per sample into compressed .npz files."""
@@ -24,5 +28,18 @@ def predict(
         cfg = load_cli_config(config, set_)
         from tpvkit.outputs.predict import predict as run_predict
 
-        token_list = [t for t in tokens.split(",") if t] if tokens else None
-        run_predict(cfg, checkpoint, infos, out, tokens=token_list)
+        token_list = [t.strip() for t in tokens.split(",") if t.strip()] if tokens else None
+        if tokens is not None and not token_list:
+            from tpvkit.errors import TpvkitError
+
+            raise TpvkitError("--tokens is empty: give comma-separated sample tokens")
+        paths = run_predict(
+            cfg,
+            checkpoint,
+            infos,
+            out,
+            tokens=token_list,
+            save_confidence=confidence,
+            progress=progress,
+        )
+        typer.echo(f"wrote {len(paths)} prediction file(s) to {out}")

@@ -1,0 +1,585 @@
+"""Headless pictures of a prediction file: cameras with projected labels, a bird's-eye map, a 3D
+voxel rendering, a legend, and optionally a GIF over several samples. Pillow + numpy/torch only.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from tpvkit.errors import TpvkitError
+from tpvkit.outputs.export import resolve_excluded
+from tpvkit.outputs.prediction_file import (
+    Prediction,
+    load_prediction,
+    voxel_centers,
+)
+from tpvkit.outputs.render import fit_distance, look_at_camera, render_voxels
+from tpvkit.utils.io import atomic_path
+
+# Rig layout of cameras.png: each tile sits on the side of the car it looks at.
+CAMERA_GRID: tuple[tuple[str, ...], ...] = (
+    ("CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT"),
+    ("CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT"),
+)
+VIEWS: tuple[str, ...] = ("cameras", "bev", "voxels_3d", "legend")
+BACKGROUND = (255, 255, 255)
+FREE_BEV = (235, 235, 235)  # bird's-eye cells with nothing in the column
+TEXT = (20, 20, 20)
+
+
+@dataclass
+class ViewOptions:
+    """How the 3D picture is taken: the eye around the shown voxels, the picture size."""
+
+    azimuth: float = -90.0  # degrees about +z from +x; -90 = behind the car in the LiDAR frame
+    elevation: float = 40.0  # degrees above the ground plane
+    distance: float | None = None  # metres from the centre; None fits the shown voxels
+    width: int = 1024
+    height: int = 768
+    fov: float = 40.0  # vertical field of view, degrees
+    supersample: int = 2  # anti-aliasing factor (k^2 the rendering cost)
+    edges: bool = True
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.width < 1 or self.height < 1:
+            raise TpvkitError(f"picture size must be positive, got {self.width}x{self.height}")
+        if self.supersample < 1 or self.supersample > 8:
+            raise TpvkitError(f"supersample must be 1..8, got {self.supersample}")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise TpvkitError("--device cuda but no CUDA GPU is visible; use --device cpu")
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has no sized default font
+        return ImageFont.load_default()
+
+
+def _save_png(image: Image.Image, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+    return path
+
+
+def _titled(image: Image.Image, title: str, size: int = 18) -> Image.Image:
+    """The picture with a title strip above it."""
+    strip = size + 12
+    out = Image.new("RGB", (image.width, image.height + strip), BACKGROUND)
+    out.paste(image, (0, strip))
+    ImageDraw.Draw(out).text((8, 5), title, fill=TEXT, font=_font(size))
+    return out
+
+
+def _side_by_side(images: Sequence[Image.Image], gap: int = 12) -> Image.Image:
+    width = sum(im.width for im in images) + gap * (len(images) - 1)
+    height = max(im.height for im in images)
+    out = Image.new("RGB", (width, height), BACKGROUND)
+    x = 0
+    for im in images:
+        out.paste(im, (x, 0))
+        x += im.width + gap
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Bird's-eye view
+
+
+def top_labels(labels: np.ndarray, occupied: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The label and height index of the top-most occupied voxel of every (x, y) column.
+
+    labels, occupied: (X, Y, Z). Returns label (X, Y) int64 and top z (X, Y) int64, -1 where the
+    column is empty.
+    """
+    z = np.arange(labels.shape[2])
+    top = np.where(occupied, z, -1).max(axis=2)  # (X, Y)
+    label = np.take_along_axis(labels, np.clip(top, 0, None)[..., None], axis=2)[..., 0]
+    return label.astype(np.int64), top
+
+
+def bev_image(
+    labels: np.ndarray,
+    occupied: np.ndarray,
+    palette: np.ndarray,
+    shown: np.ndarray,
+    scale: int = 3,
+    height_shading: bool = True,
+) -> np.ndarray:
+    """Bird's-eye map (Y*scale, X*scale, 3) uint8: LiDAR +x to the right, +y (forward) up.
+
+    `shown` (C,) bool selects the classes drawn; a column's colour is its top-most shown voxel,
+    darkened a little the lower it lies (so heights read), free columns light grey.
+    """
+    visible = occupied & shown[labels.astype(np.int64)]
+    label, top = top_labels(labels, visible)
+    rgb = np.asarray(palette, np.float64)[label]  # (X, Y, 3)
+    if height_shading and labels.shape[2] > 1:
+        rgb = rgb * (0.7 + 0.3 * np.clip(top, 0, None) / (labels.shape[2] - 1))[..., None]
+    rgb[top < 0] = FREE_BEV
+    image = np.transpose(rgb, (1, 0, 2))[::-1]  # rows: y from high to low; columns: x
+    image = np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
+    return np.ascontiguousarray(image.round().clip(0, 255).astype(np.uint8))
+
+
+def bev_points_image(
+    points: np.ndarray,
+    labels: np.ndarray,
+    palette: np.ndarray,
+    shown: np.ndarray,
+    point_cloud_range: np.ndarray,
+    voxel_size: np.ndarray,
+    grid_shape: Sequence[int],
+    scale: int = 3,
+) -> np.ndarray:
+    """Bird's-eye map of labelled points on the voxel grid's raster (highest point wins)."""
+    x_cells, y_cells = int(grid_shape[0]), int(grid_shape[1])
+    width, height = x_cells * scale, y_cells * scale
+    image = np.empty((height, width, 3), dtype=np.uint8)
+    image[:] = FREE_BEV
+    keep = shown[labels.astype(np.int64)]
+    pts, lab = points[keep], labels[keep].astype(np.int64)
+    pc_min = np.asarray(point_cloud_range, np.float64)[:3]
+    col = np.floor((pts[:, 0] - pc_min[0]) / voxel_size[0] * scale).astype(np.int64)
+    row = height - 1 - np.floor((pts[:, 1] - pc_min[1]) / voxel_size[1] * scale).astype(np.int64)
+    inside = (col >= 0) & (col < width) & (row >= 0) & (row < height)
+    order = np.argsort(pts[inside, 2], kind="stable")  # low first, so the highest is drawn last
+    image[row[inside][order], col[inside][order]] = np.asarray(palette, np.uint8)[
+        lab[inside][order]
+    ]
+    return image
+
+
+def _draw_ego(image: Image.Image, pred: Prediction, scale: int) -> None:
+    """A small black arrow at the LiDAR origin pointing along +y (the car's forward)."""
+    pc_min = pred.point_cloud_range[:3]
+    cx = (0.0 - pc_min[0]) / pred.voxel_size[0] * scale
+    cy = image.height - (0.0 - pc_min[1]) / pred.voxel_size[1] * scale
+    s = max(4.0, 1.2 * scale)
+    ImageDraw.Draw(image).polygon(
+        [(cx, cy - 2 * s), (cx - s, cy + s), (cx + s, cy + s)], fill=(0, 0, 0)
+    )
+
+
+def render_bev(
+    pred: Prediction, exclude: Sequence[str] | None = None, scale: int = 3
+) -> Image.Image:
+    """bev.png: the prediction's bird's-eye map, beside the ground truth when the file has it.
+
+    Voxels give the map unless every voxel counts as occupied (occupancy rule "all", nothing to
+    see from above); then the labelled points are drawn instead.
+    """
+    shown = ~resolve_excluded(pred, exclude)
+    panels = []
+    use_points = pred.occupancy_rule == "all" and pred.point_labels is not None
+    if use_points:
+        pred_rgb = bev_points_image(
+            pred.points,
+            pred.point_labels,
+            pred.palette,
+            shown,
+            pred.point_cloud_range,
+            pred.voxel_size,
+            pred.grid_shape,
+            scale,
+        )
+    else:
+        pred_rgb = bev_image(pred.voxels, pred.occupied, pred.palette, shown, scale)
+    panels.append(("prediction (points)" if use_points else "prediction", pred_rgb))
+    if pred.gt_voxels is not None:
+        gt_rgb = bev_image(pred.gt_voxels, pred.gt_voxels != 0, pred.palette, shown, scale)
+        panels.append(("ground truth", gt_rgb))
+    elif pred.gt_point_labels is not None:
+        gt_rgb = bev_points_image(
+            pred.points,
+            pred.gt_point_labels,
+            pred.palette,
+            shown,
+            pred.point_cloud_range,
+            pred.voxel_size,
+            pred.grid_shape,
+            scale,
+        )
+        panels.append(("ground truth (points)", gt_rgb))
+    images = []
+    for title, rgb in panels:
+        im = Image.fromarray(rgb)
+        _draw_ego(im, pred, scale)
+        images.append(_titled(im, title))
+    return _side_by_side(images)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3D voxels
+
+
+def shown_voxels(
+    pred: Prediction, exclude: Sequence[str] | None = None, ground_truth: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """labels (X, Y, Z) and the occupied voxels of shown classes (X, Y, Z) bool."""
+    if ground_truth:
+        if pred.gt_voxels is None:
+            raise TpvkitError(f"{pred.source}: no ground-truth voxels (gt_voxels) in the file")
+        labels, occupied = pred.gt_voxels, pred.gt_voxels != 0
+    else:
+        labels, occupied = pred.voxels, pred.occupied
+    shown = ~resolve_excluded(pred, exclude)
+    return labels, occupied & shown[labels.astype(np.int64)]
+
+
+def render_voxels_3d(
+    pred: Prediction,
+    view: ViewOptions | None = None,
+    exclude: Sequence[str] | None = None,
+    ground_truth: bool = False,
+    fit_box: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Image.Image:
+    """voxels_3d.png: a perspective rendering of the shown voxels from `view`.
+
+    The eye looks at the centre of `fit_box` (default: the bounding box of the shown voxels, or
+    the whole grid when none is shown); distance None fits that box into the picture.
+    """
+    view = view or ViewOptions()
+    labels, occupied = shown_voxels(pred, exclude, ground_truth)
+    if fit_box is None:
+        fit_box = occupied_box(pred, occupied)
+    box_min, box_max = fit_box
+    distance = view.distance
+    if distance is None:
+        distance = fit_distance(
+            box_min, box_max, view.azimuth, view.elevation, view.width, view.height, view.fov
+        )
+    camera = look_at_camera(
+        (box_min + box_max) / 2,
+        view.azimuth,
+        view.elevation,
+        distance,
+        view.width,
+        view.height,
+        view.fov,
+    )
+    rgb = render_voxels(
+        labels,
+        occupied,
+        pred.palette,
+        pred.point_cloud_range,
+        pred.voxel_size,
+        camera,
+        background=BACKGROUND,
+        edges=view.edges,
+        supersample=view.supersample,
+        device=view.device,
+    )
+    return Image.fromarray(rgb)
+
+
+def occupied_box(pred: Prediction, occupied: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Metric bounding box (min, max) of the occupied voxels; the whole grid when none is."""
+    index = np.argwhere(occupied)
+    if len(index) == 0:
+        return pred.point_cloud_range[:3].copy(), (
+            pred.point_cloud_range[:3] + pred.voxel_size * np.array(pred.grid_shape)
+        )
+    lo = voxel_centers(index.min(0), pred.point_cloud_range, pred.voxel_size) - pred.voxel_size / 2
+    hi = voxel_centers(index.max(0), pred.point_cloud_range, pred.voxel_size) + pred.voxel_size / 2
+    return lo, hi
+
+
+# ---------------------------------------------------------------------------------------------
+# Cameras
+
+
+def project_points(
+    points: np.ndarray, lidar2img: np.ndarray, min_depth: float = 0.1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N, 3) LiDAR xyz -> pixel (u, v) (N, 2), depth (N,), in_front (N,) bool."""
+    homo = np.concatenate([points, np.ones((len(points), 1))], axis=1) @ np.asarray(lidar2img).T
+    depth = homo[:, 2]
+    in_front = depth > min_depth
+    uv = homo[:, :2] / np.where(in_front, depth, 1.0)[:, None]
+    return uv, depth, in_front
+
+
+def draw_points(
+    tile: np.ndarray, uv: np.ndarray, depth: np.ndarray, colors: np.ndarray, radius: int
+) -> np.ndarray:
+    """Paint square dots (2r+1 px) onto a (H, W, 3) picture, far points first (near ones win)."""
+    h, w = tile.shape[:2]
+    order = np.argsort(-depth, kind="stable")
+    uv, colors = uv[order], colors[order]
+    col = np.floor(uv[:, 0]).astype(np.int64)
+    row = np.floor(uv[:, 1]).astype(np.int64)
+    out = tile.copy()
+    offsets = range(-radius, radius + 1)
+    # One assignment per offset keeps the far-to-near order: numpy's fancy assignment writes in
+    # index order, so for each offset the last (nearest) point at a pixel stays.
+    for dr in offsets:
+        for dc in offsets:
+            r, c = row + dr, col + dc
+            ok = (r >= 0) & (r < h) & (c >= 0) & (c < w)
+            out[r[ok], c[ok]] = colors[ok]
+    return out
+
+
+def _camera_tile(
+    pred: Prediction,
+    cam_index: int,
+    xyz: np.ndarray,
+    colors: np.ndarray,
+    tile_width: int,
+    radius: int,
+) -> Image.Image:
+    orig_h, orig_w = (int(s) for s in pred.cam_image_sizes[cam_index])
+    tile_height = max(1, round(tile_width * orig_h / orig_w))
+    path = Path(pred.cam_paths[cam_index])
+    if path.is_file():
+        with Image.open(path) as img:
+            base = np.asarray(img.convert("RGB").resize((tile_width, tile_height), Image.BILINEAR))
+    else:
+        warnings.warn(f"camera image not found: {path}; drawing on grey", stacklevel=3)
+        base = np.full((tile_height, tile_width, 3), 90, dtype=np.uint8)
+    uv, depth, in_front = project_points(xyz, pred.cam_lidar2img[cam_index])
+    uv = uv[in_front] * np.array([tile_width / orig_w, tile_height / orig_h])
+    tile = draw_points(base, uv, depth[in_front], colors[in_front], radius)
+    return Image.fromarray(tile)
+
+
+def render_cameras(
+    pred: Prediction,
+    exclude: Sequence[str] | None = None,
+    ground_truth: bool = False,
+    tile_width: int = 480,
+    mirror_back: bool = False,
+    radius: int = 1,
+) -> Image.Image:
+    """cameras.png: the six images in the rig layout with labelled points projected onto them.
+
+    Points are the file's LiDAR points with predicted (or ground-truth) labels; a file without
+    points projects the centres of its shown voxels instead. Back cameras are shown as they saw
+    the scene unless `mirror_back` flips them (rear-view-mirror reading).
+    """
+    if not pred.has_cameras:
+        raise TpvkitError(f"{pred.source}: the file holds no camera keys (cam_names, cam_paths...)")
+    shown = ~resolve_excluded(pred, exclude)
+    key = "gt_point_labels" if ground_truth else "point_labels"
+    labels = getattr(pred, key)
+    if pred.points is not None and labels is not None:
+        keep = shown[labels.astype(np.int64)]
+        xyz, lab = pred.points[keep].astype(np.float64), labels[keep].astype(np.int64)
+    else:
+        vox_labels, occupied = shown_voxels(pred, exclude, ground_truth)
+        index = np.argwhere(occupied)
+        xyz = voxel_centers(index, pred.point_cloud_range, pred.voxel_size)
+        lab = vox_labels[occupied].astype(np.int64)
+    colors = np.asarray(pred.palette, np.uint8)[lab]
+    font = _font(max(12, tile_width // 28))
+    rows = []
+    for grid_row in CAMERA_GRID:
+        tiles = []
+        for name in grid_row:
+            if name not in pred.cam_names:
+                continue
+            tile = _camera_tile(pred, pred.cam_names.index(name), xyz, colors, tile_width, radius)
+            if mirror_back and "BACK" in name:
+                tile = tile.transpose(Image.FLIP_LEFT_RIGHT)
+            ImageDraw.Draw(tile).text(
+                (6, 4), name, fill=(255, 255, 255), font=font, stroke_width=2, stroke_fill=(0, 0, 0)
+            )
+            tiles.append(tile)
+        if tiles:
+            rows.append(_side_by_side(tiles, gap=4))
+    if not rows:
+        raise TpvkitError(
+            f"{pred.source}: none of the cameras {list(pred.cam_names)} is a nuScenes camera"
+        )
+    width = max(r.width for r in rows)
+    out = Image.new("RGB", (width, sum(r.height for r in rows) + 4 * (len(rows) - 1)), BACKGROUND)
+    y = 0
+    for r in rows:
+        out.paste(r, (0, y))
+        y += r.height + 4
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Legend
+
+
+def render_legend(
+    class_names: Sequence[str], palette: np.ndarray, shown: np.ndarray | None = None
+) -> Image.Image:
+    """legend.png: a colour swatch and the id and name of every shown class, one per row."""
+    ids = [i for i in range(len(class_names)) if shown is None or shown[i]]
+    font = _font(16)
+    row_h, swatch, pad = 24, 18, 10
+    width = 300
+    out = Image.new("RGB", (width, pad * 2 + row_h * max(1, len(ids))), BACKGROUND)
+    draw = ImageDraw.Draw(out)
+    for row, cls in enumerate(ids):
+        y = pad + row * row_h
+        color = tuple(int(c) for c in palette[cls])
+        draw.rectangle([pad, y, pad + swatch, y + swatch], fill=color, outline=(60, 60, 60))
+        draw.text((pad + swatch + 10, y + 1), f"{cls:2d}  {class_names[cls]}", fill=TEXT, font=font)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points
+
+
+def _inputs(input: str | Path | Prediction | Sequence[str | Path]) -> list[Prediction | Path]:
+    if isinstance(input, Prediction):
+        return [input]
+    if isinstance(input, (str, Path)):
+        path = Path(input)
+        if path.is_dir():
+            files = sorted(path.glob("*.npz"))
+            if not files:
+                raise TpvkitError(f"no .npz prediction files in {path}")
+            return list(files)
+        return [path]
+    items = [Path(p) for p in input]
+    if not items:
+        raise TpvkitError("no prediction files given")
+    return items
+
+
+def visualize_prediction(
+    pred: Prediction,
+    out_dir: str | Path,
+    views: Sequence[str] = VIEWS,
+    view: ViewOptions | None = None,
+    exclude: Sequence[str] | None = None,
+    ground_truth_points: bool = False,
+    mirror_back: bool = False,
+) -> list[Path]:
+    """Write the chosen pictures of one record into `out_dir`; returns their paths."""
+    out_dir = Path(out_dir)
+    unknown = [v for v in views if v not in VIEWS]
+    if unknown:
+        raise TpvkitError(f"unknown views {unknown}: choose from {', '.join(VIEWS)}")
+    resolve_excluded(pred, exclude)  # a bad class name fails before any picture is drawn
+    written: list[Path] = []
+    if "cameras" in views:
+        if pred.has_cameras:
+            image = render_cameras(pred, exclude, ground_truth_points, mirror_back=mirror_back)
+            written.append(_save_png(image, out_dir / "cameras.png"))
+        else:
+            warnings.warn(f"{pred.source}: no camera keys, cameras.png skipped", stacklevel=2)
+    if "bev" in views:
+        written.append(_save_png(render_bev(pred, exclude), out_dir / "bev.png"))
+    if "voxels_3d" in views:
+        image = render_voxels_3d(pred, view, exclude)
+        written.append(_save_png(image, out_dir / "voxels_3d.png"))
+        if pred.gt_voxels is not None:
+            # Same eye as the prediction so the two pictures can be compared by flipping.
+            _, occupied = shown_voxels(pred, exclude)
+            image = render_voxels_3d(pred, view, exclude, True, occupied_box(pred, occupied))
+            written.append(_save_png(image, out_dir / "voxels_3d_gt.png"))
+    if "legend" in views:
+        shown = ~resolve_excluded(pred, exclude)
+        image = render_legend(pred.class_names, pred.palette, shown)
+        written.append(_save_png(image, out_dir / "legend.png"))
+    return written
+
+
+def make_gif(
+    preds: Sequence[Prediction],
+    out: str | Path,
+    view: ViewOptions | None = None,
+    exclude: Sequence[str] | None = None,
+    frame_ms: int = 500,
+) -> Path:
+    """An animated GIF over samples: each frame the 3D voxels beside the bird's-eye map.
+
+    Frames follow the samples' timestamps when known (else the given order); all frames share
+    one eye, fitted to the whole grid, so the motion between frames is the scene's.
+    """
+    if not preds:
+        raise TpvkitError("a GIF needs at least one prediction file")
+    preds = (
+        sorted(preds, key=lambda p: p.timestamp) if all(p.timestamp >= 0 for p in preds) else preds
+    )
+    view = view or ViewOptions()
+    frames = []
+    for pred in preds:
+        grid_box = (
+            pred.point_cloud_range[:3],
+            pred.point_cloud_range[:3] + pred.voxel_size * np.array(pred.grid_shape),
+        )
+        voxels = render_voxels_3d(pred, view, exclude, fit_box=grid_box)
+        bev = render_bev(pred, exclude)
+        bev = bev.resize(
+            (max(1, round(bev.width * voxels.height / bev.height)), voxels.height), Image.BILINEAR
+        )
+        frame = _titled(_side_by_side([voxels, bev]), pred.token)
+        frames.append(frame.convert("P", palette=Image.ADAPTIVE, colors=256))
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        frames[0].save(
+            tmp,
+            format="GIF",
+            save_all=True,
+            append_images=frames[1:],
+            duration=frame_ms,
+            loop=0,
+        )
+    return out
+
+
+def visualize(
+    input: str | Path | Prediction | Sequence[str | Path],
+    out_dir: str | Path,
+    views: Sequence[str] = VIEWS,
+    view: ViewOptions | None = None,
+    exclude: Sequence[str] | None = None,
+    ground_truth_points: bool = False,
+    mirror_back: bool = False,
+    gif: bool = False,
+    gif_frame_ms: int = 500,
+) -> list[Path]:
+    """Pictures of one prediction file (into `out_dir`) or of several (a folder of .npz or a
+    list: one sub-folder per sample token), and with `gif` an animation.gif over all of them.
+    Returns the written paths."""
+    items = _inputs(input)
+    out_dir = Path(out_dir)
+    written: list[Path] = []
+    preds: list[Prediction] = []
+    for item in items:
+        pred = item if isinstance(item, Prediction) else load_prediction(item)
+        preds.append(pred)
+        target = out_dir if len(items) == 1 else out_dir / _safe_name(pred.token)
+        written += visualize_prediction(
+            pred, target, views, view, exclude, ground_truth_points, mirror_back
+        )
+    if gif:
+        written.append(make_gif(preds, out_dir / "animation.gif", view, exclude, gif_frame_ms))
+    return written
+
+
+def _safe_name(token: str) -> str:
+    name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in token)
+    return name or "sample"
+
+
+__all__ = [
+    "VIEWS",
+    "ViewOptions",
+    "bev_image",
+    "make_gif",
+    "render_bev",
+    "render_cameras",
+    "render_legend",
+    "render_voxels_3d",
+    "top_labels",
+    "visualize",
+    "visualize_prediction",
+]
