@@ -1,0 +1,85 @@
+"""--resume continues exactly: the same losses and final weights as a run never stopped."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from toy_parts import toy_config, toy_losses, toy_parts, train_records
+
+from tpvkit.engine.train import train
+
+N = 12  # 5 samples: epochs end at iterations 5 and 10 (batch 1), so a stop at 7 is mid-epoch
+
+
+def _assert_same_final_state(a, b):
+    ca = torch.load(a / "latest.pth", weights_only=True)
+    cb = torch.load(b / "latest.pth", weights_only=True)
+    assert ca["iteration"] == cb["iteration"] == N
+    for key, value in ca["model"].items():
+        assert torch.equal(value, cb["model"][key]), key
+    for idx, state in ca["optimizer"]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(value, cb["optimizer"]["state"][idx][name]), (idx, name)
+
+
+def _losses(work_dir, iters):
+    records = train_records(work_dir)
+    return [(it, records[it]["loss"], records[it]["lr"]) for it in iters]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "stop"),
+    [
+        ((), 7),  # mid-epoch, batch 1, loading in the main process
+        (("data.batch_size=2", "data.num_workers=2"), 4),  # 3 steps/epoch, worker processes
+    ],
+    ids=["batch1-main-process", "batch2-two-workers"],
+)
+def test_stop_and_resume_matches_one_uninterrupted_run(tmp_path, overrides, stop):
+    cfg = toy_config(f"train.max_iters={N}", *overrides)
+    train(cfg, tmp_path / "full", parts=toy_parts())
+    train(cfg, tmp_path / "split", parts=toy_parts(), stop_after=stop)
+    assert max(train_records(tmp_path / "split")) == stop
+    train(cfg, tmp_path / "split", resume=True, parts=toy_parts())
+    second_half = range(stop + 1, N + 1)
+    assert _losses(tmp_path / "split", second_half) == _losses(tmp_path / "full", second_half)
+    _assert_same_final_state(tmp_path / "full", tmp_path / "split")
+
+
+def test_resume_after_a_crash_restarts_from_the_last_periodic_checkpoint(tmp_path):
+    cfg = toy_config(f"train.max_iters={N}", "train.ckpt_interval=3")
+    train(cfg, tmp_path / "full", parts=toy_parts())
+
+    calls = {"n": 0}
+
+    def crashing(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 9:  # dies during iteration 9: checkpoints exist for 3 and 6
+            raise KeyboardInterrupt
+        return toy_losses(model, batch)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "crash", parts=toy_parts(loss_fn=crashing))
+    assert max(train_records(tmp_path / "crash")) == 8  # logged past the checkpoint at 6
+    train(cfg, tmp_path / "crash", resume=True, parts=toy_parts())
+    # metrics.jsonl was cut back to iteration 6 and rewritten: one record per iteration.
+    assert sorted(train_records(tmp_path / "crash")) == list(range(1, N + 1))
+    everything = range(1, N + 1)
+    assert _losses(tmp_path / "crash", everything) == _losses(tmp_path / "full", everything)
+    _assert_same_final_state(tmp_path / "full", tmp_path / "crash")
+
+
+def test_resume_without_a_checkpoint_starts_from_scratch(tmp_path):
+    cfg = toy_config("train.max_iters=3")
+    train(cfg, tmp_path / "a", resume=True, parts=toy_parts())
+    assert "starting from scratch" in (tmp_path / "a" / "train.log").read_text()
+    assert max(train_records(tmp_path / "a")) == 3
+
+
+def test_resume_refuses_a_different_model_config(tmp_path):
+    from tpvkit.errors import TpvkitError
+
+    train(toy_config("train.max_iters=2"), tmp_path, parts=toy_parts())
+    with pytest.raises(TpvkitError, match="model.dim 128 \\(checkpoint\\) vs 64"):
+        cfg = toy_config("train.max_iters=4", "model.dim=64", "model.encoder.pos_dims=[24,24,16]")
+        train(cfg, tmp_path, resume=True, parts=toy_parts())

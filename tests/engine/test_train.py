@@ -1,0 +1,95 @@
+"""The training loop: schedule, checkpoints, repeatability, NaN stop, time budget, bad inputs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from toy_parts import toy_config, toy_losses, toy_parts, train_records
+
+from tpvkit.engine.checkpoint import list_iter_checkpoints
+from tpvkit.engine.optim import lr_at
+from tpvkit.engine.train import TrainingDivergedError, train
+from tpvkit.errors import TpvkitError
+
+
+def test_toy_run_logs_every_step_with_the_scheduled_lr_and_checkpoints(tmp_path):
+    cfg = toy_config("train.ckpt_interval=4", "train.keep_checkpoints=2")
+    final = train(cfg, tmp_path, parts=toy_parts())
+    assert final == tmp_path / "iter_000010.pth"
+    records = train_records(tmp_path)
+    assert sorted(records) == list(range(1, 11))
+    for it, rec in records.items():
+        assert rec["lr"] == pytest.approx(lr_at(it - 1, 10, cfg.optim))
+        assert math.isfinite(rec["loss"]) and set(rec) >= {"loss_mse", "loss_l1", "grad_norm"}
+    # Saves at 4, 8 and at the end (10); rotation keeps the 2 newest; latest = the final one.
+    assert [it for it, _ in list_iter_checkpoints(tmp_path)] == [8, 10]
+    latest = torch.load(tmp_path / "latest.pth", weights_only=True)
+    assert latest["iteration"] == 10 and latest["epoch"] == 2 and latest["iter_in_epoch"] == 0
+    assert (tmp_path / "train.log").read_text().count("iter ") >= 10
+    assert (tmp_path / "config.yaml").is_file() and any((tmp_path / "tb").iterdir())
+
+
+def test_same_seed_gives_the_same_losses_and_another_seed_does_not(tmp_path):
+    runs = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        train(toy_config(f"train.seed={seed}"), tmp_path / name, parts=toy_parts())
+        runs[name] = [r["loss"] for _, r in sorted(train_records(tmp_path / name).items())]
+    assert runs["a"] == runs["b"]
+    assert runs["a"] != runs["c"]
+
+
+def test_loss_falls_on_the_toy_problem(tmp_path):
+    cfg = toy_config("train.max_iters=60", "optim.warmup_iters=0")
+    train(cfg, tmp_path, parts=toy_parts(n=2, augment=False, dropout=0.0))
+    losses = [r["loss"] for _, r in sorted(train_records(tmp_path).items())]
+    assert sum(losses[-5:]) < 0.2 * sum(losses[:5])
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
+    calls = {"n": 0}
+
+    def poisoned(model, batch):
+        calls["n"] += 1
+        losses = toy_losses(model, batch)
+        if calls["n"] == 6:
+            losses["loss_mse"] = losses["loss_mse"] * float("nan")
+            losses["loss"] = losses["loss"] + losses["loss_mse"]
+        return losses
+
+    cfg = toy_config("train.ckpt_interval=4")
+    with pytest.raises(TrainingDivergedError) as err:
+        train(cfg, tmp_path, parts=toy_parts(loss_fn=poisoned))
+    msg = str(err.value)
+    assert "non-finite loss at iteration 5" in msg and "loss_mse=nan" in msg
+    assert "iter_000004.pth (iteration 4)" in msg
+    assert [it for it, _ in list_iter_checkpoints(tmp_path)] == [4]
+    assert torch.load(tmp_path / "latest.pth", weights_only=True)["iteration"] == 4
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_time_budget_stops_cleanly_with_a_checkpoint(tmp_path):
+    final = train(toy_config("train.max_minutes=1e-9"), tmp_path, parts=toy_parts())
+    assert final == tmp_path / "iter_000001.pth"
+    assert "time budget" in (tmp_path / "train.log").read_text()
+
+
+def test_a_used_work_dir_is_refused_without_resume(tmp_path):
+    train(toy_config("train.max_iters=2"), tmp_path, parts=toy_parts())
+    with pytest.raises(TpvkitError, match="--resume"):
+        train(toy_config("train.max_iters=2"), tmp_path, parts=toy_parts())
+
+
+def test_unwritable_work_dir_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(TpvkitError, match="cannot write to the work dir"):
+        train(toy_config(), blocker / "sub", parts=toy_parts())
+
+
+def test_missing_info_file_names_it_and_the_prepare_command(tmp_path):
+    cfg = toy_config(f"data.train_infos={tmp_path / 'nope.json'}")
+    with pytest.raises(TpvkitError) as err:
+        train(cfg, tmp_path / "w")
+    assert "nope.json" in str(err.value) and "tpvkit prepare" in str(err.value)
