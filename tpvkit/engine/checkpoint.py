@@ -396,7 +396,14 @@ def load_model_weights(
     "tpvkit_version"} (the last three None when the file does not record them).
     """
     path = Path(path)
-    obj = load_checkpoint_file(path)
+    return apply_model_weights(model, load_checkpoint_file(path), cfg, path, check_config)
+
+
+def apply_model_weights(
+    model: nn.Module, obj: Any, cfg: Config, path: str | Path, check_config: bool = True
+) -> dict[str, Any]:
+    """`load_model_weights` for a checkpoint already read with `load_checkpoint_file`."""
+    path = Path(path)
     state, stored_cfg = _extract_state_dict(obj, path)
     if check_config and stored_cfg is not None:
         diffs = config_differences(stored_cfg, cfg)
