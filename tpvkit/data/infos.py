@@ -362,7 +362,7 @@ def check_info_files(info_set: InfoSet) -> None:
     needed = [f for s in info_set.samples for f in sample_files(s)]
     missing = validate.find_missing_files(root, needed)
     if missing:
-        shown = ", ".join(str(root / m) for m in missing[: validate.MAX_NAMED])
+        shown = ", ".join(missing[: validate.MAX_NAMED])
         raise TpvkitError(
             f"{len(missing)} of {len(needed)} files of {info_set.path} are missing (dataroot "
             f"{root}): {shown}{' ...' if len(missing) > validate.MAX_NAMED else ''}; give the "

@@ -9,6 +9,7 @@ containers and refuses anything else before it runs.
 
 from __future__ import annotations
 
+import _compat_pickle
 import json
 import pickle
 from collections.abc import Mapping
@@ -51,7 +52,6 @@ _ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(
             "bool",
         )
     ]
-    + [("__builtin__", name) for name in ("set", "frozenset", "list", "dict", "tuple")]
 )
 
 
@@ -63,6 +63,9 @@ class SafeUnpickler(pickle.Unpickler):
         self.source = str(source)
 
     def find_class(self, module: str, name: str) -> Any:
+        # Protocol 0-2 pickles use Python 2 names (__builtin__.set); map them as pickle does.
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         if (module, name) not in _ALLOWED_GLOBALS:
             raise TpvkitError(
                 f"refusing to load {self.source}: it wants to run {module}.{name}, which an "
@@ -254,6 +257,13 @@ def _lidar_fields(
         lidarseg_path = lookup.lidarseg_path(lidar_token)
     else:
         lidarseg_path = None
+    if lidarseg_path is None and version in ("v1.0-mini", "v1.0-trainval"):
+        # silently label-free training data would train on nothing; say what is missing
+        raise TpvkitError(
+            f"no lidarseg label file found for sample {token} (LiDAR {lidar_path}): the info "
+            f"has no label path and the dataroot's {version}/lidarseg.json (and sample_data.json)"
+            " do not name one; give the dataroot with nuScenes-lidarseg extracted"
+        )
     scene_token, scene_name = lookup.scene(token)
     return {
         "lidar_token": lidar_token,
