@@ -1,0 +1,169 @@
+"""The software voxel renderer against slow references: rasterisation per pixel in float64,
+exposed faces by a loop, the camera model, occlusion and a known voxel's position."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tpvkit.constants import PALETTE
+from tpvkit.errors import TpvkitError
+from tpvkit.outputs.render import (
+    FACE_AXIS,
+    FACE_NORMALS,
+    FACE_SIDE,
+    exposed_faces,
+    fit_distance,
+    look_at_camera,
+    rasterize_triangles,
+    render_voxels,
+)
+
+PAL = np.array(PALETTE, dtype=np.uint8)
+
+
+def _reference_raster(screen, depth, faces, width, height):
+    """One pixel at a time, float64: inside test with edge functions, perspective depth."""
+    face_map = np.full((height, width), -1)
+    depth_map = np.full((height, width), np.inf)
+    for t in range(len(screen)):
+        a, b, c = screen[t]
+        area = (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])
+        if area == 0:
+            continue
+        for r in range(height):
+            for col in range(width):
+                p = (col + 0.5, r + 0.5)
+                wa = (c[0] - b[0]) * (p[1] - b[1]) - (c[1] - b[1]) * (p[0] - b[0])
+                wb = (a[0] - c[0]) * (p[1] - c[1]) - (a[1] - c[1]) * (p[0] - c[0])
+                wc = (b[0] - a[0]) * (p[1] - a[1]) - (b[1] - a[1]) * (p[0] - a[0])
+                if min(wa * area, wb * area, wc * area) < 0:
+                    continue
+                z = 1.0 / ((wa / depth[t, 0] + wb / depth[t, 1] + wc / depth[t, 2]) / area)
+                if z < depth_map[r, col]:
+                    depth_map[r, col] = z
+                    face_map[r, col] = faces[t]
+    return face_map, depth_map
+
+
+@pytest.mark.parametrize("max_fragments", [1 << 22, 37])
+def test_rasterizer_matches_the_per_pixel_reference(max_fragments):
+    rng = np.random.default_rng(0)
+    width, height, n = 23, 17, 25
+    screen = rng.uniform(-5, 28, size=(n, 3, 2))
+    depth = rng.uniform(1, 10, size=(n, 3))
+    faces = rng.permutation(n)
+    face_map, depth_map = rasterize_triangles(
+        torch.from_numpy(screen),
+        torch.from_numpy(depth),
+        torch.from_numpy(faces),
+        width,
+        height,
+        max_fragments=max_fragments,
+    )
+    ref_face, ref_depth = _reference_raster(screen, depth, faces, width, height)
+    assert (ref_face >= 0).sum() > 50  # the case is not trivial
+    np.testing.assert_array_equal(face_map.numpy(), ref_face)
+    hit = ref_face >= 0
+    np.testing.assert_allclose(depth_map.numpy()[hit], ref_depth[hit], rtol=1e-5)
+
+
+def test_exposed_faces_match_a_loop():
+    rng = np.random.default_rng(3)
+    occ = rng.random((5, 4, 3)) < 0.5
+    eye = np.array([7.3, -2.1, 5.5])  # voxel units
+    idx, dirs = exposed_faces(torch.from_numpy(occ), torch.from_numpy(eye))
+    got = {(tuple(i), int(d)) for i, d in zip(idx.tolist(), dirs.tolist(), strict=True)}
+    expected = set()
+    for i, j, k in np.argwhere(occ):
+        for d in range(6):
+            n = FACE_NORMALS[d].astype(int)
+            nb = (i + n[0], j + n[1], k + n[2])
+            inside = all(0 <= nb[a] < occ.shape[a] for a in range(3))
+            if inside and occ[nb]:
+                continue
+            plane = (i, j, k)[FACE_AXIS[d]] + FACE_SIDE[d]
+            if (eye[FACE_AXIS[d]] - plane) * n[FACE_AXIS[d]] > 0:
+                expected.add(((int(i), int(j), int(k)), d))
+    assert got == expected and len(got) > 10
+
+
+def test_camera_is_orthonormal_and_centres_the_target():
+    cam = look_at_camera(np.array([1.0, 2.0, 3.0]), 30.0, 25.0, 10.0, 64, 48)
+    R = cam.rotation
+    np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-12)
+    assert np.linalg.det(R) > 0
+    np.testing.assert_allclose(np.linalg.norm(cam.eye - [1, 2, 3]), 10.0)
+    top = look_at_camera(np.zeros(3), -90.0, 90.0, 5.0, 64, 48)
+    # From straight above and behind: LiDAR +x is to the right, +y (forward) is up.
+    np.testing.assert_allclose(top.right, [1, 0, 0], atol=1e-12)
+    np.testing.assert_allclose(top.up, [0, 1, 0], atol=1e-12)
+    with pytest.raises(TpvkitError):
+        look_at_camera(np.zeros(3), 0, 95, 5.0, 64, 48)
+
+
+def test_fit_distance_keeps_every_corner_in_view():
+    lo, hi = np.array([-51.2, -51.2, -5.0]), np.array([51.2, 51.2, 3.0])
+    for az, el in [(-90, 40), (10, 20), (0, 90)]:
+        d = fit_distance(lo, hi, az, el, 320, 240)
+        cam = look_at_camera((lo + hi) / 2, az, el, d, 320, 240)
+        for i in range(8):
+            corner = np.where([(i >> a) & 1 for a in range(3)], hi, lo)
+            p = cam.rotation @ (corner - cam.eye)
+            u = cam.focal * p[0] / p[2] + 160
+            v = cam.focal * p[1] / p[2] + 120
+            assert p[2] > 0 and -1e-6 <= u <= 320 + 1e-6 and -1e-6 <= v <= 240 + 1e-6
+
+
+def _single_voxel_grid(shape=(3, 3, 3), at=(1, 1, 1), label=4):
+    labels = np.zeros(shape, np.uint8)
+    occ = np.zeros(shape, bool)
+    labels[at] = label
+    occ[at] = True
+    return labels, occ
+
+
+def test_a_voxel_seen_from_above_lands_in_the_image_centre():
+    labels, occ = _single_voxel_grid()
+    pc_range = np.array([-1.5, -1.5, -1.5, 1.5, 1.5, 1.5])
+    cam = look_at_camera(np.zeros(3), -90.0, 90.0, 10.0, 41, 31, fov_deg=30.0)
+    img = render_voxels(labels, occ, PAL, pc_range, np.ones(3), cam, edges=False, ambient=0.4)
+    assert img.shape == (31, 41, 3)
+    # Top face: normal +z; the light has a positive z component, so it is lit but not white.
+    centre = img[15, 20].astype(int)
+    car = PAL[4].astype(float)
+    scale = centre / np.maximum(car, 1)
+    assert (centre != 255).any() and np.allclose(scale[car > 0], scale[car > 0][0], atol=0.02)
+    assert (img[0, 0] == 255).all() and (img[-1, -1] == 255).all()
+    # The 1 m voxel at 9.5 m spans focal / 9.5 pixels; check its footprint.
+    focal = 0.5 * 31 / np.tan(np.radians(15))
+    covered = (img != 255).any(-1)
+    rows, cols = np.nonzero(covered)
+    assert abs((cols.max() - cols.min() + 1) - focal / 9.5) <= 2
+    assert abs(rows.mean() - 15) <= 0.5 and abs(cols.mean() - 20) <= 0.5
+
+
+def test_the_nearer_voxel_hides_the_farther_one():
+    labels = np.zeros((1, 3, 1), np.uint8)
+    occ = np.ones((1, 3, 1), bool)
+    labels[0, 0, 0], labels[0, 2, 0] = 4, 7  # car at y=0 (near the eye), pedestrian at y=2
+    labels[0, 1, 0] = 16
+    pc_range = np.array([0, 0, 0, 1, 3, 1.0])
+    cam = look_at_camera(np.array([0.5, 1.5, 0.5]), -90.0, 0.0, 8.0, 33, 33)
+    img = render_voxels(labels, occ, PAL, pc_range, np.ones(3), cam, edges=False, ambient=1.0)
+    np.testing.assert_array_equal(img[16, 16], PAL[4])  # ambient 1: the flat palette colour
+
+
+def test_supersampling_and_edges_keep_size_and_add_colours():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(1, 17, size=(12, 10, 4)).astype(np.uint8)
+    occ = rng.random((12, 10, 4)) < 0.4
+    pc_range = np.array([-6.0, -5.0, -2.0, 6.0, 5.0, 2.0])
+    d = fit_distance(pc_range[:3], pc_range[3:], -60, 35, 96, 64)
+    cam = look_at_camera(np.zeros(3), -60, 35, d, 96, 64)
+    img = render_voxels(labels, occ, PAL, pc_range, np.ones(3), cam, supersample=3)
+    assert img.shape == (64, 96, 3)
+    assert len(np.unique(img.reshape(-1, 3), axis=0)) > 20
+    empty = render_voxels(labels, np.zeros_like(occ), PAL, pc_range, np.ones(3), cam)
+    assert (empty == 255).all()

@@ -1,0 +1,157 @@
+"""Headless pictures: files, sizes, not blank, known things where expected (bird's-eye cells,
+projected points), the GIF, and clear CLI errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from outputs_factory import IMAGE_SIZE, camera_matrix, make_prediction
+from PIL import Image
+from typer.testing import CliRunner
+
+from tpvkit.cli import app
+from tpvkit.constants import PALETTE
+from tpvkit.errors import TpvkitError
+from tpvkit.outputs.prediction_file import save_prediction
+from tpvkit.outputs.visualize import (
+    ViewOptions,
+    bev_image,
+    draw_points,
+    project_points,
+    render_bev,
+    render_cameras,
+    top_labels,
+    visualize,
+)
+
+PAL = np.array(PALETTE, np.uint8)
+SMALL = ViewOptions(width=160, height=120, supersample=1)
+
+
+def _colours(path):
+    return len(np.unique(np.asarray(Image.open(path).convert("RGB")).reshape(-1, 3), axis=0))
+
+
+def test_top_labels_match_a_loop():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 17, size=(5, 4, 6))
+    occ = rng.random((5, 4, 6)) < 0.3
+    label, top = top_labels(labels, occ)
+    for i in range(5):
+        for j in range(4):
+            zs = [k for k in range(6) if occ[i, j, k]]
+            assert top[i, j] == (max(zs) if zs else -1)
+            if zs:
+                assert label[i, j] == labels[i, j, max(zs)]
+
+
+def test_bev_orientation_x_right_y_up():
+    labels = np.zeros((4, 3, 2), np.uint8)
+    occ = np.zeros((4, 3, 2), bool)
+    labels[3, 2, 1], occ[3, 2, 1] = 4, True  # max x, max y, top layer
+    img = bev_image(labels, occ, PAL, np.ones(17, bool), scale=2, height_shading=False)
+    assert img.shape == (3 * 2, 4 * 2, 3)
+    np.testing.assert_array_equal(img[0, -1], PAL[4])  # top-right corner
+    assert (img[-1, 0] != PAL[4]).any()
+
+
+def test_projection_and_dots():
+    P = camera_matrix(0.0)  # looks along LiDAR +y
+    uv, depth, front = project_points(np.array([[0.0, 10.0, 0.0], [0.0, -10.0, 0.0]]), P)
+    np.testing.assert_allclose(uv[0], [IMAGE_SIZE[1] / 2, IMAGE_SIZE[0] / 2])
+    assert front.tolist() == [True, False] and depth[0] == pytest.approx(10.0)
+    tile = np.zeros((10, 10, 3), np.uint8)
+    # Two points on one pixel: the nearer (depth 1) must win whatever the order.
+    out = draw_points(
+        tile, np.array([[5.2, 5.5], [5.7, 5.1]]), np.array([1.0, 9.0]), PAL[[4, 7]], radius=1
+    )
+    np.testing.assert_array_equal(out[5, 5], PAL[4])
+    assert (out[4:7, 4:7] != 0).any(-1).all() and (out[0, 0] == 0).all()
+
+
+def test_all_pictures_are_written_and_not_blank(tmp_path):
+    pred = make_prediction(tmp_path, with_cameras=True, with_gt=True)
+    paths = visualize(save_prediction(pred, tmp_path / "p.npz"), tmp_path / "vis", view=SMALL)
+    names = sorted(p.name for p in paths)
+    assert names == [
+        "bev.png",
+        "cameras.png",
+        "legend.png",
+        "voxels_3d.png",
+        "voxels_3d_gt.png",
+    ]
+    for p in paths:
+        assert p.is_file() and _colours(p) >= 4, p.name
+    assert Image.open(tmp_path / "vis" / "voxels_3d.png").size == (160, 120)
+    cams = Image.open(tmp_path / "vis" / "cameras.png")
+    tile_h = round(480 * IMAGE_SIZE[0] / IMAGE_SIZE[1])
+    assert cams.size == (3 * 480 + 2 * 4, 2 * tile_h + 4)
+    bev = Image.open(tmp_path / "vis" / "bev.png")
+    assert bev.width > 2 * 6 * 3  # prediction beside ground truth
+
+
+def test_cameras_show_the_points_in_their_class_colour(tmp_path):
+    pred = make_prediction(tmp_path, with_cameras=True)
+    # One car point 10 m straight ahead of CAM_FRONT (top row, middle tile).
+    pred.points = np.array([[0.0, 10.0, 0.0]], np.float32)
+    pred.point_labels = np.array([4], np.uint8)
+    image = np.asarray(render_cameras(pred, radius=2))
+    tile_h = round(480 * IMAGE_SIZE[0] / IMAGE_SIZE[1])
+    centre = image[tile_h // 2, 480 + 4 + 240]
+    np.testing.assert_array_equal(centre, PAL[4])
+    mirrored = np.asarray(render_cameras(pred, radius=2, mirror_back=True))
+    assert mirrored.shape == image.shape
+
+
+def test_bev_uses_points_when_every_voxel_counts(tmp_path):
+    pred = make_prediction(occupancy=False)
+    pred.occupancy_rule = "all"
+    pred.occupied[:] = True
+    image = render_bev(pred)
+    assert image.size[0] > 0
+    assert _colours_of(image) >= 3
+
+
+def _colours_of(image):
+    return len(np.unique(np.asarray(image).reshape(-1, 3), axis=0))
+
+
+def test_gif_over_a_folder(tmp_path):
+    folder = tmp_path / "preds"
+    for t in range(2):
+        pred = make_prediction()
+        pred.token, pred.timestamp = f"tok{t}", 1000 * (2 - t)
+        pred.voxels[t, 0, 2], pred.occupied[t, 0, 2] = 10, True
+        save_prediction(pred, folder / f"tok{t}.npz")
+    paths = visualize(folder, tmp_path / "out", views=["bev"], view=SMALL, gif=True)
+    gif = Image.open(tmp_path / "out" / "animation.gif")
+    assert gif.n_frames == 2
+    assert (tmp_path / "out" / "tok0" / "bev.png").is_file()
+    assert tmp_path / "out" / "animation.gif" in paths
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(TpvkitError, match="not found"):
+        visualize(tmp_path / "missing.npz", tmp_path / "o")
+    with pytest.raises(TpvkitError, match="unknown class name"):
+        visualize(make_prediction(), tmp_path / "o", exclude=["cat"])
+    with pytest.raises(TpvkitError, match="unknown views"):
+        visualize(make_prediction(), tmp_path / "o", views=["side"])
+    with pytest.raises(TpvkitError, match="no camera keys"):
+        render_cameras(make_prediction())
+    with pytest.raises(TpvkitError, match="no .npz"):
+        visualize(tmp_path, tmp_path / "o")
+
+
+def test_cli_visualize(tmp_path):
+    path = save_prediction(make_prediction(), tmp_path / "p.npz")
+    runner = CliRunner()
+    args = ["visualize", str(path), "--out", str(tmp_path / "v"), "--width", "96"]
+    result = runner.invoke(app, args + ["--height", "64", "--supersample", "1"])
+    assert result.exit_code == 0, result.output
+    assert "voxels_3d.png" in result.output and (tmp_path / "v" / "legend.png").is_file()
+    np.savez_compressed(tmp_path / "bare.npz", voxels=np.zeros((2, 2, 2), np.uint8))
+    bad = runner.invoke(app, ["visualize", str(tmp_path / "bare.npz"), "--out", str(tmp_path)])
+    assert bad.exit_code == 2 and "point_cloud_range" in bad.output
+    bad = runner.invoke(app, ["visualize", str(path), "--out", str(tmp_path), "--width", "0"])
+    assert bad.exit_code == 2 and "picture size" in bad.output
