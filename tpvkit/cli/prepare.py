@@ -22,12 +22,32 @@ def synthetic(
     seed: int = typer.Option(
         0, "--seed", help="Random seed; the output is deterministic per seed."
     ),
+    image_width: int = typer.Option(200, "--image-width", help="Camera image width (px)."),
+    image_height: int = typer.Option(112, "--image-height", help="Camera image height (px)."),
+    beams: int = typer.Option(32, "--beams", help="LiDAR beams (the real sensor has 32)."),
+    points_per_beam: int = typer.Option(
+        200, "--points-per-beam", help="LiDAR azimuth steps per revolution (rays per beam)."
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace a non-empty --out (only once the new one is complete)."
+    ),
+    workers: int = typer.Option(0, "--workers", help="Processes (0: up to 2); same bytes."),
 ) -> None:
     """Generate a learnable synthetic street world in the nuScenes layout, plus its info files."""
     with user_errors():
         from tpvkit.data.synthetic import generate_synthetic
 
-        generate_synthetic(out, scenes=scenes, samples_per_scene=samples_per_scene, seed=seed)
+        generate_synthetic(
+            out,
+            scenes=scenes,
+            samples_per_scene=samples_per_scene,
+            seed=seed,
+            image_size=(image_width, image_height),
+            num_beams=beams,
+            points_per_beam=points_per_beam,
+            overwrite=overwrite,
+            workers=workers or None,
+        )
 
 
 @app.command("nuscenes")

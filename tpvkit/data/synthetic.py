@@ -1,0 +1,488 @@
+"""A learnable synthetic street world written as a real nuScenes v1.0-mini dataroot (+ lidarseg).
+
+`generate_synthetic` builds procedural street scenes (synthetic_world.py), renders the six
+cameras and the 32-beam LiDAR with the real rig (synthetic_render.py), and writes all 13 tables,
+lidarseg.json, category.json, maps, JPEGs, .pcd.bin sweeps and *_lidarseg.bin labels, so the
+unmodified nuscenes-devkit, its splits and its official LidarSegEval all work on the result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from tpvkit.constants import CAMERA_ORDER, GENERAL_CLASS_NAMES, LIDAR_CHANNEL
+from tpvkit.data.geometry import (
+    invert_pose,
+    matrix_to_quaternion,
+    pose_matrix,
+    quaternion_to_matrix,
+)
+from tpvkit.data.synthetic_render import RIG, render_camera, scaled_intrinsic, scan_lidar
+from tpvkit.data.synthetic_world import World, build_street_world
+from tpvkit.errors import TpvkitError
+
+VERSION = "v1.0-mini"
+
+# Real v1.0-mini scene names, so create_splits_scenes() finds them. Ordered so that any count
+# >= 2 has both splits, >= 3 has all of mini_val (the official evaluation needs every scene of
+# a split), and the default 10 gives the real 8 mini_train + 2 mini_val.
+SCENE_NAMES: tuple[str, ...] = (
+    "scene-0061",
+    "scene-0103",
+    "scene-0916",
+    "scene-0553",
+    "scene-0655",
+    "scene-0757",
+    "scene-0796",
+    "scene-1077",
+    "scene-1094",
+    "scene-1100",
+)
+# Where the real scenes were recorded (log location, vehicle, UTC offset of the log name).
+_LOCATIONS: dict[str, tuple[str, str, str]] = {
+    "scene-0061": ("singapore-onenorth", "n015", "+0800"),
+    "scene-0103": ("boston-seaport", "n008", "-0400"),
+    "scene-0916": ("singapore-queenstown", "n015", "+0800"),
+    "scene-0553": ("boston-seaport", "n008", "-0400"),
+    "scene-0655": ("boston-seaport", "n008", "-0400"),
+    "scene-0757": ("boston-seaport", "n008", "-0400"),
+    "scene-0796": ("singapore-queenstown", "n015", "+0800"),
+    "scene-1077": ("singapore-hollandvillage", "n015", "+0800"),
+    "scene-1094": ("singapore-hollandvillage", "n015", "+0800"),
+    "scene-1100": ("singapore-hollandvillage", "n015", "+0800"),
+}
+MAX_SCENES = len(SCENE_NAMES)
+MAX_SAMPLES_PER_SCENE = 40  # real scenes are 20 s at 2 Hz
+KEYFRAME_INTERVAL_US = 500_000  # key frames at 2 Hz
+FIRST_TIMESTAMP_US = 1_532_402_927_647_951  # the first LiDAR key frame of the real scene-0061
+
+# Calibration varies a little from log to log, as in real data: each scene's calibrated_sensor
+# records are the real rig plus this much noise (metres, radians).
+CALIB_JITTER_T = 0.005
+CALIB_JITTER_R = np.radians(0.15)
+
+_CATEGORY_DESCRIPTIONS = {
+    "noise": "Any lidar return that does not correspond to a physical object.",
+    "vehicle.ego": "The vehicle on which the sensors are mounted.",
+}
+_VISIBILITY = (("1", "v0-40"), ("2", "v40-60"), ("3", "v60-80"), ("4", "v80-100"))
+_ATTRIBUTES = (
+    "vehicle.moving",
+    "vehicle.stopped",
+    "vehicle.parked",
+    "cycle.with_rider",
+    "cycle.without_rider",
+    "pedestrian.sitting_lying_down",
+    "pedestrian.standing",
+    "pedestrian.moving",
+)
+
+
+@dataclass(frozen=True)
+class SyntheticOptions:
+    """Everything that determines the bytes of a generated dataroot."""
+
+    scenes: int = 10
+    samples_per_scene: int = 4
+    seed: int = 0
+    image_size: tuple[int, int] = (200, 112)  # (width, height)
+    num_beams: int = 32
+    points_per_beam: int = 200  # azimuth steps per revolution
+
+
+def token(seed: int | None, *parts: Any) -> str:
+    """Deterministic 32-hex token (the nuScenes token shape) from a seed and a record key."""
+    key = "/".join(["tpvkit-synthetic", "global" if seed is None else str(seed), *map(str, parts)])
+    return hashlib.md5(key.encode("utf-8")).hexdigest()
+
+
+def check_options(opts: SyntheticOptions) -> None:
+    """Reject options the generator cannot honour, naming the option and its valid range."""
+    if not 1 <= opts.scenes <= MAX_SCENES:
+        raise TpvkitError(
+            f"--scenes {opts.scenes}: must be 1..{MAX_SCENES} (the synthetic set reuses the "
+            f"{MAX_SCENES} real v1.0-mini scene names so the devkit's splits work; use >= 3 for "
+            "a complete mini_val and 10 for the full mini_train)"
+        )
+    if not 1 <= opts.samples_per_scene <= MAX_SAMPLES_PER_SCENE:
+        raise TpvkitError(
+            f"--samples-per-scene {opts.samples_per_scene}: must be 1..{MAX_SAMPLES_PER_SCENE}"
+        )
+    if opts.seed < 0:
+        raise TpvkitError(f"--seed {opts.seed}: must be >= 0")
+    w, h = opts.image_size
+    if not (16 <= w <= 1600 and 16 <= h <= 900):
+        raise TpvkitError(
+            f"image size {w}x{h}: width must be 16..1600 and height 16..900 (the real cameras "
+            "are 1600x900; the intrinsics are scaled to the size asked for)"
+        )
+    if not 2 <= opts.num_beams <= 128:
+        raise TpvkitError(f"--beams {opts.num_beams}: must be 2..128 (the real LiDAR has 32)")
+    if not 16 <= opts.points_per_beam <= 4096:
+        raise TpvkitError(f"--points-per-beam {opts.points_per_beam}: must be 16..4096")
+
+
+# ---------------------------------------------------------------------------------------------
+# Poses
+
+
+def _rotation_zyx(yaw: float, pitch: float, roll: float) -> np.ndarray:
+    cy, sy = np.cos(yaw), np.sin(yaw)
+    cp, sp = np.cos(pitch), np.sin(pitch)
+    cr, sr = np.cos(roll), np.sin(roll)
+    rz = np.array([[cy, -sy, 0], [sy, cy, 0], [0, 0, 1.0]])
+    ry = np.array([[cp, 0, sp], [0, 1.0, 0], [-sp, 0, cp]])
+    rx = np.array([[1.0, 0, 0], [0, cr, -sr], [0, sr, cr]])
+    return rz @ ry @ rx
+
+
+def _small_rotation(rng: np.random.Generator, sigma: float) -> np.ndarray:
+    a = rng.normal(0.0, sigma, size=3)
+    return _rotation_zyx(a[2], a[1], a[0])
+
+
+def _floats(values: Sequence[float] | np.ndarray) -> list[float]:
+    return [float(v) for v in values]
+
+
+def _ego_pose_record(world: World, t_us: int, t0_us: int, tok: str) -> dict[str, Any]:
+    """ego -> global at time t_us, from the scene's smooth ego path."""
+    pos, yaw, pitch, roll = world.ego_path.pose((t_us - t0_us) * 1e-6)
+    street_to_global = world.street_to_global()
+    R = street_to_global[:3, :3] @ _rotation_zyx(yaw, pitch, roll)
+    t = street_to_global[:3, :3] @ pos + street_to_global[:3, 3]
+    return {
+        "token": tok,
+        "timestamp": int(t_us),
+        "rotation": _floats(matrix_to_quaternion(R)),
+        "translation": _floats(t),
+    }
+
+
+def _record_pose(record: dict[str, Any]) -> np.ndarray:
+    """(4, 4) pose of a calibrated_sensor / ego_pose record, from the stored numbers exactly."""
+    return pose_matrix(record["translation"], record["rotation"])
+
+
+# ---------------------------------------------------------------------------------------------
+# One scene
+
+
+def _scene_tables(opts: SyntheticOptions, index: int, root: Path) -> dict[str, list[dict]]:
+    """Generate, render and write the files of scene `index`; return its table records."""
+    name = SCENE_NAMES[index]
+    seed = opts.seed
+    rng = np.random.default_rng(np.random.SeedSequence([seed, index, 0x5EED]))
+    render_rng = np.random.default_rng(np.random.SeedSequence([seed, index, 0xCA11]))
+    k = opts.samples_per_scene
+    speed = float(rng.uniform(3.0, 9.0))
+    travel = speed * (k - 1) * KEYFRAME_INTERVAL_US * 1e-6 + 1.0
+    world = build_street_world(rng, travel)
+    world = replace(world, ego_path=replace(world.ego_path, speed=speed))
+
+    location, vehicle, utc = _LOCATIONS[name]
+    t0 = FIRST_TIMESTAMP_US + index * 3_600_000_000 + int(rng.integers(0, 10_000_000))
+    offset_h = int(utc[:3])
+    local = datetime.datetime.fromtimestamp(t0 * 1e-6, datetime.timezone.utc)
+    local += datetime.timedelta(hours=offset_h)
+    logfile = f"{vehicle}-{local:%Y-%m-%d-%H-%M-%S}{utc}"
+
+    tables: dict[str, list[dict]] = {
+        t: [] for t in ("calibrated_sensor", "ego_pose", "log", "scene", "sample", "sample_data")
+    }
+    tables["lidarseg"] = []
+    log_token = token(seed, name, "log")
+    tables["log"].append(
+        {
+            "token": log_token,
+            "logfile": logfile,
+            "vehicle": vehicle,
+            "date_captured": f"{local:%Y-%m-%d}",
+            "location": location,
+        }
+    )
+
+    # Calibration of this log: the real rig with a little per-log jitter.
+    calib: dict[str, dict[str, Any]] = {}
+    w, h = opts.image_size
+    for channel in (*CAMERA_ORDER, LIDAR_CHANNEL):
+        mount = RIG[channel]
+        R = _small_rotation(rng, CALIB_JITTER_R) @ quaternion_to_matrix(mount.rotation)
+        t = np.asarray(mount.translation) + rng.normal(0.0, CALIB_JITTER_T, size=3)
+        K = (
+            []
+            if mount.intrinsic_1600x900 is None
+            else scaled_intrinsic(mount.intrinsic_1600x900, w, h)
+        )
+        calib[channel] = {
+            "token": token(seed, name, "calibrated_sensor", channel),
+            "sensor_token": token(None, "sensor", channel),
+            "translation": _floats(t),
+            "rotation": _floats(matrix_to_quaternion(R)),
+            "camera_intrinsic": [_floats(row) for row in K] if len(K) else [],
+        }
+        tables["calibrated_sensor"].append(calib[channel])
+
+    street_from_global = invert_pose(world.street_to_global())
+    sample_tokens = [token(seed, name, "sample", i) for i in range(k)]
+    sd_tokens = {
+        ch: [token(seed, name, "sample_data", ch, i) for i in range(k)]
+        for ch in (*CAMERA_ORDER, LIDAR_CHANNEL)
+    }
+    t_sample = t0
+    for i in range(k):
+        if i:
+            t_sample += KEYFRAME_INTERVAL_US + int(rng.integers(-2000, 2000))
+        tables["sample"].append(
+            {
+                "token": sample_tokens[i],
+                "timestamp": t_sample,
+                "prev": sample_tokens[i - 1] if i else "",
+                "next": sample_tokens[i + 1] if i + 1 < k else "",
+                "scene_token": token(seed, name, "scene"),
+            }
+        )
+        for channel in (*CAMERA_ORDER, LIDAR_CHANNEL):
+            is_lidar = channel == LIDAR_CHANNEL
+            ts = t_sample + RIG[channel].time_offset_us
+            if not is_lidar:
+                ts += int(rng.integers(-1500, 1500))
+            sd_tok = sd_tokens[channel][i]
+            ego = _ego_pose_record(world, ts, t0, token(seed, name, "ego_pose", channel, i))
+            tables["ego_pose"].append(ego)
+            # sensor -> street, through exactly the stored records (as any reader will do)
+            sensor_to_street = street_from_global @ _record_pose(ego) @ _record_pose(calib[channel])
+            if is_lidar:
+                filename = f"samples/{channel}/{logfile}__{channel}__{ts}.pcd.bin"
+                points, labels = scan_lidar(
+                    world, sensor_to_street, opts.num_beams, opts.points_per_beam, render_rng
+                )
+                points.tofile(root / filename)
+                label_file = f"lidarseg/{VERSION}/{sd_tok}_lidarseg.bin"
+                labels.tofile(root / label_file)
+                tables["lidarseg"].append(
+                    {"token": sd_tok, "sample_data_token": sd_tok, "filename": label_file}
+                )
+            else:
+                filename = f"samples/{channel}/{logfile}__{channel}__{ts}.jpg"
+                K = np.asarray(calib[channel]["camera_intrinsic"])
+                img, _ = render_camera(world, sensor_to_street, K, w, h, render_rng)
+                Image.fromarray(img).save(root / filename, format="JPEG", quality=90)
+            tables["sample_data"].append(
+                {
+                    "token": sd_tok,
+                    "sample_token": sample_tokens[i],
+                    "ego_pose_token": ego["token"],
+                    "calibrated_sensor_token": calib[channel]["token"],
+                    "timestamp": ts,
+                    "fileformat": "pcd" if is_lidar else "jpg",
+                    "is_key_frame": True,
+                    "height": 0 if is_lidar else h,
+                    "width": 0 if is_lidar else w,
+                    "filename": filename,
+                    "prev": sd_tokens[channel][i - 1] if i else "",
+                    "next": sd_tokens[channel][i + 1] if i + 1 < k else "",
+                }
+            )
+    lanes = "two-way street" if world.road_half_width > 0 else "street"
+    tables["scene"].append(
+        {
+            "token": token(seed, name, "scene"),
+            "log_token": log_token,
+            "nbr_samples": k,
+            "first_sample_token": sample_tokens[0],
+            "last_sample_token": sample_tokens[-1],
+            "name": name,
+            "description": (
+                f"tpvkit synthetic {lanes}, road {2 * world.road_half_width:.1f} m wide, "
+                f"ego at {speed:.1f} m/s, {world.num_primitives} primitives (seed {seed})"
+            ),
+        }
+    )
+    return tables
+
+
+# ---------------------------------------------------------------------------------------------
+# The dataroot
+
+
+def _static_tables(seed: int, logs: list[dict[str, Any]]) -> dict[str, list[dict]]:
+    """Tables that do not depend on the scenes' content: category, attribute, sensor, map..."""
+    category = [
+        {
+            "token": token(None, "category", name),
+            "name": name,
+            "description": _CATEGORY_DESCRIPTIONS.get(name, f"nuScenes category {name}."),
+            "index": index,
+        }
+        for index, name in enumerate(GENERAL_CLASS_NAMES)
+    ]
+    sensor = [
+        {
+            "token": token(None, "sensor", ch),
+            "channel": ch,
+            "modality": "lidar" if ch == LIDAR_CHANNEL else "camera",
+        }
+        for ch in (*CAMERA_ORDER, LIDAR_CHANNEL)
+    ]
+    attribute = [
+        {"token": token(None, "attribute", n), "name": n, "description": n} for n in _ATTRIBUTES
+    ]
+    visibility = [
+        {"token": tok, "level": level, "description": f"visibility of whichever is {level}"}
+        for tok, level in _VISIBILITY
+    ]
+    maps = []
+    for location in sorted({log["location"] for log in logs}):
+        maps.append(
+            {
+                "token": token(seed, "map", location),
+                "log_tokens": [log["token"] for log in logs if log["location"] == location],
+                "category": "semantic_prior",
+                "filename": f"maps/{hashlib.md5(location.encode()).hexdigest()}.png",
+            }
+        )
+    return {
+        "category": category,
+        "attribute": attribute,
+        "visibility": visibility,
+        "sensor": sensor,
+        "map": maps,
+    }
+
+
+def _write_map_mask(path: Path) -> None:
+    """A small semantic-prior mask (the devkit only checks it exists until a map is queried)."""
+    mask = np.zeros((200, 200), dtype=np.uint8)
+    mask[80:120, :] = 255
+    mask[:, 90:110] = 255
+    Image.fromarray(mask).save(path, format="PNG")
+
+
+def _write_json(path: Path, records: list[dict]) -> None:
+    path.write_text(json.dumps(records, indent=0), encoding="utf-8")
+
+
+def _render_scene(args: tuple[SyntheticOptions, int, str]) -> dict[str, list[dict]]:
+    opts, index, root = args
+    return _scene_tables(opts, index, Path(root))
+
+
+def write_dataroot(root: Path, opts: SyntheticOptions, workers: int = 1) -> None:
+    """Write the complete dataroot into the (empty) folder `root`."""
+    for sub in (*CAMERA_ORDER, LIDAR_CHANNEL):
+        (root / "samples" / sub).mkdir(parents=True, exist_ok=True)
+        (root / "sweeps" / sub).mkdir(parents=True, exist_ok=True)
+    (root / "lidarseg" / VERSION).mkdir(parents=True, exist_ok=True)
+    (root / "maps").mkdir(parents=True, exist_ok=True)
+    (root / VERSION).mkdir(parents=True, exist_ok=True)
+
+    jobs = [(opts, i, str(root)) for i in range(opts.scenes)]
+    if workers > 1 and opts.scenes > 1:
+        with ProcessPoolExecutor(max_workers=min(workers, opts.scenes)) as pool:
+            per_scene = list(pool.map(_render_scene, jobs))
+    else:
+        per_scene = [_render_scene(job) for job in jobs]
+
+    tables: dict[str, list[dict]] = {}
+    for scene_tables in per_scene:
+        for name, records in scene_tables.items():
+            tables.setdefault(name, []).extend(records)
+    tables.update(_static_tables(opts.seed, tables["log"]))
+    tables["instance"] = []
+    tables["sample_annotation"] = []
+    for record in tables["map"]:
+        _write_map_mask(root / record["filename"])
+    for name, records in sorted(tables.items()):
+        _write_json(root / VERSION / f"{name}.json", records)
+
+
+def _default_workers() -> int:
+    with contextlib.suppress(AttributeError):
+        return max(1, min(2, len(os.sched_getaffinity(0))))
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def generate_synthetic(
+    out: str | Path,
+    *,
+    scenes: int = 10,
+    samples_per_scene: int = 4,
+    seed: int = 0,
+    image_size: tuple[int, int] = (200, 112),
+    num_beams: int = 32,
+    points_per_beam: int = 200,
+    overwrite: bool = False,
+    write_infos: bool = True,
+    workers: int | None = None,
+    verbose: bool = True,
+) -> Path:
+    """Write a synthetic nuScenes v1.0-mini dataroot (+ lidarseg) to `out`; return `out`.
+
+    The dataroot is built in a temporary sibling folder and renamed into place only when
+    complete, so a failure never leaves a half dataroot. An existing non-empty `out` is an
+    error unless `overwrite` (then it is replaced, also only once the new one is complete).
+    With `write_infos`, tpvkit info files for mini_train / mini_val go to `<out>/infos/`.
+    The bytes depend only on the options (not on `workers`).
+    """
+    opts = SyntheticOptions(
+        scenes=int(scenes),
+        samples_per_scene=int(samples_per_scene),
+        seed=int(seed),
+        image_size=(int(image_size[0]), int(image_size[1])),
+        num_beams=int(num_beams),
+        points_per_beam=int(points_per_beam),
+    )
+    check_options(opts)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise TpvkitError(f"--out {out} exists and is not a folder: choose another path")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise TpvkitError(
+            f"--out {out} exists and is not empty: choose a new folder or pass --overwrite "
+            "to replace it"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    # A hidden sibling (same filesystem, so the final rename is atomic); os.mkdir honours the
+    # umask, unlike tempfile.mkdtemp's private 0700 folder.
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{time.time_ns()}"
+    tmp.mkdir()
+    try:
+        write_dataroot(tmp, opts, workers=workers or _default_workers())
+        if out.is_dir():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    if verbose:
+        n = opts.scenes * opts.samples_per_scene
+        print(
+            f"wrote synthetic {VERSION} dataroot {out}: {opts.scenes} scenes, {n} samples, "
+            f"{opts.image_size[0]}x{opts.image_size[1]} images "
+            f"({time.perf_counter() - start:.1f} s)"
+        )
+    if write_infos:
+        from tpvkit.data.infos import prepare_nuscenes_infos
+
+        prepare_nuscenes_infos(out, VERSION, out / "infos", progress=False)
+    return out
