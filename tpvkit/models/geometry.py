@@ -200,7 +200,11 @@ def points_to_grid_coords(
         return frac.clamp(0.0, 1.0)
     if mode == "tpvformer":
         p64 = points.to(torch.float64)
-        lo64, hi64, g64 = lo.double(), hi.double(), g.double()
+        # The range straight from the Python floats: a float32 detour moves 51.2 by 1e-6,
+        # enough to flip floor() at the last voxel.
+        lo64 = torch.tensor([float(v) for v in point_cloud_range[:3]], dtype=torch.float64)
+        hi64 = torch.tensor([float(v) for v in point_cloud_range[3:]], dtype=torch.float64)
+        lo64, hi64, g64 = lo64.to(points.device), hi64.to(points.device), g.double()
         interval = (hi64 - lo64) / (g64 - 1)
         idx = torch.floor((torch.minimum(torch.maximum(p64, lo64), hi64) - lo64) / interval)
         return (idx / g64).to(torch.float32)
