@@ -140,3 +140,181 @@ def test_evaluate_model_without_labels_or_voxels(tmp_path: Path) -> None:
     result = evaluate_model(model, fake_batches(), "cpu", voxel_metrics=False, progress=False)
     assert model.calls == [False] * 3  # no voxel decoding when only points are scored
     assert result["miou"] is not None and result["miou_voxel"] is None
+
+
+# ---------------------------------------------------------------------------------------------
+# The real model on the synthetic dataroot, scored by tpvkit and by the official devkit
+
+
+def unlabelled_copy(root: Path, dst: Path) -> Path:
+    """The dataroot without lidarseg (as v1.0-test): tables copied, sensor folders linked."""
+    import shutil
+
+    dst.mkdir(parents=True)
+    for name in ("samples", "sweeps", "maps"):
+        (dst / name).symlink_to(root / name)
+    shutil.copytree(root / "v1.0-mini", dst / "v1.0-mini")
+    # An empty lidarseg table (and label folder) is how the devkit sees a split without labels.
+    (dst / "v1.0-mini" / "lidarseg.json").write_text("[]")
+    (dst / "lidarseg" / "v1.0-mini").mkdir(parents=True)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised tpv_tiny saved as a tpvkit checkpoint; its classifier is scaled up
+    so that the predictions spread over many classes (a freshly initialised head predicts
+    nearly one class everywhere, which would make the devkit comparison weak)."""
+    from tpvkit.config import load_config
+    from tpvkit.engine.checkpoint import build_checkpoint, save_checkpoint
+    from tpvkit.models.tpvformer import build_model
+
+    cfg = load_config("tpv_tiny")
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.shape[0] != NUM_CLASSES:
+                continue
+            if param.dim() == 2:  # the output layer: large weights, no bias
+                param.normal_(0.0, 3.0)
+            else:
+                param.zero_()
+    state = build_checkpoint(
+        model=model,
+        optimizer=None,
+        scheduler=None,
+        scaler=None,
+        cfg=cfg,
+        epoch=0,
+        iteration=0,
+        iter_in_epoch=0,
+        rng=None,
+    )
+    return save_checkpoint(state, tmp_path_factory.mktemp("ckpt") / "model.pth")
+
+
+CPU = ["--set", "train.device=cpu", "--set", "data.num_workers=0"]
+
+
+@pytest.fixture(scope="module")
+def cli_run(checkpoint: Path, synthetic_infos: dict[str, Path], tmp_path_factory) -> dict:
+    """`tpvkit eval` on mini_val with --save-predictions, run once for the tests below."""
+    from typer.testing import CliRunner
+
+    from tpvkit.cli import app
+
+    out = tmp_path_factory.mktemp("eval")
+    args = ["eval", "tpv_tiny", str(checkpoint), "--infos", str(synthetic_infos["mini_val"])]
+    args += ["--out", str(out / "metrics"), "--save-predictions", str(out / "sub"), "--no-progress"]
+    result = CliRunner().invoke(app, args + CPU)
+    assert result.exit_code == 0, result.output
+    return {"output": result.output, "out": out}
+
+
+def test_cli_prints_the_table_and_writes_metrics_json(cli_run: dict) -> None:
+    import json
+
+    for name in CLASS_NAMES[1:]:
+        assert name in cli_run["output"]
+    assert "mIoU" in cli_run["output"] and "metrics.json" in cli_run["output"]
+    metrics = json.loads((cli_run["out"] / "metrics" / "metrics.json").read_text())
+    for key in ("miou", "iou_per_class", "miou_voxel", "iou_per_class_voxel", "num_samples"):
+        assert key in metrics
+    assert metrics["split"] == "mini_val" and metrics["num_samples"] == 4
+    assert metrics["config"] == "tpv_tiny" and metrics["checkpoint"].endswith("model.pth")
+    assert set(metrics["iou_per_class_voxel"]) == set(CLASS_NAMES[1:])
+    assert 0.0 <= metrics["miou_voxel"] <= 1.0
+    assert np.asarray(metrics["confusion_matrix"]).sum() == metrics["num_labelled_points"] > 0
+
+
+def test_tpvkit_miou_equals_the_devkit_lidarseg_eval(cli_run: dict, synthetic_root: Path) -> None:
+    import json
+
+    from nuscenes import NuScenes
+    from nuscenes.eval.lidarseg.evaluate import LidarSegEval
+    from nuscenes.eval.lidarseg.validate_submission import validate_submission
+
+    nusc = NuScenes("v1.0-mini", str(synthetic_root), verbose=False)
+    sub = cli_run["out"] / "sub"
+    validate_submission(nusc, str(sub), "mini_val")
+    official = LidarSegEval(nusc, str(sub), "mini_val").evaluate()
+    metrics = json.loads((cli_run["out"] / "metrics" / "metrics.json").read_text())
+    assert metrics["miou"] == pytest.approx(official["miou"], abs=1e-9)
+    assert metrics["freq_weighted_iou"] == pytest.approx(official["freq_weighted_iou"], abs=1e-9)
+    predicted = sum(v is not None and v > 0 for v in metrics["iou_per_class"].values())
+    assert predicted >= 2, "the comparison needs classes with a non-zero IoU"
+    assert sum(v == 0.0 for v in metrics["iou_per_class"].values()) >= 2
+    for name, value in official["iou_per_class"].items():
+        if name == "ignore":
+            continue
+        if math.isnan(value):
+            assert metrics["iou_per_class"][name] is None, name
+        else:
+            assert metrics["iou_per_class"][name] == pytest.approx(value, abs=1e-9), name
+
+
+def test_split_without_labels_only_writes_a_valid_submission(
+    checkpoint: Path, synthetic_root: Path, synthetic_infos: dict[str, Path], tmp_path: Path
+) -> None:
+    import json
+
+    from nuscenes import NuScenes
+    from nuscenes.eval.lidarseg.validate_submission import validate_submission
+
+    from tpvkit.config import load_config
+    from tpvkit.engine.evaluate import evaluate
+
+    document = json.loads(synthetic_infos["mini_val"].read_text())
+    for sample in document["samples"]:
+        sample.pop("lidarseg_path", None)
+    infos = tmp_path / "infos_unlabelled.json"
+    infos.write_text(json.dumps(document))
+    cfg = load_config("tpv_tiny", ["train.device=cpu", "data.num_workers=0"])
+    metrics = evaluate(
+        cfg, checkpoint, infos, out_dir=tmp_path, save_predictions=tmp_path / "sub", progress=False
+    )
+    assert metrics["miou"] is None and metrics["iou_per_class"] is None
+    assert metrics["miou_voxel"] is None and metrics["num_samples"] == 4
+    assert json.loads((tmp_path / "metrics.json").read_text())["miou"] is None
+    root = unlabelled_copy(synthetic_root, tmp_path / "root")
+    nusc = NuScenes("v1.0-mini", str(root), verbose=False)
+    assert len(nusc.lidarseg) == 0  # validate_submission now counts points in the .pcd.bin
+    validate_submission(nusc, str(tmp_path / "sub"), "mini_val")
+
+
+def test_bad_inputs_exit_non_zero_with_clear_messages(
+    checkpoint: Path, synthetic_infos: dict[str, Path], tmp_path: Path
+) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from tpvkit.cli import app
+
+    runner = CliRunner()
+    val = str(synthetic_infos["mini_val"])
+
+    result = runner.invoke(app, ["eval", "tpv_tiny", str(tmp_path / "nope.pth"), "--infos", val])
+    assert result.exit_code != 0 and "checkpoint not found" in result.output
+
+    result = runner.invoke(
+        app,
+        ["eval", "tpv_tiny", str(checkpoint), "--infos", val, "--set", "model.encoder.num_hab=2"]
+        + CPU,
+    )
+    assert result.exit_code != 0 and "different model config" in result.output
+    assert "num_hab" in result.output
+
+    document = json.loads(synthetic_infos["mini_val"].read_text())
+    document["samples"] = []
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps(document))
+    result = runner.invoke(app, ["eval", "tpv_tiny", str(checkpoint), "--infos", str(empty)])
+    assert result.exit_code != 0 and "holds no samples" in result.output
+
+    result = runner.invoke(
+        app, ["eval", "tpv_tiny", str(checkpoint), "--infos", str(tmp_path / "missing.json")]
+    )
+    assert result.exit_code != 0 and "does not exist" in result.output
+    assert not (tmp_path / "metrics.json").exists()

@@ -65,7 +65,6 @@ def evaluate_model(
         if isinstance(save_predictions, SubmissionWriter) or save_predictions is None
         else SubmissionWriter(save_predictions, split)
     )
-    has_labels = False
     num_samples = 0
     num_points = 0
     start = time.perf_counter()
@@ -98,7 +97,6 @@ def evaluate_model(
                 n = int(counts[b])
                 pred_b = point_pred[b, :n]
                 if labels is not None:
-                    has_labels = True
                     cm_points.update(labels[b, :n], pred_b)
                 if voxel_pred is not None and labels is not None:
                     idx = batch["point_voxel_index"][b, :n]  # (n, 3) voxel (x, y, z)
@@ -110,7 +108,7 @@ def evaluate_model(
             num_samples += point_pred.shape[0]
     model.train(was_training)
 
-    totals = torch.tensor([num_samples, num_points, int(has_labels)], dtype=torch.int64)
+    totals = torch.tensor([num_samples, num_points], dtype=torch.int64)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         cm_points.all_reduce()
         cm_voxels.all_reduce()
@@ -118,7 +116,9 @@ def evaluate_model(
             totals = totals.to(device)
         torch.distributed.all_reduce(totals)
         totals = totals.cpu()
-    num_samples, num_points, has_labels = int(totals[0]), int(totals[1]), bool(totals[2])
+    num_samples, num_points = int(totals[0]), int(totals[1])
+    # A split without labels (v1.0-test) has no point_labels, or labels that are all ignore.
+    has_labels = cm_points.num_points > 0
     if writer is not None:
         writer.finish()
 
@@ -195,7 +195,7 @@ def evaluate(
     submission layout (default: the info file's own split); `out_dir` defaults to the
     checkpoint's folder. Returns the metrics dict that was written.
     """
-    from tpvkit.data.dataset import LidarSegDataset, collate_batch
+    from tpvkit.data.dataset import LidarSegDataset, build_dataloader
     from tpvkit.data.infos import load_infos
     from tpvkit.engine.checkpoint import load_model_weights
     from tpvkit.models.tpvformer import build_model
@@ -204,19 +204,16 @@ def evaluate(
     infos = Path(infos)
     if not checkpoint.is_file():
         raise TpvkitError(f"checkpoint not found: {checkpoint} (give the .pth written by train)")
-    if not infos.is_file():
+    info_set = load_infos(infos, dataroot=cfg.data.dataroot or None)
+    split = split or info_set.split
+    if not split:
+        raise TpvkitError(f"{infos} does not record its split: pass --split NAME")
+    if len(info_set) == 0:
         raise TpvkitError(
-            f"info file not found: {infos} (create it with `tpvkit prepare nuscenes` "
-            "or `tpvkit prepare synthetic`)"
-        )
-    info_data = load_infos(infos)
-    samples = _samples_of(info_data)
-    split = split or _split_of(info_data, infos)
-    if not samples:
-        raise TpvkitError(
-            f"{infos} holds no samples (split '{split}' is empty); give the info file of a "
+            f"{infos} holds no samples (split '{split}' is empty): give the info file of a "
             "split with samples"
         )
+    labelled = any(sample.get("lidarseg_path") for sample in info_set)
     out_dir = Path(out_dir) if out_dir is not None else checkpoint.parent
     device = resolve_device(cfg.train.device)
 
@@ -224,13 +221,12 @@ def evaluate(
     load_model_weights(model, checkpoint, cfg)
     model.to(device)
 
-    dataset = LidarSegDataset(info_data, cfg.data, cfg.model, train=False)
-    loader = torch.utils.data.DataLoader(
+    dataset = LidarSegDataset(info_set, cfg.data, cfg.model, train=False)
+    loader = build_dataloader(
         dataset,
         batch_size=cfg.eval.batch_size,
-        shuffle=False,
         num_workers=cfg.data.num_workers,
-        collate_fn=collate_batch,
+        shuffle=False,
         pin_memory=device.type == "cuda",
     )
     results = evaluate_model(
@@ -238,7 +234,7 @@ def evaluate(
         loader,
         device,
         num_classes=cfg.model.num_classes,
-        voxel_metrics=cfg.eval.voxel_metrics,
+        voxel_metrics=cfg.eval.voxel_metrics and labelled,  # nothing to score without labels
         save_predictions=save_predictions,
         progress=progress,
         split=split,
@@ -285,19 +281,3 @@ def _dumps(metrics: Mapping[str, Any]) -> str:
         return value
 
     return json.dumps(clean(dict(metrics)), indent=2, allow_nan=False) + "\n"
-
-
-def _samples_of(info_data: Any) -> list[Any]:
-    if isinstance(info_data, Mapping):
-        for key in ("infos", "samples", "data_list"):
-            if key in info_data:
-                return list(info_data[key])
-    return list(info_data)
-
-
-def _split_of(info_data: Any, path: Path) -> str:
-    if isinstance(info_data, Mapping):
-        meta = info_data.get("metadata", info_data)
-        if isinstance(meta, Mapping) and isinstance(meta.get("split"), str):
-            return meta["split"]
-    raise TpvkitError(f"{path} does not record its split; pass --split NAME")
