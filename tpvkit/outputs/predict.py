@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tpvkit.constants import CAMERA_ORDER, EMPTY_CLASS_NAME
+from tpvkit.constants import CAMERA_ORDER, EMPTY_CLASS_NAME, IGNORE_INDEX
 from tpvkit.errors import TpvkitError
 from tpvkit.outputs.prediction_file import (
     Prediction,
@@ -122,10 +122,11 @@ def _in_range_occupancy(
 
 
 def argmax_voxels(voxel_logits: torch.Tensor, chunk: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    """(C, X, Y, Z) logits -> class (X, Y, Z) uint8 and its softmax probability (float16).
+    """(C, X, Y, Z) logits -> class (X, Y, Z) uint8 and its probability (float16).
 
-    The ignore class 0 is never predicted (tpvkit.outputs.metrics.predict_classes); X is walked
-    in slices so the temporary copies stay small for the 200x200x16 grid.
+    The ignore class is never predicted (tpvkit.outputs.metrics.predict_classes) and its logit,
+    meaningless after training with it ignored, is left out of the softmax too. X is walked in
+    slices so the temporary copies stay small for the 200x200x16 grid.
     """
     from tpvkit.outputs.metrics import predict_classes
 
@@ -133,7 +134,9 @@ def argmax_voxels(voxel_logits: torch.Tensor, chunk: int = 8) -> tuple[torch.Ten
     for start in range(0, voxel_logits.shape[1], chunk):
         part = voxel_logits[:, start : start + chunk].float()
         cls = predict_classes(part, class_dim=0)  # (x, Y, Z)
-        prob = torch.softmax(part, dim=0).gather(0, cls[None])[0]
+        real = part.clone()
+        real[IGNORE_INDEX] = float("-inf")
+        prob = torch.softmax(real, dim=0).gather(0, cls[None])[0]
         labels.append(cls.to(torch.uint8))
         confidence.append(prob.half())
     return torch.cat(labels), torch.cat(confidence)
