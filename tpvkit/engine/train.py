@@ -167,14 +167,11 @@ def occupancy_losses(cfg: Config) -> LossFn:
 
 def _dataset(cfg: Config, path: Path, key: str, train: bool) -> Dataset:
     from tpvkit.data.dataset import LidarSegDataset
-    from tpvkit.data.infos import load_infos
 
-    dataset = LidarSegDataset(load_infos(path), cfg.data, cfg.model, train=train)
-    if len(dataset) == 0:
-        raise TpvkitError(
-            f"{path} ({key}) holds no samples: give the info file of a non-empty split"
-        )
-    return dataset
+    try:
+        return LidarSegDataset(path, cfg.data, cfg.model, train=train)
+    except TpvkitError as err:  # e.g. an empty split: say which config key named the file
+        raise TpvkitError(f"{err} ({key})") from err
 
 
 def build_parts(cfg: Config) -> TrainParts:
