@@ -339,3 +339,25 @@ def test_build_dataloader_and_distributed_split(tiny_infos):
         seen.append([b["tokens"][0] for b in loader])
     assert len(seen[0]) == len(seen[1]) == 2
     assert sorted(seen[0] + seen[1]) == sorted(s["token"] for s in ds.infos.samples)
+
+
+def test_synthetic_end_to_end(synthetic_infos):
+    """The shared synthetic dataroot through infos -> Dataset -> batches of 2."""
+    cfg = load_config("tpv_tiny")
+    ds = LidarSegDataset(synthetic_infos["mini_val"], cfg.data, cfg.model, train=True)
+    batch = next(iter(build_dataloader(ds, batch_size=2, shuffle=True, seed=0)))
+    Hp, Wp = ds.padded_size()
+    assert batch["img"].shape == (2, 6, 3, Hp, Wp) and torch.isfinite(batch["img"]).all()
+    assert (batch["num_points"] > 1000).all()
+    labels = batch["point_labels"][batch["point_mask"]]
+    assert len(labels.unique()) >= 3 and labels.max() <= 16
+    assert (batch["voxel_labels"] > 0).any()
+    # points project into every camera of the rig
+    for cam in range(6):
+        homo = torch.cat([batch["points"][0], torch.ones_like(batch["points"][0, :, :1])], 1)
+        proj = homo.double() @ batch["lidar2img"][0, cam].double().T
+        depth = proj[:, 2]
+        u, v = proj[:, 0] / depth, proj[:, 1] / depth
+        H, W = cfg.data.img_size
+        inside = (depth > 1) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
+        assert inside.sum() > 50, cam
