@@ -63,3 +63,49 @@ def test_bad_input_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="bool keys"):
         write_meta(tmp_path, "val", {**default_meta(), "use_map": 1})
     assert not any(tmp_path.rglob("*.bin"))
+
+
+def _write_random_submission(root: Path, nusc, out: Path, split: str, zeros: bool) -> None:
+    from nuscenes.eval.lidarseg.utils import get_samples_in_eval_set
+
+    rng = np.random.default_rng(1)
+    writer = SubmissionWriter(out, split)
+    for sample_token in get_samples_in_eval_set(nusc, split):
+        sd = nusc.get("sample_data", nusc.get("sample", sample_token)["data"]["LIDAR_TOP"])
+        n = (root / sd["filename"]).stat().st_size // (5 * 4)  # float32 x 5 per point
+        labels = rng.integers(0 if zeros else 1, 17, size=n)  # zeros: exercise the 0 guard
+        writer.add(sd["token"], labels, num_points=n)
+    writer.finish()
+
+
+def test_devkit_accepts_the_submission_with_and_without_labels(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from nuscenes import NuScenes
+    from nuscenes.eval.lidarseg.validate_submission import validate_submission
+
+    nusc = NuScenes("v1.0-mini", str(synthetic_root), verbose=False)
+    _write_random_submission(synthetic_root, nusc, tmp_path / "sub", "mini_val", zeros=True)
+    validate_submission(nusc, str(tmp_path / "sub"), "mini_val")
+
+    # The same dataroot without labels (as v1.0-test): the devkit then counts the points of
+    # each .pcd.bin instead of the labels.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("samples", "sweeps", "maps"):
+        (bare / name).symlink_to(synthetic_root / name)
+    shutil.copytree(synthetic_root / "v1.0-mini", bare / "v1.0-mini")
+    (bare / "v1.0-mini" / "lidarseg.json").write_text("[]")
+    (bare / "lidarseg" / "v1.0-mini").mkdir(parents=True)
+    nusc_bare = NuScenes("v1.0-mini", str(bare), verbose=False)
+    assert len(nusc_bare.lidarseg) == 0
+    _write_random_submission(bare, nusc_bare, tmp_path / "sub_bare", "mini_val", zeros=False)
+    validate_submission(nusc_bare, str(tmp_path / "sub_bare"), "mini_val")
+
+    # A file one point short is refused by the devkit: the check above can fail.
+    victim = next((tmp_path / "sub_bare" / "lidarseg" / "mini_val").glob("*.bin"))
+    victim.write_bytes(victim.read_bytes()[:-1])
+    with pytest.raises(AssertionError, match="predictions"):
+        validate_submission(nusc_bare, str(tmp_path / "sub_bare"), "mini_val")
