@@ -104,6 +104,17 @@ def test_missing_lidarseg_file_is_named(tiny_copy, tmp_path):
     _fails_and_writes_nothing(tiny_copy, "v1.0-mini", tmp_path, victim.name)
 
 
+def test_dangling_table_reference_is_a_clear_error(tiny_copy, tmp_path):
+    path = tiny_copy / "v1.0-mini" / "sample_data.json"
+    records = json.loads(path.read_text())
+    records[3]["calibrated_sensor_token"] = "f" * 32
+    path.write_text(json.dumps(records))
+    out = tmp_path / "o"
+    with pytest.raises(TpvkitError, match="devkit cannot load .*KeyError"):
+        prepare_nuscenes_infos(tiny_copy, "v1.0-mini", out, progress=False)
+    assert not out.exists()
+
+
 def test_test_version_needs_no_lidarseg(tiny_copy, tmp_path):
     (tiny_copy / "v1.0-mini").rename(tiny_copy / "v1.0-test")
     (tiny_copy / "v1.0-test" / "lidarseg.json").unlink()

@@ -6,6 +6,7 @@ Batch keys and dtypes are the contract of docs/internals.md ("Batches").
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -102,25 +103,12 @@ def _rgb_to_hsv(img: torch.Tensor) -> torch.Tensor:
 
 
 def _hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
+    """Inverse of _rgb_to_hsv, with the closed form f(n) = V - V S clamp(min(k, 4 - k), 0, 1),
+    k = (n + H / 60) mod 6, n = 5, 3, 1 for R, G, B (no per-sector table in memory)."""
     h, s, v = hsv
-    c = v * s
-    hp = (h % 360.0) / 60.0
-    x = c * (1 - (hp % 2 - 1).abs())
-    zero = torch.zeros_like(c)
-    sector = hp.floor().clamp(0, 5).long()
-    # (r, g, b) of each of the six hue sectors, before adding the offset m = v - c
-    table = torch.stack(
-        [
-            torch.stack([c, x, zero]),
-            torch.stack([x, c, zero]),
-            torch.stack([zero, c, x]),
-            torch.stack([zero, x, c]),
-            torch.stack([x, zero, c]),
-            torch.stack([c, zero, x]),
-        ]
-    )  # (6, 3, H, W)
-    rgb = torch.gather(table, 0, sector[None, None].expand(1, 3, *sector.shape))[0]
-    return rgb + (v - c)
+    n = torch.tensor([5.0, 3.0, 1.0], dtype=hsv.dtype, device=hsv.device).view(3, 1, 1)
+    k = (n + h / 60.0) % 6.0
+    return v - v * s * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
 
 
 def _uniform(low: float, high: float) -> float:
@@ -222,9 +210,7 @@ class LidarSegDataset(torch.utils.data.Dataset):
         public code)."""
         root = dataroot or (data_cfg.dataroot or None)
         if isinstance(infos, InfoSet):
-            self.infos = infos
-            if root:
-                self.infos = InfoSet(**{**infos.__dict__, "dataroot": Path(root)})
+            self.infos = dataclasses.replace(infos, dataroot=Path(root)) if root else infos
         else:
             self.infos = load_infos(infos, dataroot=root)
         if len(self.infos) == 0:

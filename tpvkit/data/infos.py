@@ -148,8 +148,11 @@ def _load_devkit(dataroot: Path, version: str) -> Any:
         # The devkit prints even with verbose=False in places; keep the CLI output ours.
         with contextlib.redirect_stdout(io.StringIO()):
             return NuScenes(version=version, dataroot=str(dataroot), verbose=False)
-    except AssertionError as err:  # the devkit's own checks are asserts
-        raise TpvkitError(f"the nuScenes devkit cannot load {dataroot} ({version}): {err}") from err
+    except Exception as err:  # the devkit's own checks are bare asserts and KeyErrors
+        raise TpvkitError(
+            f"the nuScenes devkit cannot load {dataroot} ({version}): "
+            f"{type(err).__name__}: {err} (a table refers to a record that is not there?)"
+        ) from err
 
 
 def _devkit_version() -> str:
