@@ -182,17 +182,28 @@ def _record_pose(record: dict[str, Any]) -> np.ndarray:
 # One scene
 
 
+def scene_world(seed: int, index: int, samples_per_scene: int) -> World:
+    """The static world (with the ego path) of scene `index`; a pure function of its inputs.
+
+    Public so that checks can re-cast rays into exactly the world a dataroot was rendered from.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([seed, index, 0x5EED]))
+    speed = float(rng.uniform(3.0, 9.0))
+    travel = speed * (samples_per_scene - 1) * KEYFRAME_INTERVAL_US * 1e-6 + 1.0
+    world = build_street_world(rng, travel)
+    return replace(world, ego_path=replace(world.ego_path, speed=speed))
+
+
 def _scene_tables(opts: SyntheticOptions, index: int, root: Path) -> dict[str, list[dict]]:
     """Generate, render and write the files of scene `index`; return its table records."""
     name = SCENE_NAMES[index]
     seed = opts.seed
-    rng = np.random.default_rng(np.random.SeedSequence([seed, index, 0x5EED]))
+    # Independent streams: the world, the log's timing/calibration, and the sensor noise.
+    world = scene_world(seed, index, opts.samples_per_scene)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, index, 0x7153]))
     render_rng = np.random.default_rng(np.random.SeedSequence([seed, index, 0xCA11]))
     k = opts.samples_per_scene
-    speed = float(rng.uniform(3.0, 9.0))
-    travel = speed * (k - 1) * KEYFRAME_INTERVAL_US * 1e-6 + 1.0
-    world = build_street_world(rng, travel)
-    world = replace(world, ego_path=replace(world.ego_path, speed=speed))
+    speed = world.ego_path.speed
 
     location, vehicle, utc = _LOCATIONS[name]
     t0 = FIRST_TIMESTAMP_US + index * 3_600_000_000 + int(rng.integers(0, 10_000_000))
