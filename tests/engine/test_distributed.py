@@ -97,37 +97,20 @@ def test_world_size_without_a_rendezvous_is_a_clear_error(monkeypatch):
 TOY_SCRIPT = textwrap.dedent(
     """
     import os, sys
-    import torch
-    from toy_parts import toy_config, toy_parts
-    from tpvkit.engine.train import train
+    from train_helpers import toy_ddp_run
 
-    out, batch = sys.argv[1], sys.argv[2]
-    held = {}
-
-    def build(cfg):
-        parts = toy_parts(n=6, augment=False, dropout=0.0)(cfg)
-        held["model"] = parts.model
-        return parts
-
-    cfg = toy_config("train.max_iters=7", f"data.batch_size={batch}", "train.ckpt_interval=4")
-    train(cfg, out, parts=build)
-    rank = os.environ.get("RANK", "single")
-    torch.save(held["model"].state_dict(), os.path.join(out, f"weights_{rank}.pt"))
+    toy_ddp_run(sys.argv[1], int(sys.argv[2]), os.environ["RANK"])
     """
 )
 
 
 def test_two_rank_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
-    from toy_parts import train_records
+    from train_helpers import toy_ddp_run, train_records
 
     script = tmp_path / "toy_ddp.py"
     script.write_text(TOY_SCRIPT)
     _torchrun([str(script), str(tmp_path / "ddp"), "1"], cwd=tmp_path)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(REPO)])}
-    subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "one"), "2"], env=env, check=True,
-        capture_output=True,
-    )  # fmt: skip
+    toy_ddp_run(tmp_path / "one", 2, "single")  # in this process: batch 2, no process group
     w0 = torch.load(tmp_path / "ddp" / "weights_0.pt", weights_only=True)
     w1 = torch.load(tmp_path / "ddp" / "weights_1.pt", weights_only=True)
     single = torch.load(tmp_path / "one" / "weights_single.pt", weights_only=True)
@@ -144,3 +127,26 @@ def test_two_rank_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
     assert sorted(p.name for p in (tmp_path / "ddp").glob("*.pth")) == [
         "iter_000004.pth", "iter_000007.pth", "latest.pth",
     ]  # fmt: skip
+
+
+# -- DDP of the real model through the CLI --------------------------------------------------------
+
+
+def test_cli_under_torchrun_matches_one_process_on_the_real_model(tmp_path, synthetic_infos):
+    from train_helpers import REAL_TINY, info_subset, real_config
+
+    from tpvkit.engine.train import train
+
+    # The same sample twice: BatchNorm statistics and the (non-decomposable) Lovasz loss of a
+    # batch of 2 then equal those of each rank's batch of 1, so the runs must agree closely.
+    infos = info_subset(synthetic_infos["mini_train"], tmp_path / "twice.json", [0, 0])
+    steps = ["train.max_iters=3", "optim.warmup_iters=0", "optim.lr=1e-3"]
+    sets = [x for kv in [*REAL_TINY, f"data.train_infos={infos}", *steps] for x in ("--set", kv)]
+    _torchrun(["-m", "tpvkit", "train", "tpv_tiny", "--work-dir", str(tmp_path / "ddp"), *sets],
+              cwd=tmp_path)  # fmt: skip
+    train(real_config(infos, *steps, "data.batch_size=2"), tmp_path / "one")
+    ddp = torch.load(tmp_path / "ddp" / "latest.pth", weights_only=True)
+    one = torch.load(tmp_path / "one" / "latest.pth", weights_only=True)
+    assert ddp["iteration"] == one["iteration"] == 3 and len(ddp["rng"]) == 2
+    for key, value in one["model"].items():
+        torch.testing.assert_close(ddp["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)

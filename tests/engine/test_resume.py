@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from toy_parts import toy_config, toy_losses, toy_parts, train_records
+from train_helpers import toy_config, toy_losses, toy_parts, train_records
 
 from tpvkit.engine.train import train
 
@@ -83,3 +83,27 @@ def test_resume_refuses_a_different_model_config(tmp_path):
     with pytest.raises(TpvkitError, match="model.dim 128 \\(checkpoint\\) vs 64"):
         cfg = toy_config("train.max_iters=4", "model.dim=64", "model.encoder.pos_dims=[24,24,16]")
         train(cfg, tmp_path, resume=True, parts=toy_parts())
+
+
+def test_real_model_resume_with_augmentation_matches_an_uninterrupted_run(
+    tmp_path, synthetic_infos
+):
+    from train_helpers import info_subset, real_config
+
+    # 3 samples, photometric distortion and GridMask on: the augmentation draws must repeat.
+    infos = info_subset(synthetic_infos["mini_train"], tmp_path / "three.json", [0, 1, 0])
+    cfg = real_config(
+        infos,
+        "train.max_iters=5",
+        "data.photometric_aug=true",
+        "data.grid_mask=true",
+        "data.grid_mask_prob=0.5",
+    )
+    train(cfg, tmp_path / "full")
+    train(cfg, tmp_path / "split", stop_after=2)
+    train(cfg, tmp_path / "split", resume=True)
+    rest = range(3, 6)
+    assert _losses(tmp_path / "split", rest) == _losses(tmp_path / "full", rest)
+    a = torch.load(tmp_path / "full" / "latest.pth", weights_only=True)["model"]
+    b = torch.load(tmp_path / "split" / "latest.pth", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -6,7 +6,14 @@ import math
 
 import pytest
 import torch
-from toy_parts import toy_config, toy_losses, toy_parts, train_records
+from train_helpers import (
+    info_subset,
+    real_config,
+    toy_config,
+    toy_losses,
+    toy_parts,
+    train_records,
+)
 
 from tpvkit.engine.checkpoint import list_iter_checkpoints
 from tpvkit.engine.optim import lr_at
@@ -93,3 +100,54 @@ def test_missing_info_file_names_it_and_the_prepare_command(tmp_path):
     with pytest.raises(TpvkitError) as err:
         train(cfg, tmp_path / "w")
     assert "nope.json" in str(err.value) and "tpvkit prepare" in str(err.value)
+
+
+# -- the real model on the synthetic data set ---------------------------------------------------
+
+
+def test_tiny_model_overfits_one_sample(tmp_path, synthetic_infos):
+    infos = info_subset(synthetic_infos["mini_train"], tmp_path / "one.json", [0])
+    cfg = real_config(
+        infos,
+        "train.max_iters=60",
+        "optim.lr=3e-3",
+        "optim.warmup_iters=5",
+        "optim.min_lr=3e-4",
+    )
+    train(cfg, tmp_path / "w")
+    records = train_records(tmp_path / "w")
+    first = sum(records[i]["loss"] for i in (1, 2, 3)) / 3
+    last = sum(records[i]["loss"] for i in (58, 59, 60)) / 3
+    assert last < first / 5, (first, last)
+    assert records[60]["loss_lovasz"] < records[1]["loss_lovasz"]
+    assert records[60]["loss_ce"] < records[1]["loss_ce"] / 5
+
+
+def test_cli_train_bad_inputs_exit_non_zero_with_clear_messages(tmp_path, synthetic_infos):
+    from typer.testing import CliRunner
+
+    from tpvkit.cli import app
+
+    runner = CliRunner()
+    missing = tmp_path / "missing_infos.json"
+    result = runner.invoke(
+        app,
+        ["train", "tpv_tiny", "--work-dir", str(tmp_path / "w"), "--set",
+         f"data.train_infos={missing}"],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert str(missing) in result.output and "tpvkit prepare" in result.output
+
+    result = runner.invoke(
+        app, ["train", "tpv_tiny", "--work-dir", str(tmp_path / "w"), "--set", "optim.lrr=1"]
+    )
+    assert result.exit_code == 2 and "optim.lr" in result.output
+
+    empty = info_subset(synthetic_infos["mini_train"], tmp_path / "empty.json", [])
+    result = runner.invoke(
+        app,
+        ["train", "tpv_tiny", "--work-dir", str(tmp_path / "w"), "--set",
+         f"data.train_infos={empty}"],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "no samples" in result.output and "data.train_infos" in result.output

@@ -1,4 +1,5 @@
-"""A toy model, data set and loss for testing the training loop in milliseconds.
+"""Helpers of the engine tests: a toy model/data/loss for testing the loop in milliseconds, and
+the real tiny model's settings on the synthetic data set.
 
 The toy exercises everything the loop must get right for exact resume: dropout (torch RNG),
 augmentation drawn from Python and NumPy RNGs in __getitem__, a backbone parameter group.
@@ -78,6 +79,25 @@ def toy_parts(
     return build
 
 
+def toy_ddp_run(out: Any, batch_size: int, tag: str) -> None:
+    """7 toy steps without randomness (no dropout, no augmentation); saves the final weights to
+    <out>/weights_<tag>.pt (every rank, so that the test can compare them)."""
+    from pathlib import Path
+
+    from tpvkit.engine.train import train
+
+    held = {}
+
+    def build(cfg: Config) -> TrainParts:
+        parts = toy_parts(n=6, augment=False, dropout=0.0)(cfg)
+        held["model"] = parts.model
+        return parts
+
+    cfg = toy_config("train.max_iters=7", f"data.batch_size={batch_size}", "train.ckpt_interval=4")
+    train(cfg, out, parts=build)
+    torch.save(held["model"].state_dict(), Path(out) / f"weights_{tag}.pt")
+
+
 def toy_config(*overrides: str) -> Config:
     base = [
         "train.device=cpu",
@@ -105,3 +125,38 @@ def train_records(work_dir: Any) -> dict[int, dict[str, Any]]:
     lines = (Path(work_dir) / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     return {r["iter"]: r for r in records if r["kind"] == "train"}
+
+
+# tpv_tiny made smaller still: one HCAB, 16x16x4 planes, 64x96 images, an 8-channel ResNet-18.
+REAL_TINY = [
+    "train.device=cpu",
+    "data.num_workers=0",
+    "data.photometric_aug=false",
+    "data.grid_mask=false",
+    "data.val_infos=''",
+    "data.img_size=[64,96]",
+    "model.tpv_h=16",
+    "model.tpv_w=16",
+    "model.tpv_z=4",
+    "model.encoder.num_hcab=1",
+    "model.encoder.num_hab=0",
+    "model.backbone.base_channels=8",
+    "train.log_interval=1",
+    "train.keep_checkpoints=0",
+]
+
+
+def info_subset(src, dst, indices):
+    """An info file holding samples `indices` of `src` (repeats allowed), same dataroot."""
+    import json
+
+    doc = json.loads(src.read_text())
+    doc["samples"] = [doc["samples"][i] for i in indices]
+    dst.write_text(json.dumps(doc))
+    return dst
+
+
+def real_config(infos, *overrides):
+    from tpvkit.config import load_config
+
+    return load_config("tpv_tiny", [*REAL_TINY, f"data.train_infos={infos}", *overrides])
