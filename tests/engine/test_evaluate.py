@@ -21,11 +21,11 @@ GRID = (4, 5, 3)  # (X, Y, Z) of the fake model's voxel logits
 class FakeModel(nn.Module):
     """Point logits from a fixed random projection of xyz, voxel logits from a fixed table."""
 
-    def __init__(self) -> None:
+    def __init__(self, num_classes: int = NUM_CLASSES) -> None:
         super().__init__()
         gen = torch.Generator().manual_seed(0)
-        self.proj = nn.Parameter(torch.randn(NUM_CLASSES, 3, generator=gen))
-        self.table = nn.Parameter(torch.randn(NUM_CLASSES, *GRID, generator=gen))
+        self.proj = nn.Parameter(torch.randn(num_classes, 3, generator=gen))
+        self.table = nn.Parameter(torch.randn(num_classes, *GRID, generator=gen))
         self.calls: list[bool] = []
         self.modes: list[bool] = []
 
@@ -140,6 +140,21 @@ def test_evaluate_model_without_labels_or_voxels(tmp_path: Path) -> None:
     result = evaluate_model(model, fake_batches(), "cpu", voxel_metrics=False, progress=False)
     assert model.calls == [False] * 3  # no voxel decoding when only points are scored
     assert result["miou"] is not None and result["miou_voxel"] is None
+
+
+def test_occupancy_model_never_predicts_empty_at_a_lidar_point() -> None:
+    """An 18-class (occupancy) model is scored on the lidarseg classes: "empty" is dropped."""
+    lidarseg, occupancy = FakeModel(), FakeModel(NUM_CLASSES + 1)
+    with torch.no_grad():
+        occupancy.proj[:NUM_CLASSES] = lidarseg.proj
+        occupancy.table[:NUM_CLASSES] = lidarseg.table
+        occupancy.proj[NUM_CLASSES] = 0.0
+        occupancy.table[NUM_CLASSES] = 1e6  # "empty" wins every voxel's argmax
+    batches = fake_batches()
+    a = evaluate_model(lidarseg, batches, "cpu", progress=False)
+    b = evaluate_model(occupancy, batches, "cpu", num_classes=NUM_CLASSES + 1, progress=False)
+    assert a["confusion_matrix"] == b["confusion_matrix"]
+    assert a["confusion_matrix_voxel"] == b["confusion_matrix_voxel"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -52,21 +52,27 @@ def evaluate_model(
     a SubmissionWriter. Under torch.distributed the confusion matrices and counts are summed over
     the processes (each must see its own share of the samples).
 
+    `num_classes` is the model's output count: 17 (lidarseg), or 18 for the occupancy variant,
+    whose extra "empty" logit is dropped here because a LiDAR return is never free space; the
+    scores are always over the 16 lidarseg classes.
+
     Returns miou, iou_per_class, freq_weighted_iou and, with `voxel_metrics`, the same keys with
     a "_voxel" suffix (None without it); num_samples, num_points, the confusion matrices
     (lists, rows GT) and seconds.
     """
+    if num_classes < NUM_CLASSES:
+        raise TpvkitError(
+            f"model.num_classes is {num_classes}: lidarseg evaluation needs the {NUM_CLASSES} "
+            "classes of tpvkit.constants.CLASS_NAMES"
+        )
     device = torch.device(device)
-    class_names = CLASS_NAMES if num_classes == NUM_CLASSES else tuple(map(str, range(num_classes)))
-    cm_points = ConfusionMatrix(num_classes)
-    cm_voxels = ConfusionMatrix(num_classes)
+    cm_points = ConfusionMatrix(NUM_CLASSES)
+    cm_voxels = ConfusionMatrix(NUM_CLASSES)
     writer = (
         save_predictions
         if isinstance(save_predictions, SubmissionWriter) or save_predictions is None
         else SubmissionWriter(save_predictions, split)
     )
-    num_samples = 0
-    num_points = 0
     start = time.perf_counter()
 
     iterator = loader
@@ -77,36 +83,12 @@ def evaluate_model(
 
     was_training = model.training
     model.eval()
-    with torch.inference_mode():
-        for batch in iterator:
-            batch = _to_device(batch, device)
-            out = model(
-                batch["img"],
-                batch["lidar2img"],
-                points=batch["points"],
-                decode_voxels=voxel_metrics,
-            )
-            point_pred = predict_classes(out["point_logits"]).cpu()  # (B, Nmax)
-            voxel_pred = None
-            if voxel_metrics:
-                voxel_pred = predict_classes(out["voxel_logits"])  # (B, X, Y, Z)
-            counts = batch["num_points"].cpu()
-            labels = batch.get("point_labels")
-            labels = labels.cpu() if labels is not None else None
-            for b in range(point_pred.shape[0]):
-                n = int(counts[b])
-                pred_b = point_pred[b, :n]
-                if labels is not None:
-                    cm_points.update(labels[b, :n], pred_b)
-                if voxel_pred is not None and labels is not None:
-                    idx = batch["point_voxel_index"][b, :n]  # (n, 3) voxel (x, y, z)
-                    vox_b = voxel_pred[b, idx[:, 0], idx[:, 1], idx[:, 2]].cpu()
-                    cm_voxels.update(labels[b, :n], vox_b)
-                if writer is not None:
-                    writer.add(batch["lidar_tokens"][b], pred_b, num_points=n)
-                num_points += n
-            num_samples += point_pred.shape[0]
-    model.train(was_training)
+    try:
+        num_samples, num_points = _run_batches(
+            model, iterator, device, voxel_metrics, cm_points, cm_voxels, writer
+        )
+    finally:
+        model.train(was_training)
 
     totals = torch.tensor([num_samples, num_points], dtype=torch.int64)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -125,7 +107,7 @@ def evaluate_model(
     def scores(cm: ConfusionMatrix, enabled: bool) -> tuple[Any, Any, Any, Any]:
         if not (enabled and has_labels):
             return None, None, None, None
-        iou = iou_dict(cm.iou_per_class(), class_names)
+        iou = iou_dict(cm.iou_per_class(), CLASS_NAMES)
         miou, fwiou = nan_to_none(cm.miou()), nan_to_none(cm.freq_weighted_iou())
         return miou, iou, fwiou, cm.matrix.tolist()
 
@@ -145,6 +127,50 @@ def evaluate_model(
         "confusion_matrix_voxel": matrix_v,
         "seconds": time.perf_counter() - start,
     }
+
+
+def _run_batches(
+    model: torch.nn.Module,
+    batches: Iterable[Mapping[str, Any]],
+    device: torch.device,
+    voxel_metrics: bool,
+    cm_points: ConfusionMatrix,
+    cm_voxels: ConfusionMatrix,
+    writer: SubmissionWriter | None,
+) -> tuple[int, int]:
+    """The inference loop of evaluate_model: accumulate both matrices, write predictions;
+    returns the numbers of samples and points seen."""
+    num_samples = total_points = 0
+    with torch.inference_mode():
+        for batch in batches:
+            batch = _to_device(batch, device)
+            out = model(
+                batch["img"],
+                batch["lidar2img"],
+                points=batch["points"],
+                decode_voxels=voxel_metrics,
+            )
+            point_pred = predict_classes(out["point_logits"][:, :NUM_CLASSES]).cpu()  # (B, Nmax)
+            voxel_pred = None
+            if voxel_metrics:
+                voxel_pred = predict_classes(out["voxel_logits"][:, :NUM_CLASSES])  # (B, X, Y, Z)
+            num_points = batch["num_points"].cpu()
+            labels = batch.get("point_labels")
+            labels = labels.cpu() if labels is not None else None
+            for b in range(point_pred.shape[0]):
+                n = int(num_points[b])
+                pred_b = point_pred[b, :n]
+                if labels is not None:
+                    cm_points.update(labels[b, :n], pred_b)
+                if voxel_pred is not None and labels is not None:
+                    idx = batch["point_voxel_index"][b, :n]  # (n, 3) voxel (x, y, z)
+                    vox_b = voxel_pred[b, idx[:, 0], idx[:, 1], idx[:, 2]].cpu()
+                    cm_voxels.update(labels[b, :n], vox_b)
+                if writer is not None:
+                    writer.add(batch["lidar_tokens"][b], pred_b, num_points=n)
+                total_points += n
+            num_samples += point_pred.shape[0]
+    return num_samples, total_points
 
 
 def _len_or_none(loader: Any) -> int | None:
