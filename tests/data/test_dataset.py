@@ -361,3 +361,26 @@ def test_synthetic_end_to_end(synthetic_infos):
         H, W = cfg.data.img_size
         inside = (depth > 1) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
         assert inside.sum() > 50, cam
+
+
+def test_label_map_agrees_with_devkit_class_mapper(tiny_root):
+    from nuscenes.eval.lidarseg.utils import LidarsegClassMapper
+    from nuscenes.nuscenes import NuScenes
+
+    from tpvkit.data.dataset import map_labels_32_to_16
+
+    mapper = LidarsegClassMapper(NuScenes("v1.0-mini", str(tiny_root), verbose=False))
+    fine_to_coarse = mapper.get_fine_idx_2_coarse_idx()
+    general = np.arange(32, dtype=np.uint8)
+    assert map_labels_32_to_16(general).tolist() == [fine_to_coarse[i] for i in range(32)]
+    assert map_labels_32_to_16(np.array([17, 24, 31, 0])).tolist() == [4, 11, 0, 0]
+
+
+def test_out_of_range_general_label(broken):
+    info, root = broken
+    path = root / info.samples[0]["lidarseg_path"]
+    labels = np.fromfile(path, dtype=np.uint8)
+    labels[5] = 40
+    labels.tofile(path)
+    with pytest.raises(TpvkitError, match=f"{path.name} holds label 40"):
+        _dataset(info)[0]

@@ -244,8 +244,9 @@ class LidarSegDataset(torch.utils.data.Dataset):
         h, w = self.img_size
         return (-(-h // div) * div, -(-w // div) * div)
 
-    def _load_camera(self, cam_info: dict[str, Any]) -> tuple[torch.Tensor, np.ndarray]:
-        """One camera -> ((3, Hp, Wp) normalised image, (4, 4) lidar2img of the resized image)."""
+    def _load_camera(self, cam_info: dict[str, Any], out: torch.Tensor) -> np.ndarray:
+        """One camera: its normalised image into `out` (3, Hp, Wp), zero-filled beforehand;
+        returns the (4, 4) lidar2img of the resized image."""
         path = self.infos.resolve(cam_info["img_path"])
         im = read_image(path)
         w0, h0 = im.size
@@ -264,30 +265,27 @@ class LidarSegDataset(torch.utils.data.Dataset):
             np.asarray(cam_info["sensor2lidar_translation"]),
             K,
         )
-        img = torch.from_numpy(np.asarray(im, dtype=np.float32).copy()).permute(2, 0, 1)  # RGB
+        img = torch.from_numpy(np.array(im)).permute(2, 0, 1)  # (3, H, W) uint8 RGB
         if self.train and self.data_cfg.photometric_aug:
-            img = photometric_distortion(img)
-        if not self.data_cfg.to_rgb:
-            img = img.flip(0)  # BGR, the order of caffe-style backbones
-        img = (img - self.mean) / self.std
-        Hp, Wp = self.padded_size()
-        img = torch.nn.functional.pad(img, (0, Wp - W, 0, Hp - H))  # bottom/right, zeros
-        return img, lidar2img
+            img = photometric_distortion(img.float())
+        # BGR unless to_rgb (caffe-style backbones); the padding bottom/right stays zero
+        view = out[:, :H, :W]
+        view.copy_(img if self.data_cfg.to_rgb else img.flip(0))
+        view.sub_(self.mean).div_(self.std)
+        return lidar2img
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.infos[index]
-        imgs, lidar2imgs = [], []
-        for cam in CAMERA_ORDER:
-            img, lidar2img = self._load_camera(sample["cams"][cam])
-            imgs.append(img)
-            lidar2imgs.append(lidar2img)
-        img_t = torch.stack(imgs)  # (6, 3, Hp, Wp)
+        img_t = torch.zeros(len(CAMERA_ORDER), 3, *self.padded_size())  # (6, 3, Hp, Wp)
+        lidar2imgs = [
+            self._load_camera(sample["cams"][cam], img_t[i]) for i, cam in enumerate(CAMERA_ORDER)
+        ]
         if (
             self.train
             and self.data_cfg.grid_mask
             and float(torch.rand(())) < self.data_cfg.grid_mask_prob
         ):
-            img_t = img_t * grid_mask(img_t.shape[-2], img_t.shape[-1])  # one mask, all cameras
+            img_t.mul_(grid_mask(img_t.shape[-2], img_t.shape[-1]))  # one mask, all cameras
 
         points = read_points(self.infos.resolve(sample["lidar_path"]))
         xyz = np.ascontiguousarray(points[:, :3])
