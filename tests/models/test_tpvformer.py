@@ -13,6 +13,8 @@ from tpvkit.config import load_config, shipped_configs
 from tpvkit.errors import TpvkitError
 from tpvkit.models.tpvformer import TPVFormer, build_model
 
+from .public_layout import public_base_layout
+
 
 def ring_lidar2img(img_hw: tuple[int, int], n: int = 6, f: float = 80.0) -> torch.Tensor:
     """(1, n, 4, 4): pinhole cameras 1.5 m above the LiDAR looking outwards, 360 / n apart."""
@@ -121,8 +123,6 @@ def test_base_parameter_count_matches_the_public_model() -> None:
     print(f"tpv_lidarseg_base non-backbone parameters: {count / 1e6:.4f} M")
     assert abs(count - 17.6e6) / 17.6e6 < 0.01
     # And exactly the public layout's count (test_checkpoint_keys derives it independently):
-    from test_checkpoint_keys import public_base_layout
-
     public = public_base_layout()
     expected = sum(
         math.prod(s)
