@@ -146,6 +146,30 @@ def test_official_lidarseg_eval_scores_ground_truth_as_one(nusc: NuScenes, tmp_p
     assert len(ious) >= 8 and all(v == pytest.approx(1.0) for v in ious)
 
 
+def test_box_annotations_agree_with_points_and_labels(nusc: NuScenes) -> None:
+    from nuscenes.utils.geometry_utils import points_in_box
+
+    assert len(nusc.sample_annotation) > 20
+    for inst in nusc.instance:
+        chain, token = [], inst["first_annotation_token"]
+        while token:
+            ann = nusc.get("sample_annotation", token)
+            assert ann["instance_token"] == inst["token"]
+            chain.append(token)
+            token = ann["next"]
+        assert len(chain) == inst["nbr_annotations"] and chain[-1] == inst["last_annotation_token"]
+    agree = total = 0
+    for sample in nusc.sample:
+        sd, points, labels = _lidar(nusc, sample)
+        _, boxes, _ = nusc.get_sample_data(sd["token"])  # the devkit moves boxes into the LiDAR
+        for box in boxes:
+            inside = points_in_box(box, points[:, :3].T)
+            assert inside.sum() == nusc.get("sample_annotation", box.token)["num_lidar_pts"]
+            agree += int((labels[inside] == GENERAL_CLASS_NAMES.index(box.name)).sum())
+            total += int(inside.sum())
+    assert total > 500 and agree / total > 0.9
+
+
 # ---------------------------------------------------------------------------------------------
 # The files are the world seen through the devkit's chain
 

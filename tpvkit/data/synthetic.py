@@ -181,6 +181,51 @@ def _record_pose(record: dict[str, Any]) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # One scene
 
+ANNOTATION_RANGE = 60.0  # objects this close (xy) to the LiDAR get a box in a sample
+
+
+def _visibility_token(num_points: int) -> str:
+    """A stand-in for the camera-based visibility bins: fewer LiDAR hits, less visible."""
+    return "1" if num_points == 0 else "2" if num_points < 5 else "3" if num_points < 20 else "4"
+
+
+def _annotate_sample(
+    world: World,
+    seed: int,
+    scene_name: str,
+    sample_token: str,
+    sample_index: int,
+    lidar_origin: np.ndarray,
+    lidar_street: np.ndarray,
+    annotations: dict[int, list[dict[str, Any]]],
+) -> None:
+    """sample_annotation records (without instance / prev / next yet) of one key frame."""
+    street_to_global = world.street_to_global()
+    for obj_index, obj in enumerate(world.objects):
+        centre = np.asarray(obj.center)
+        if np.hypot(*(centre[:2] - lidar_origin[:2])) > ANNOTATION_RANGE:
+            continue
+        num_points = int(obj.contains(lidar_street).sum())
+        yaw = world.street_yaw + obj.yaw
+        annotations.setdefault(obj_index, []).append(
+            {
+                "token": token(seed, scene_name, "sample_annotation", obj_index, sample_index),
+                "sample_token": sample_token,
+                "instance_token": "",
+                "visibility_token": _visibility_token(num_points),
+                "attribute_tokens": [token(None, "attribute", obj.attribute)]
+                if obj.attribute
+                else [],
+                "translation": _floats(street_to_global[:3, :3] @ centre + street_to_global[:3, 3]),
+                "size": _floats(obj.size),
+                "rotation": [float(np.cos(yaw / 2)), 0.0, 0.0, float(np.sin(yaw / 2))],
+                "prev": "",
+                "next": "",
+                "num_lidar_pts": num_points,
+                "num_radar_pts": 0,
+            }
+        )
+
 
 def scene_world(seed: int, index: int, samples_per_scene: int) -> World:
     """The static world (with the ego path) of scene `index`; a pure function of its inputs.
@@ -216,6 +261,10 @@ def _scene_tables(opts: SyntheticOptions, index: int, root: Path) -> dict[str, l
         t: [] for t in ("calibrated_sensor", "ego_pose", "log", "scene", "sample", "sample_data")
     }
     tables["lidarseg"] = []
+    tables["instance"] = []
+    tables["sample_annotation"] = []
+    # per object: its annotations so far (token, sample index), to chain prev/next
+    annotations: dict[int, list[dict[str, Any]]] = {}
     log_token = token(seed, name, "log")
     tables["log"].append(
         {
@@ -283,6 +332,18 @@ def _scene_tables(opts: SyntheticOptions, index: int, root: Path) -> dict[str, l
                     world, sensor_to_street, opts.num_beams, opts.points_per_beam, render_rng
                 )
                 points.tofile(root / filename)
+                lidar_street = points[:, :3].astype(np.float64) @ sensor_to_street[:3, :3].T
+                lidar_street += sensor_to_street[:3, 3]
+                _annotate_sample(
+                    world,
+                    seed,
+                    name,
+                    sample_tokens[i],
+                    i,
+                    sensor_to_street[:3, 3],
+                    lidar_street,
+                    annotations,
+                )
                 label_file = f"lidarseg/{VERSION}/{sd_tok}_lidarseg.bin"
                 labels.tofile(root / label_file)
                 tables["lidarseg"].append(
@@ -309,6 +370,23 @@ def _scene_tables(opts: SyntheticOptions, index: int, root: Path) -> dict[str, l
                     "next": sd_tokens[channel][i + 1] if i + 1 < k else "",
                 }
             )
+    for obj_index, anns in sorted(annotations.items()):
+        category = world.objects[obj_index].category
+        inst = token(seed, name, "instance", obj_index)
+        for j, ann in enumerate(anns):
+            ann["instance_token"] = inst
+            ann["prev"] = anns[j - 1]["token"] if j else ""
+            ann["next"] = anns[j + 1]["token"] if j + 1 < len(anns) else ""
+        tables["sample_annotation"].extend(anns)
+        tables["instance"].append(
+            {
+                "token": inst,
+                "category_token": token(None, "category", category),
+                "nbr_annotations": len(anns),
+                "first_annotation_token": anns[0]["token"],
+                "last_annotation_token": anns[-1]["token"],
+            }
+        )
     lanes = "two-way street" if world.road_half_width > 0 else "street"
     tables["scene"].append(
         {
@@ -414,8 +492,6 @@ def write_dataroot(root: Path, opts: SyntheticOptions, workers: int = 1) -> None
         for name, records in scene_tables.items():
             tables.setdefault(name, []).extend(records)
     tables.update(_static_tables(opts.seed, tables["log"]))
-    tables["instance"] = []
-    tables["sample_annotation"] = []
     for record in tables["map"]:
         _write_map_mask(root / record["filename"])
     for name, records in sorted(tables.items()):

@@ -67,6 +67,7 @@ SURFACES: dict[str, Surface] = {
     "bench": Surface(_gi("static.other"), (120, 90, 60), TEX_BARK, 0.30),
 }
 SURFACE_NAMES: tuple[str, ...] = tuple(SURFACES)
+SURFACE_CATEGORY: dict[str, str] = {n: GENERAL_CLASS_NAMES[s.label] for n, s in SURFACES.items()}
 SURFACE_ID: dict[str, int] = {name: i for i, name in enumerate(SURFACE_NAMES)}
 SURFACE_LABEL = np.array([SURFACES[n].label for n in SURFACE_NAMES], dtype=np.uint8)
 SURFACE_COLOR = np.array([SURFACES[n].color for n in SURFACE_NAMES], dtype=np.float32) / 255.0
@@ -94,6 +95,7 @@ class World:
     street_origin: np.ndarray  # (3,) ... then this translation
     ego_path: EgoPath = field(default=None)  # type: ignore[assignment]
     texture_seed: int = 0
+    objects: list[ObjectBox] = field(default_factory=list)  # annotated things (boxes)
 
     @property
     def num_primitives(self) -> int:
@@ -106,6 +108,30 @@ class World:
         T[:2, :2] = [[c, -s], [s, c]]
         T[:3, 3] = self.street_origin
         return T
+
+
+@dataclass(frozen=True)
+class ObjectBox:
+    """The 3D box of one object for sample_annotation (street frame, upright, yaw only)."""
+
+    category: str  # nuScenes category name (GENERAL_CLASS_NAMES)
+    attribute: str  # nuScenes attribute name, "" for none
+    center: tuple[float, float, float]
+    size: tuple[float, float, float]  # nuScenes order: width, length, height
+    yaw: float
+
+    def contains(self, p: np.ndarray, margin: float = 0.0) -> np.ndarray:
+        """Which of the points p (N, 3) (street frame) are inside the box (grown by margin)."""
+        c, s = np.cos(self.yaw), np.sin(self.yaw)
+        d = p - np.asarray(self.center)
+        along = c * d[:, 0] + s * d[:, 1]
+        across = -s * d[:, 0] + c * d[:, 1]
+        w, length, h = self.size
+        return (
+            (np.abs(along) <= length / 2 + margin)
+            & (np.abs(across) <= w / 2 + margin)
+            & (np.abs(d[:, 2]) <= h / 2 + margin)
+        )
 
 
 @dataclass(frozen=True)
@@ -146,6 +172,20 @@ class _Builder:
         self.rects: list[tuple[float, float, float, float, int]] = []
         # Footprints (s0, s1, t0, t1) of placed objects, to keep objects from interpenetrating.
         self.footprints: list[tuple[float, float, float, float]] = []
+        self.objects: list[ObjectBox] = []
+
+    def annotate(self, category, s, t, z0, length, width, height, yaw, attribute="") -> None:
+        """Record an object's box: bottom at z0, centred on (s, t) along its heading."""
+        assert category in GENERAL_CLASS_NAMES, category
+        self.objects.append(
+            ObjectBox(
+                category,
+                attribute,
+                (float(s), float(t), float(z0 + height / 2)),
+                (float(width), float(length), float(height)),
+                float(yaw),
+            )
+        )
 
     def tint(self, spread: float = 0.12) -> tuple[float, float, float]:
         """A per-object colour variation: mostly brightness, a little hue."""
@@ -179,12 +219,14 @@ class _Builder:
         return True
 
 
-def _car(b: _Builder, s, t, z, yaw, surf="car") -> None:
+def _car(b: _Builder, s, t, z, yaw, attribute="vehicle.parked") -> None:
     rng = b.rng
+    surf = "car"
     L, W = rng.uniform(4.2, 4.9), rng.uniform(1.75, 1.95)
     tint = b.tint()
     body_h = rng.uniform(0.65, 0.8)
     cab_h = rng.uniform(0.5, 0.7)
+    b.annotate("vehicle.car", s, t, z, L, W, 0.3 + body_h + cab_h, yaw, attribute)
     c, sn = np.cos(yaw), np.sin(yaw)
     b.box(surf, (s, t, z + 0.3 + body_h / 2), (L, W, body_h), yaw, tint)
     off = -0.1 * L  # the cabin sits a little behind the centre
@@ -216,6 +258,7 @@ def _truck(b: _Builder, s, t, z, yaw) -> float:
     tint = b.tint()
     c, sn = np.cos(yaw), np.sin(yaw)
     L = cargo_L + cab_L
+    b.annotate("vehicle.truck", s, t, z, L, W, max(H, 3.0), yaw, "vehicle.stopped")
     fx = L / 2 - cab_L / 2
     b.box("truck", (s + fx * c, t + fx * sn, z + 0.4 + 1.3), (cab_L, W, 2.6), yaw, tint)
     rx = -L / 2 + cargo_L / 2
@@ -230,6 +273,8 @@ def _bus(b: _Builder, s, t, z, yaw) -> None:
     L = rng.uniform(16.0, 18.0) if bendy else rng.uniform(10.0, 12.5)
     surf = "bus_bendy" if bendy else "bus"
     tint = b.tint(0.06)
+    category = "vehicle.bus.bendy" if bendy else "vehicle.bus.rigid"
+    b.annotate(category, s, t, z, L, 2.55, 3.35, yaw, "vehicle.stopped")
     b.box(surf, (s, t, z + 0.35 + 1.5), (L, 2.55, 3.0), yaw, tint)
     b.box(surf, (s, t, z + 0.2), (L * 0.8, 2.2, 0.4), yaw, tint)
 
@@ -240,6 +285,7 @@ def _trailer(b: _Builder, s, t, z, yaw) -> None:
     L = rng.uniform(8.0, 11.0)
     tint = b.tint()
     c, sn = np.cos(yaw), np.sin(yaw)
+    b.annotate("vehicle.trailer", s, t, z, L, 2.5, 4.0, yaw, "vehicle.parked")
     b.box("trailer", (s, t, z + 1.2 + 1.4), (L, 2.5, 2.8), yaw, tint)
     rx = -L / 2 + 1.2
     b.box("trailer", (s + rx * c, t + rx * sn, z + 0.55), (2.0, 2.2, 1.1), yaw, tint)
@@ -248,6 +294,9 @@ def _trailer(b: _Builder, s, t, z, yaw) -> None:
     if rng.random() < 0.6:
         tx = L / 2 + 1.5
         b.box("truck", (s + tx * c, t + tx * sn, z + 0.4 + 1.3), (2.6, 2.5, 2.6), yaw, b.tint())
+        b.annotate(
+            "vehicle.truck", s + tx * c, t + tx * sn, z, 2.6, 2.5, 3.0, yaw, "vehicle.parked"
+        )
 
 
 def _construction(b: _Builder, s, t, z, yaw) -> None:
@@ -259,6 +308,19 @@ def _construction(b: _Builder, s, t, z, yaw) -> None:
     b.box("construction", (s - 1.0 * c, t - 1.0 * sn, z + 2.2 + 0.6), (1.5, 1.4, 1.2), yaw, tint)
     arm = rng.uniform(2.5, 4.0)  # a raised boom reaching forward
     ax = 1.2 + arm / 2
+    front = max(2.5, 1.2 + arm)
+    mid = (front - 2.5) / 2  # the box spans -2.5 .. front along the heading
+    b.annotate(
+        "vehicle.construction",
+        s + mid * c,
+        t + mid * sn,
+        z,
+        front + 2.5,
+        2.6,
+        3.4,
+        yaw,
+        "vehicle.parked",
+    )
     b.box("construction", (s + ax * c, t + ax * sn, z + 2.4), (arm, 0.4, 0.4), yaw, tint)
 
 
@@ -266,6 +328,8 @@ def _two_wheeler(b: _Builder, s, t, z, yaw, surf: str) -> None:
     L, H = (2.1, 1.1) if surf == "motorcycle" else (1.75, 1.0)
     W = 0.75 if surf == "motorcycle" else 0.45
     b.box(surf, (s, t, z + 0.1 + H / 2), (L, W, H), yaw, b.tint())
+    category = "vehicle.motorcycle" if surf == "motorcycle" else "vehicle.bicycle"
+    b.annotate(category, s, t, z, L, W, H + 0.1, yaw, "cycle.without_rider")
 
 
 def _pedestrian(b: _Builder, s, t, z) -> None:
@@ -278,10 +342,23 @@ def _pedestrian(b: _Builder, s, t, z) -> None:
     b.cylinder(kind, s, t, z, body_top, r, tint)
     hr = 0.11 * (H / 1.75)
     b.ellipsoid(kind, (s, t, body_top + hr * 1.1), (hr, hr, hr * 1.15), 0.0, tint)
+    top = body_top + hr * 2.25
+    b.annotate(
+        SURFACE_CATEGORY[kind],
+        s,
+        t,
+        z,
+        2 * r + 0.1,
+        2 * r + 0.2,
+        top - z,
+        0.0,
+        "pedestrian.standing",
+    )
 
 
 def _cone(b: _Builder, s, t, z) -> None:
     h = b.rng.uniform(0.5, 0.8)
+    b.annotate("movable_object.trafficcone", s, t, z, 0.4, 0.4, h, 0.0)
     b.cylinder("cone", s, t, z, z + 0.25 * h, 0.2)
     b.cylinder("cone", s, t, z + 0.25 * h, z + h, 0.1)
 
@@ -397,6 +474,7 @@ def build_street_world(rng: np.random.Generator, travel: float) -> World:
         street_origin=np.array([rng.uniform(300, 2000), rng.uniform(600, 2000), 0.0]),
         ego_path=ego_path,
         texture_seed=int(rng.integers(0, 2**31 - 1)),
+        objects=b.objects,
     )
 
 
@@ -419,7 +497,9 @@ def _street_furniture(b: _Builder, side: int, R: float, w: float, z: float, s_lo
         t = side * (R + rng.uniform(0.4, w - 0.3))
         if b.free(s, t, 0.6, 0.6):
             if rng.random() < 0.5:
-                b.box("bin", (s, t, z + 0.5), (0.6, 0.6, 1.0), rng.uniform(0, np.pi))
+                yaw = rng.uniform(0, np.pi)
+                b.box("bin", (s, t, z + 0.5), (0.6, 0.6, 1.0), yaw)
+                b.annotate("movable_object.pushable_pullable", s, t, z, 0.6, 0.6, 1.0, yaw)
             else:
                 b.box("bench", (s, t, z + 0.25), (1.8, 0.5, 0.5), 0.0)
     for _ in range(int(rng.integers(2, 6))):
@@ -503,12 +583,26 @@ def _frontage(b: _Builder, side: int, t_edge: float, s_lo: float, s_hi: float) -
             b.rect(s0, s1, side * t_edge, side * (t_edge + depth), "other_flat")
             for ss in np.arange(s0 + 1.1, s1 - 1.1, 2.2):
                 b.box("barrier", (ss, side * (t_edge + 0.5), 0.5), (2.0, 0.45, 1.0))
+                b.annotate("movable_object.barrier", ss, side * (t_edge + 0.5), 0, 2.0, 0.45, 1, 0)
             _construction(b, (s0 + s1) / 2, side * (t_edge + depth / 2), 0.0, rng.uniform(0, np.pi))
             for _ in range(int(rng.integers(3, 8))):
                 _cone(b, rng.uniform(s0, s1), side * (t_edge + rng.uniform(1.5, depth)), 0.0)
             for _ in range(int(rng.integers(0, 3))):
                 tt = side * (t_edge + rng.uniform(2, depth))
-                b.cylinder("worker", rng.uniform(s0, s1), tt, 0.0, 1.5, 0.25)
+                ss = rng.uniform(s0, s1)
+                if b.free(ss, tt, 0.6, 0.6, margin=0.1):
+                    b.cylinder("worker", ss, tt, 0.0, 1.75, 0.25)
+                    b.annotate(
+                        SURFACE_CATEGORY["worker"],
+                        ss,
+                        tt,
+                        0,
+                        0.7,
+                        0.7,
+                        1.75,
+                        0.0,
+                        "pedestrian.standing",
+                    )
             _backdrop(b, side, t_edge + depth + rng.uniform(1, 6), s0, s1)
         s = s1
 
@@ -542,7 +636,7 @@ def _road_traffic(b: _Builder, R, median, lane_w, lanes_per_dir, ego_lat, travel
             r = rng.random()
             if r < 0.55:
                 if b.free(s, t, 4.9, 2.0, yaw):
-                    _car(b, s, t, 0.0, yaw)
+                    _car(b, s, t, 0.0, yaw, "vehicle.stopped")
                 s += rng.uniform(8, 25)
             elif r < 0.7:
                 if b.free(s, t, 9.5, 2.6, yaw):
@@ -579,6 +673,7 @@ def _road_traffic(b: _Builder, R, median, lane_w, lanes_per_dir, ego_lat, travel
             for ss in np.arange(s0, s0 + 20, 2.5):
                 _cone(b, ss, tt - side * 1.4, 0.0)
             b.box("barrier", (s0 + 3, tt, 0.5), (2.0, 0.5, 1.0), np.pi / 2)
+            b.annotate("movable_object.barrier", s0 + 3, tt, 0.0, 2.0, 0.5, 1.0, np.pi / 2)
             if rng.random() < 0.6:
                 _construction(b, s0 + 12, tt + side * 0.2, 0.0, rng.uniform(-0.2, 0.2))
     # Pedestrians on a crosswalk ahead or behind the ego.
