@@ -16,57 +16,88 @@ from tpvkit.outputs.render import (
     exposed_faces,
     fit_distance,
     look_at_camera,
-    rasterize_triangles,
+    rasterize_polygons,
     render_voxels,
 )
 
 PAL = np.array(PALETTE, dtype=np.uint8)
 
 
-def _reference_raster(screen, depth, faces, width, height):
-    """One pixel at a time, float64: inside test with edge functions, perspective depth."""
-    face_map = np.full((height, width), -1)
-    depth_map = np.full((height, width), np.inf)
-    for t in range(len(screen)):
-        a, b, c = screen[t]
-        area = (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])
-        if area == 0:
-            continue
-        for r in range(height):
-            for col in range(width):
+FOCAL, WIDTH, HEIGHT = 24.0, 23, 17
+
+
+def _random_polygons(rng, n, corners):
+    """Planar convex polygons in camera space (z forward), in front of the eye: triangles, or
+    rectangles with random orientation; returns camera-space corners (n, K, 3)."""
+    out = []
+    while len(out) < n:
+        centre = rng.uniform([-3, -2, 3], [3, 2, 10])
+        e1, e2 = rng.normal(size=3), rng.normal(size=3)
+        e2 -= e1 * (e1 @ e2) / (e1 @ e1)  # orthogonal edges: a rectangle
+        e1 *= rng.uniform(1, 4) / np.linalg.norm(e1)
+        e2 *= rng.uniform(1, 4) / np.linalg.norm(e2)
+        if corners == 3:
+            poly = centre + np.stack([-e1 - e2, e1 - e2, e2]) / 2
+        else:
+            poly = centre + np.stack([-e1 - e2, e1 - e2, e1 + e2, -e1 + e2]) / 2
+        if (poly[:, 2] > 0.5).all():
+            out.append(poly)
+    return np.stack(out)
+
+
+def _project(cam_xyz):
+    u = FOCAL * cam_xyz[..., 0] / cam_xyz[..., 2] + WIDTH / 2
+    v = FOCAL * cam_xyz[..., 1] / cam_xyz[..., 2] + HEIGHT / 2
+    return np.stack([u, v], axis=-1)
+
+
+def _reference_raster(polys, faces):
+    """One pixel at a time, float64: inside by edge signs in the image, depth by intersecting
+    the pixel's ray with the polygon's 3D plane."""
+    screen = _project(polys)
+    face_map = np.full((HEIGHT, WIDTH), -1)
+    depth_map = np.full((HEIGHT, WIDTH), np.inf)
+    for t in range(len(polys)):
+        s = screen[t]
+        k = len(s)
+        normal = np.cross(polys[t][1] - polys[t][0], polys[t][2] - polys[t][0])
+        for r in range(HEIGHT):
+            for col in range(WIDTH):
                 p = (col + 0.5, r + 0.5)
-                wa = (c[0] - b[0]) * (p[1] - b[1]) - (c[1] - b[1]) * (p[0] - b[0])
-                wb = (a[0] - c[0]) * (p[1] - c[1]) - (a[1] - c[1]) * (p[0] - c[0])
-                wc = (b[0] - a[0]) * (p[1] - a[1]) - (b[1] - a[1]) * (p[0] - a[0])
-                if min(wa * area, wb * area, wc * area) < 0:
+                e = [
+                    (s[(i + 1) % k][0] - s[i][0]) * (p[1] - s[i][1])
+                    - (s[(i + 1) % k][1] - s[i][1]) * (p[0] - s[i][0])
+                    for i in range(k)
+                ]
+                if not (min(e) >= 0 or max(e) <= 0):
                     continue
-                z = 1.0 / ((wa / depth[t, 0] + wb / depth[t, 1] + wc / depth[t, 2]) / area)
+                ray = np.array([(p[0] - WIDTH / 2) / FOCAL, (p[1] - HEIGHT / 2) / FOCAL, 1.0])
+                z = (normal @ polys[t][0]) / (normal @ ray)  # ray z component is 1
                 if z < depth_map[r, col]:
                     depth_map[r, col] = z
                     face_map[r, col] = faces[t]
     return face_map, depth_map
 
 
+@pytest.mark.parametrize("corners", [3, 4])
 @pytest.mark.parametrize("max_fragments", [1 << 22, 37])
-def test_rasterizer_matches_the_per_pixel_reference(max_fragments):
-    rng = np.random.default_rng(0)
-    width, height, n = 23, 17, 25
-    screen = rng.uniform(-5, 28, size=(n, 3, 2))
-    depth = rng.uniform(1, 10, size=(n, 3))
-    faces = rng.permutation(n)
-    face_map, depth_map = rasterize_triangles(
-        torch.from_numpy(screen),
-        torch.from_numpy(depth),
+def test_rasterizer_matches_the_per_pixel_reference(corners, max_fragments):
+    rng = np.random.default_rng(corners)
+    polys = _random_polygons(rng, 16, corners)
+    faces = rng.permutation(len(polys))
+    face_map, depth_map = rasterize_polygons(
+        torch.from_numpy(_project(polys)),
+        torch.from_numpy(polys[..., 2]),
         torch.from_numpy(faces),
-        width,
-        height,
+        WIDTH,
+        HEIGHT,
         max_fragments=max_fragments,
     )
-    ref_face, ref_depth = _reference_raster(screen, depth, faces, width, height)
-    assert (ref_face >= 0).sum() > 50  # the case is not trivial
+    ref_face, ref_depth = _reference_raster(polys, faces)
+    assert (ref_face >= 0).sum() > 60 and len(np.unique(ref_face)) > 5  # not a trivial case
     np.testing.assert_array_equal(face_map.numpy(), ref_face)
     hit = ref_face >= 0
-    np.testing.assert_allclose(depth_map.numpy()[hit], ref_depth[hit], rtol=1e-5)
+    np.testing.assert_allclose(depth_map.numpy()[hit], ref_depth[hit], rtol=1e-4)
 
 
 def test_exposed_faces_match_a_loop():

@@ -1,7 +1,7 @@
 """A vectorised software renderer for semantic voxel grids (no display, no OpenGL).
 
 Pipeline: exposed-face extraction (a voxel face is drawn when its neighbour is empty and it faces
-the eye) -> perspective projection -> triangle rasterisation by fragment expansion with a
+the eye) -> perspective projection -> convex-quad rasterisation by fragment expansion with a
 z-buffer built by one `scatter_reduce(amin)` over packed (depth, face) keys -> flat Lambert
 shading with a little ambient light and optional dark voxel edges. Everything is torch tensor
 code, so it runs on the CPU or, unchanged, on a GPU.
@@ -168,103 +168,120 @@ def face_corners(
 # Rasterisation
 
 
-def rasterize_triangles(
+def _edge_coefficients(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Affine edge function of the directed edge p -> q: E(x, y) = a x + b y + c, the signed
+    doubled area of (p, q, (x, y)). p, q (..., 2) -> (..., 3)."""
+    dx, dy = q[..., 0] - p[..., 0], q[..., 1] - p[..., 1]
+    return torch.stack([-dy, dx, dy * p[..., 0] - dx * p[..., 1]], dim=-1)
+
+
+def rasterize_polygons(
     screen: torch.Tensor,
     depth: torch.Tensor,
-    triangle_face: torch.Tensor,
+    polygon_face: torch.Tensor,
     width: int,
     height: int,
     max_fragments: int = 1 << 22,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Z-buffered rasterisation of screen-space triangles.
+    """Z-buffered rasterisation of convex planar polygons (triangles, or projected voxel faces).
 
-    screen: (T, 3, 2) pixel coordinates (u right, v down; pixel (r, c) has its centre at
-    (c + 0.5, r + 0.5)). depth: (T, 3) positive camera depths. triangle_face: (T,) int64 id
-    reported for the pixels a triangle wins (< MAX_FACES). A pixel centre on an edge counts as
-    inside, so neighbouring triangles leave no cracks. Depth is interpolated perspective-
-    correctly (linearly in 1/z). Returns face id (H, W) int64 (-1: background) and depth (H, W).
+    screen: (T, K, 2) pixel coordinates of the K corners in order (u right, v down; pixel
+    (r, c) has its centre at (c + 0.5, r + 0.5)), either winding. depth: (T, K) positive camera
+    depths. polygon_face: (T,) int64 id reported for the pixels a polygon wins (< MAX_FACES).
+    A pixel centre on an edge counts as inside, so neighbouring polygons leave no cracks. Depth
+    is interpolated perspective-correctly: 1/z is affine in screen space over a planar polygon,
+    fitted through its first three corners. Returns face id (H, W) int64 (-1: background) and
+    depth (H, W) float32.
+
+    Fragments (the pixels of each polygon's bounding box) are expanded in chunks of about
+    `max_fragments`; per-polygon coefficients are taken relative to the box's first pixel
+    centre, so float32 suffices per fragment.
     """
     device = screen.device
     zbuf = torch.full((height * width,), EMPTY_KEY, dtype=torch.int64, device=device)
     if len(screen):
-        if int(triangle_face.max()) >= MAX_FACES:
+        if int(polygon_face.max()) >= MAX_FACES:
             raise TpvkitError(f"too many faces to render (limit {MAX_FACES})")
-        u, v = screen[..., 0], screen[..., 1]  # (T, 3)
+        screen = screen.double()
+        u, v = screen[..., 0], screen[..., 1]  # (T, K)
         # Pixel columns whose centre c + 0.5 lies in [u_min, u_max], clipped to the image.
         c0 = torch.ceil(u.amin(1) - 0.5).clamp(min=0).long()
         c1 = torch.floor(u.amax(1) - 0.5).clamp(max=width - 1).long()
         r0 = torch.ceil(v.amin(1) - 0.5).clamp(min=0).long()
         r1 = torch.floor(v.amax(1) - 0.5).clamp(max=height - 1).long()
         box_w = (c1 - c0 + 1).clamp(min=0)
-        box_h = (r1 - r0 + 1).clamp(min=0)
-        counts = box_w * box_h  # (T,) candidate pixels per triangle
-        live = (counts > 0).nonzero().squeeze(1)
+        counts = box_w * (r1 - r0 + 1).clamp(min=0)  # (T,) candidate pixels per polygon
+
+        local = screen - torch.stack([c0, r0], dim=-1)[:, None, :].double() - 0.5  # (T, K, 2)
+        edges = _edge_coefficients(local, local.roll(-1, dims=1))  # (T, K, 3)
+        area2 = (local[..., 0] * local.roll(-1, 1)[..., 1]).sum(1) - (
+            local[..., 1] * local.roll(-1, 1)[..., 0]
+        ).sum(1)  # (T,) twice the signed area (shoelace)
+        edges = edges * torch.sign(area2)[:, None, None]  # inside: every edge function >= 0
+        # 1/z = sum_j lambda_j / z_j with the barycentric lambda_j of corners 0, 1, 2; each
+        # lambda_j is affine (its opposite edge function over the doubled area).
+        q0, q1, q2 = local[:, 0], local[:, 1], local[:, 2]
+        tri2 = _edge_coefficients(q0, q1)  # opposite corner 2
+        tri0 = _edge_coefficients(q1, q2)  # opposite corner 0
+        tri1 = _edge_coefficients(q2, q0)  # opposite corner 1
+        den = tri0[:, 0] * q0[:, 0] + tri0[:, 1] * q0[:, 1] + tri0[:, 2]  # (T,) doubled area
+        good = (area2.abs() > 1e-12) & (den.abs() > 1e-12) & (counts > 0)
+        den = torch.where(good, den, torch.ones_like(den))
+        inv_depth = 1.0 / depth.double()
+        plane = (
+            tri0 * inv_depth[:, 0:1] + tri1 * inv_depth[:, 1:2] + tri2 * inv_depth[:, 2:3]
+        ) / den[:, None]  # (T, 3): 1/z = A x + B y + C in box-local pixel coordinates
+        coef = torch.cat([edges.flatten(1), plane], dim=1).float()  # (T, 3K + 3)
+        base = r0 * width + c0  # (T,) flat index of the box's first pixel
+
+        live = good.nonzero().squeeze(1)
         counts = counts[live]
         ends = counts.cumsum(0)
         start = 0
         while start < len(live):
-            # Take whole triangles until the chunk holds about max_fragments candidates.
-            base = int(ends[start - 1]) if start else 0
-            stop = int(torch.searchsorted(ends, base + max_fragments, right=True))
+            # Take whole polygons until the chunk holds about max_fragments candidates.
+            before = int(ends[start - 1]) if start else 0
+            stop = int(torch.searchsorted(ends, before + max_fragments, right=True))
             stop = max(stop, start + 1)
             _rasterize_chunk(
-                live[start:stop],
-                counts[start:stop],
-                screen,
-                depth,
-                triangle_face,
-                c0,
-                r0,
-                box_w,
-                width,
-                zbuf,
+                live[start:stop], counts[start:stop], coef, base, box_w, polygon_face, width, zbuf
             )
             start = stop
     hit = zbuf != EMPTY_KEY
     face = torch.where(hit, zbuf & (MAX_FACES - 1), torch.full_like(zbuf, -1))
     depth_bits = (zbuf >> FACE_BITS).to(torch.int32)
-    depth_out = torch.where(hit, depth_bits.view(torch.float32), torch.full_like(zbuf, 0).float())
+    depth_out = torch.where(hit, depth_bits.view(torch.float32), torch.zeros_like(zbuf).float())
     return face.view(height, width), depth_out.view(height, width)
 
 
 def _rasterize_chunk(
-    tri: torch.Tensor,
+    poly: torch.Tensor,
     counts: torch.Tensor,
-    screen: torch.Tensor,
-    depth: torch.Tensor,
-    triangle_face: torch.Tensor,
-    c0: torch.Tensor,
-    r0: torch.Tensor,
+    coef: torch.Tensor,
+    base: torch.Tensor,
     box_w: torch.Tensor,
+    polygon_face: torch.Tensor,
     width: int,
     zbuf: torch.Tensor,
 ) -> None:
-    """Expand the triangles `tri` into one fragment per bounding-box pixel and z-test them."""
-    device = screen.device
+    """Expand the polygons `poly` into one fragment per bounding-box pixel and z-test them."""
     total = int(counts.sum())
-    frag_tri = torch.repeat_interleave(tri, counts)  # (n,) triangle of each fragment
+    frag = torch.repeat_interleave(poly, counts)  # (n,) polygon of each fragment
     first = torch.repeat_interleave(counts.cumsum(0) - counts, counts)
-    local = torch.arange(total, device=device) - first  # position inside the bounding box
-    bw = box_w[frag_tri]
-    col = c0[frag_tri] + local % bw
-    row = r0[frag_tri] + local // bw
-    px = col.to(screen.dtype) + 0.5
-    py = row.to(screen.dtype) + 0.5
-    s = screen[frag_tri]  # (n, 3, 2)
-    ax, ay, bx, by, cx, cy = (s[:, i // 2, i % 2] for i in range(6))
-    # Edge functions: w_a is the signed area opposite vertex a, and so on.
-    w_a = (cx - bx) * (py - by) - (cy - by) * (px - bx)
-    w_b = (ax - cx) * (py - cy) - (ay - cy) * (px - cx)
-    w_c = (bx - ax) * (py - ay) - (by - ay) * (px - ax)
-    area = w_a + w_b + w_c
-    sign = torch.sign(area)
-    inside = (w_a * sign >= 0) & (w_b * sign >= 0) & (w_c * sign >= 0) & (area != 0)
-    d = depth[frag_tri]  # (n, 3)
-    inv_z = (w_a / d[:, 0] + w_b / d[:, 1] + w_c / d[:, 2]) / torch.where(area == 0, 1.0, area)
-    z = (1.0 / inv_z[inside]).float()
-    bits = z.contiguous().view(torch.int32).long()
-    key = (bits << FACE_BITS) | triangle_face[frag_tri[inside]]
-    pixel = row[inside] * width + col[inside]
+    local = torch.arange(total, device=coef.device) - first  # position inside the box
+    bw = box_w[frag]
+    ly = torch.div(local, bw, rounding_mode="floor")
+    lx = local - ly * bw
+    c = coef.index_select(0, frag)  # (n, 3K + 3)
+    x, y = lx.float()[:, None], ly.float()[:, None]
+    k = (c.shape[1] - 3) // 3
+    e = c[:, : 3 * k].view(-1, k, 3)
+    inside = ((e[..., 0] * x + e[..., 1] * y + e[..., 2]) >= 0).all(1)  # (n,)
+    ci = c[inside]
+    inv_z = ci[:, -3] * x[inside, 0] + ci[:, -2] * y[inside, 0] + ci[:, -1]
+    z = 1.0 / inv_z.clamp(min=1e-30)  # positive inside a polygon in front of the eye
+    key = (z.view(torch.int32).long() << FACE_BITS) | polygon_face[frag[inside]]
+    pixel = base[frag[inside]] + ly[inside] * width + lx[inside]
     zbuf.scatter_reduce_(0, pixel, key, reduce="amin")
 
 
@@ -319,41 +336,40 @@ def render_voxels(
         ],
         dim=-1,
     )  # (F', 4, 2)
-    tri_idx = torch.tensor([[0, 1, 2], [0, 2, 3]], device=device)
-    tri_screen = screen[:, tri_idx].reshape(-1, 3, 2)  # (2F', 3, 2)
-    tri_depth = cam[..., 2][:, tri_idx].reshape(-1, 3)
-    tri_face = torch.arange(len(face_ids), device=device).repeat_interleave(2)
-    face_map, depth_map = rasterize_triangles(tri_screen, tri_depth, tri_face, width, height)
+    face_map, _ = rasterize_polygons(
+        screen, cam[..., 2], torch.arange(len(face_ids), device=device), width, height
+    )
 
     # Shading per face: Lambert with the light from above-left of the eye.
     light = 0.35 * -camera.forward + 0.25 * -camera.right + np.array([0.0, 0.0, 1.0])
     light = torch.as_tensor(light / np.linalg.norm(light), device=device)
-    normals = torch.as_tensor(FACE_NORMALS, device=device)[direction[face_ids]]  # (F', 3)
+    face_dir = direction[face_ids]
+    normals = torch.as_tensor(FACE_NORMALS, device=device)[face_dir]  # (F', 3)
     shade = ambient + (1 - ambient) * (normals @ light).clamp(min=0)  # (F',)
     pal = torch.as_tensor(np.asarray(palette, dtype=np.float64), device=device)
     vox = index[face_ids]
-    face_color = pal[labels_t[vox[:, 0], vox[:, 1], vox[:, 2]]] * shade[:, None]  # (F', 3)
+    face_color = (pal[labels_t[vox[:, 0], vox[:, 1], vox[:, 2]]] * shade[:, None]).float()
 
-    hit = face_map >= 0
-    image = torch.empty(height, width, 3, dtype=torch.float64, device=device)
-    image[:] = torch.as_tensor(background, dtype=torch.float64, device=device)
-    hit_face = face_map[hit]
-    color = face_color[hit_face]
-    if edges and len(hit_face):
-        color = (
-            color
-            * _edge_factor(
-                hit, hit_face, direction[face_ids], vox, camera, focal, width, height, origin, size
-            )[:, None]
+    flat = face_map.view(-1)
+    hit_idx = (flat >= 0).nonzero().squeeze(1)  # (n,) flat pixel indices
+    hit_face = flat[hit_idx]
+    color = face_color[hit_face]  # (n, 3)
+    if edges and len(hit_idx):
+        factor = _edge_factor(
+            hit_idx, hit_face, face_dir, vox, camera, focal, width, height, origin, size
         )
-    image[hit] = color
+        color = color * factor[:, None]
+    image = torch.empty(height * width, 3, dtype=torch.float32, device=device)
+    image[:] = torch.as_tensor(background, dtype=torch.float32, device=device)
+    image[hit_idx] = color
+    image = image.view(height, width, 3)
     if k > 1:
         image = image.view(camera.height, k, camera.width, k, 3).mean(dim=(1, 3))
-    return image.round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+    return image.round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
 
 
 def _edge_factor(
-    hit: torch.Tensor,
+    hit_idx: torch.Tensor,
     hit_face: torch.Tensor,
     face_direction: torch.Tensor,
     vox: torch.Tensor,
@@ -364,34 +380,45 @@ def _edge_factor(
     origin: torch.Tensor,
     size: torch.Tensor,
 ) -> torch.Tensor:
-    """(n,) darkening factors for the hit pixels: < 1 within about a pixel of a voxel border."""
-    device = hit.device
-    rows, cols = hit.nonzero(as_tuple=True)
-    rot = torch.as_tensor(camera.rotation, dtype=torch.float64, device=device)
-    eye = torch.as_tensor(camera.eye, dtype=torch.float64, device=device)
-    ray_cam = torch.stack(
-        [
-            (cols.double() + 0.5 - width / 2) / focal,
-            (rows.double() + 0.5 - height / 2) / focal,
-            torch.ones_like(cols, dtype=torch.float64),
-        ],
-        dim=-1,
+    """(n,) darkening factors of the hit pixels: < 1 within about a pixel of a voxel border.
+
+    The pixel's ray meets its face's plane at a point whose position inside the voxel (in voxel
+    units, float32 relative to the grid origin) gives the distance to the face's borders.
+    """
+    device = hit_idx.device
+    rows = torch.div(hit_idx, width, rounding_mode="floor")
+    cols = hit_idx - rows * width
+    # World ray with unit forward component, so the ray parameter t is the camera depth.
+    basis = torch.as_tensor(
+        np.stack([camera.right / focal, -camera.up / focal]), dtype=torch.float32, device=device
+    )  # (2, 3)
+    offset = torch.as_tensor(
+        camera.forward
+        - (width / 2 - 0.5) * camera.right / focal
+        + (height / 2 - 0.5) * camera.up / focal,
+        dtype=torch.float32,
+        device=device,
     )
-    ray = ray_cam @ rot  # (n, 3) world direction with unit forward component
-    d = face_direction[hit_face]
-    axis = torch.as_tensor(FACE_AXIS, device=device)[d]
-    side = torch.as_tensor(FACE_SIDE, device=device)[d]
-    v = vox[hit_face].double()  # (n, 3)
-    plane = origin[axis] + (v.gather(1, axis[:, None]).squeeze(1) + side) * size[axis]
-    ray_axis = ray.gather(1, axis[:, None]).squeeze(1)
-    t = (plane - eye[axis]) / torch.where(ray_axis.abs() < 1e-12, 1e-12, ray_axis)
-    point = eye + t[:, None] * ray  # (n, 3) on the face plane; t is the depth along forward
-    frac = (point - origin) / size - v  # (n, 3) position inside the voxel, in [0, 1]
-    border = torch.minimum(frac, 1 - frac).clamp(min=0)  # distance to the low/high border
-    border.scatter_(1, axis[:, None], float("inf"))  # the face's own axis has no border
-    px_per_unit = focal * size[None, :] / t.clamp(min=1e-6)[:, None]  # pixels per voxel, per axis
-    border_px = (border * px_per_unit).amin(1)
-    voxel_px = torch.where(torch.isinf(border), float("inf"), px_per_unit).amin(1)
+    size32 = size.float()
+    ray = (torch.stack([cols, rows], dim=1).float() @ basis + offset) / size32  # (n, 3) voxels
+    eye = ((torch.as_tensor(camera.eye, device=device) - origin) / size).float()  # (3,) voxels
+    axis_of_face = torch.as_tensor(FACE_AXIS, device=device)[face_direction]  # (F',)
+    plane_of_face = (
+        vox.gather(1, axis_of_face[:, None]).squeeze(1)
+        + torch.as_tensor(FACE_SIDE, device=device)[face_direction]
+    ).float()  # (F',) the face's plane along its axis, voxel units
+    axis = axis_of_face[hit_face][:, None]  # (n, 1)
+    ray_axis = ray.gather(1, axis).squeeze(1)
+    ray_axis = torch.where(ray_axis.abs() < 1e-12, torch.full_like(ray_axis, 1e-12), ray_axis)
+    t = (plane_of_face[hit_face] - eye[axis.squeeze(1)]) / ray_axis  # (n,) depth
+    frac = eye + t[:, None] * ray - vox[hit_face].float()  # (n, 3) inside the voxel, in [0, 1]
+    border = torch.minimum(frac, 1 - frac).clamp_(min=0)  # distance to the nearer border
+    px_per_voxel = (focal * size32)[None, :] / t.clamp(min=1e-6)[:, None]  # (n, 3)
+    # The face's own axis has no border: leave it out of both minima.
+    border.scatter_(1, axis, float("inf"))
+    px_in_plane = px_per_voxel.scatter(1, axis, float("inf"))
+    border_px = (border * px_per_voxel).amin(1)
+    voxel_px = px_in_plane.amin(1)
     # Full-strength lines on voxels >= 8 px wide, none below 3 px (they would only add noise).
-    strength = ((voxel_px - 3.0) / 5.0).clamp(0, 1)
-    return 1.0 - 0.35 * strength * (border_px < 1.0).double()
+    strength = ((voxel_px - 3.0) / 5.0).clamp_(0, 1)
+    return 1.0 - 0.35 * strength * (border_px < 1.0).float()

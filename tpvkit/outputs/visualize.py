@@ -30,7 +30,7 @@ CAMERA_GRID: tuple[tuple[str, ...], ...] = (
 )
 VIEWS: tuple[str, ...] = ("cameras", "bev", "voxels_3d", "legend")
 BACKGROUND = (255, 255, 255)
-FREE_BEV = (235, 235, 235)  # bird's-eye cells with nothing in the column
+FREE_BEV = (24, 24, 28)  # empty columns: dark, since "manmade" is nearly white
 TEXT = (20, 20, 20)
 
 
@@ -117,7 +117,7 @@ def bev_image(
     """Bird's-eye map (Y*scale, X*scale, 3) uint8: LiDAR +x to the right, +y (forward) up.
 
     `shown` (C,) bool selects the classes drawn; a column's colour is its top-most shown voxel,
-    darkened a little the lower it lies (so heights read), free columns light grey.
+    darkened a little the lower it lies (so heights read), free columns dark.
     """
     visible = occupied & shown[labels.astype(np.int64)]
     label, top = top_labels(labels, visible)
@@ -159,13 +159,15 @@ def bev_points_image(
 
 
 def _draw_ego(image: Image.Image, pred: Prediction, scale: int) -> None:
-    """A small black arrow at the LiDAR origin pointing along +y (the car's forward)."""
+    """A small white arrow at the LiDAR origin pointing along +y (the car's forward)."""
     pc_min = pred.point_cloud_range[:3]
     cx = (0.0 - pc_min[0]) / pred.voxel_size[0] * scale
     cy = image.height - (0.0 - pc_min[1]) / pred.voxel_size[1] * scale
     s = max(4.0, 1.2 * scale)
     ImageDraw.Draw(image).polygon(
-        [(cx, cy - 2 * s), (cx - s, cy + s), (cx + s, cy + s)], fill=(0, 0, 0)
+        [(cx, cy - 2 * s), (cx - s, cy + s), (cx + s, cy + s)],
+        fill=(255, 255, 255),
+        outline=(0, 0, 0),
     )
 
 
