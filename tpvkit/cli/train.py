@@ -15,9 +15,15 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
     set_: list[str] = typer.Option(None, "--set", help="Override: dotted.key=value (repeatable)."),
 ) -> None:
-    """Train a model (CPU, one GPU, or many through torchrun)."""
+    """Train a model (CPU, one GPU, or many through torchrun).
+
+    Multi-GPU: torchrun --nproc_per_node N -m tpvkit train CONFIG --work-dir DIR
+
+    The work dir gets checkpoints, train.log, metrics.jsonl and tb/ (docs/training.md).
+    """
     with user_errors():
         cfg = load_cli_config(config, set_)
         from tpvkit.engine.train import train as run_train
 
-        run_train(cfg, work_dir, resume=resume)
+        final = run_train(cfg, work_dir, resume=resume)
+        typer.echo(f"final checkpoint: {final}")
