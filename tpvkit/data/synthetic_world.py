@@ -163,6 +163,9 @@ class EgoPath:
 # Scene construction
 
 
+STRIP_PIECE = 4.0  # metres
+
+
 class _Builder:
     """Collects primitives and ground rectangles; `build` freezes them into a World."""
 
@@ -202,6 +205,14 @@ class _Builder:
 
     def ellipsoid(self, surf: str, center, radii, yaw: float = 0.0, tint=(1.0, 1.0, 1.0)):
         self.prims.append((ELLIPSOID, tuple(center), tuple(radii), yaw, SURFACE_ID[surf], tint))
+
+    def strip(self, surf: str, s0, s1, t, width, z0, z1, tint=(1.0, 1.0, 1.0)) -> None:
+        """A long box along the street (kerbs, medians, walls) cut into short pieces: the ray
+        caster culls by bounding spheres, and a 20 m slab's sphere would cover half the view."""
+        n = max(1, int(np.ceil((s1 - s0) / STRIP_PIECE)))
+        edges = np.linspace(s0, s1, n + 1)
+        for a, e in zip(edges[:-1], edges[1:], strict=True):
+            self.box(surf, ((a + e) / 2, t, (z0 + z1) / 2), (e - a, width, z1 - z0), 0.0, tint)
 
     def rect(self, s0, s1, t0, t1, surf: str) -> None:
         self.rects.append((s0, s1, min(t0, t1), max(t0, t1), SURFACE_ID[surf]))
@@ -357,10 +368,10 @@ def _pedestrian(b: _Builder, s, t, z) -> None:
 
 
 def _cone(b: _Builder, s, t, z) -> None:
-    h = b.rng.uniform(0.5, 0.8)
-    b.annotate("movable_object.trafficcone", s, t, z, 0.4, 0.4, h, 0.0)
-    b.cylinder("cone", s, t, z, z + 0.25 * h, 0.2)
-    b.cylinder("cone", s, t, z + 0.25 * h, z + h, 0.1)
+    h = b.rng.uniform(0.55, 0.9)
+    b.annotate("movable_object.trafficcone", s, t, z, 0.45, 0.45, h, 0.0)
+    b.cylinder("cone", s, t, z, z + 0.3 * h, 0.22)
+    b.cylinder("cone", s, t, z + 0.3 * h, z + h, 0.12)
 
 
 def _tree(b: _Builder, s, t, z, scale: float = 1.0) -> None:
@@ -430,12 +441,12 @@ def build_street_world(rng: np.random.Generator, travel: float) -> World:
     )
     # Keep the ego corridor clear (plus margins ahead and behind for the cameras).
     b.footprints.append((-12.0, travel + 12.0, ego_lateral - 1.6, ego_lateral + 1.6))
+    _road_works(b, R, lanes_per_dir, travel)  # first: it needs a long free stretch
 
     # --- ground: median, sidewalks, crosswalk paint is texture (still road) ---
     if median > 0:
         msurf = "terrain" if rng.random() < 0.6 else "other_flat"
-        for s0 in np.arange(s_lo, s_hi, 20.0):
-            b.box(msurf, (s0 + 10.0, 0.0, curb / 2), (20.0, median, curb))
+        b.strip(msurf, s_lo, s_hi, 0.0, median, 0.0, curb)
         for s0 in np.arange(s_lo + rng.uniform(0, 12), s_hi, rng.uniform(10, 18)):
             if msurf == "terrain" and rng.random() < 0.7:
                 _tree(b, s0, rng.uniform(-0.2, 0.2) * median, curb, 0.8)
@@ -445,8 +456,7 @@ def build_street_world(rng: np.random.Generator, travel: float) -> World:
     for side in (+1, -1):
         w = sidewalk_w[side]
         tc = side * (R + w / 2)
-        for s0 in np.arange(s_lo, s_hi, 20.0):
-            b.box("sidewalk", (s0 + 10.0, tc, curb / 2), (20.0, w, curb))
+        b.strip("sidewalk", s_lo, s_hi, tc, w, 0.0, curb)
         _street_furniture(b, side, R, w, curb, s_lo, s_hi)
         _frontage(b, side, R + w, s_lo, s_hi)
 
@@ -556,7 +566,7 @@ def _frontage(b: _Builder, side: int, t_edge: float, s_lo: float, s_hi: float) -
             # at the same image position; only the 3D position separates them.
             wh = float(rng.uniform(1.4, 2.6))
             tw = side * (t_edge + 0.6)
-            b.box("wall", ((s0 + s1) / 2, tw, wh / 2), (s1 - s0, 0.3, wh), 0.0, b.tint(0.06))
+            b.strip("wall", s0, s1, tw, 0.3, 0.0, wh, b.tint(0.06))
             for ss in np.arange(s0 + rng.uniform(1, 5), s1, rng.uniform(4, 8)):
                 _tree(b, ss, side * (t_edge + rng.uniform(2.5, 5.0)), 0.0, rng.uniform(0.9, 1.3))
             if rng.random() < 0.5:
@@ -620,6 +630,31 @@ def _backdrop(b: _Builder, side: int, t_front: float, s0: float, s1: float) -> N
         x += L + float(rng.uniform(0, 6))
 
 
+def _road_works(b: _Builder, R: float, lanes_per_dir: int, travel: float) -> None:
+    """Usually a closed stretch of an outer lane near the ego: a cone line, jersey barriers
+    along and across it, sometimes a machine inside (small classes the model must find)."""
+    rng = b.rng
+    if rng.random() > 0.85:
+        return
+    # the ego drives in the right-hand outer lane: close the far side unless there are 2 lanes
+    side = 1 if lanes_per_dir == 1 or rng.random() < 0.5 else -1
+    tt = side * (R - 1.6)
+    length = float(rng.uniform(14, 24))
+    s0 = float(rng.uniform(-35, travel + 15))
+    if not b.free(s0 + length / 2, tt, length, 3.2):
+        return
+    for ss in np.arange(s0, s0 + length, rng.uniform(1.8, 2.6)):
+        _cone(b, ss, tt - side * 1.5, 0.0)
+    for ss in np.arange(s0 + 2.0, s0 + length - 1.0, 2.1):
+        if rng.random() < 0.7:
+            b.box("barrier", (ss, tt + side * 0.9, 0.5), (2.0, 0.5, 1.0))
+            b.annotate("movable_object.barrier", ss, tt + side * 0.9, 0.0, 2.0, 0.5, 1.0, 0.0)
+    b.box("barrier", (s0 + 0.8, tt, 0.5), (2.0, 0.5, 1.0), np.pi / 2)
+    b.annotate("movable_object.barrier", s0 + 0.8, tt, 0.0, 2.0, 0.5, 1.0, np.pi / 2)
+    if rng.random() < 0.5 and length > 16:
+        _construction(b, s0 + length / 2 + 1.0, tt, 0.0, rng.uniform(-0.2, 0.2))
+
+
 def _road_traffic(b: _Builder, R, median, lane_w, lanes_per_dir, ego_lat, travel, s_lo, s_hi):
     """Vehicles in the lanes and parked at the kerbs, pedestrians crossing, road works."""
     rng = b.rng
@@ -664,18 +699,6 @@ def _road_traffic(b: _Builder, R, median, lane_w, lanes_per_dir, ego_lat, travel
         for s in np.arange(s_lo + rng.uniform(0, 6), s_hi, 5.6):
             if rng.random() < 0.35 and b.free(s, tp, 4.9, 2.0):
                 _car(b, s, tp, 0.0, rng.uniform(-0.04, 0.04) + (np.pi if side > 0 else 0.0))
-    # Road works: a row of cones and barriers closing part of a lane, with a machine.
-    if rng.random() < 0.5:
-        side = 1 if rng.random() < 0.5 else -1
-        tt = side * (R - 1.5)
-        s0 = rng.uniform(s_lo + 10, s_hi - 30)
-        if b.free(s0 + 10, tt, 20.0, 3.0):
-            for ss in np.arange(s0, s0 + 20, 2.5):
-                _cone(b, ss, tt - side * 1.4, 0.0)
-            b.box("barrier", (s0 + 3, tt, 0.5), (2.0, 0.5, 1.0), np.pi / 2)
-            b.annotate("movable_object.barrier", s0 + 3, tt, 0.0, 2.0, 0.5, 1.0, np.pi / 2)
-            if rng.random() < 0.6:
-                _construction(b, s0 + 12, tt + side * 0.2, 0.0, rng.uniform(-0.2, 0.2))
     # Pedestrians on a crosswalk ahead or behind the ego.
     for _ in range(int(rng.integers(0, 4))):
         s = float(rng.choice([rng.uniform(-40, -15), rng.uniform(travel + 15, travel + 40)]))
