@@ -17,7 +17,9 @@ app = typer.Typer(
 @app.command("synthetic")
 def synthetic(
     out: Path = typer.Option(..., "--out", help="Folder for the dataroot (created)."),
-    scenes: int = typer.Option(10, "--scenes", help="Number of scenes (real v1.0-mini names)."),
+    scenes: int = typer.Option(
+        10, "--scenes", help="Scenes, 1-10 (real v1.0-mini names; >= 3 holds all of mini_val)."
+    ),
     samples_per_scene: int = typer.Option(4, "--samples-per-scene", help="Key frames per scene."),
     seed: int = typer.Option(
         0, "--seed", help="Random seed; the output is deterministic per seed."

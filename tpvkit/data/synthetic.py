@@ -387,7 +387,6 @@ def _scene_tables(opts: SyntheticOptions, index: int, root: Path) -> dict[str, l
                 "last_annotation_token": anns[-1]["token"],
             }
         )
-    lanes = "two-way street" if world.road_half_width > 0 else "street"
     tables["scene"].append(
         {
             "token": token(seed, name, "scene"),
@@ -397,8 +396,8 @@ def _scene_tables(opts: SyntheticOptions, index: int, root: Path) -> dict[str, l
             "last_sample_token": sample_tokens[-1],
             "name": name,
             "description": (
-                f"tpvkit synthetic {lanes}, road {2 * world.road_half_width:.1f} m wide, "
-                f"ego at {speed:.1f} m/s, {world.num_primitives} primitives (seed {seed})"
+                f"tpvkit synthetic street, road {2 * world.road_half_width:.1f} m wide, "
+                f"{len(world.objects)} objects, ego at {speed:.1f} m/s (seed {seed})"
             ),
         }
     )

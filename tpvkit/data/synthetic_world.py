@@ -722,42 +722,42 @@ class RayHits:
     point: np.ndarray  # (N, 3) hit position (street frame)
 
 
-def _rot_z(v: np.ndarray, yaw: np.ndarray) -> np.ndarray:
-    """Rotate (K, 3) vectors by -yaw about z (world -> primitive local frame)."""
-    c, s = np.cos(yaw), np.sin(yaw)
-    return np.stack([c * v[:, 0] + s * v[:, 1], -s * v[:, 0] + c * v[:, 1], v[:, 2]], axis=1)
-
-
-def _unrot_z(v: np.ndarray, yaw: np.ndarray) -> np.ndarray:
-    c, s = np.cos(yaw), np.sin(yaw)
-    return np.stack([c * v[:, 0] - s * v[:, 1], s * v[:, 0] + c * v[:, 1], v[:, 2]], axis=1)
-
-
 _EPS = 1e-6
 
 
-def _hit_boxes(o: np.ndarray, d: np.ndarray, c, h, yaw) -> tuple[np.ndarray, np.ndarray]:
-    """Slab test for (K,) ray/box pairs in the box frame -> (dist (K,), normal (K, 3))."""
-    p = _rot_z(o - c, yaw)
-    dl = _rot_z(d, yaw)
-    safe = np.where(np.abs(dl) < 1e-12, 1e-12, dl)
-    t1 = (-h - p) / safe
-    t2 = (h - p) / safe
+def _to_local(v: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """Rotate (K, 3) vectors by -yaw about z (world -> primitive frame), cos/sin of yaw (K,)."""
+    return np.stack([cos * v[:, 0] + sin * v[:, 1], cos * v[:, 1] - sin * v[:, 0], v[:, 2]], 1)
+
+
+def _to_world(v: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    return np.stack([cos * v[:, 0] - sin * v[:, 1], sin * v[:, 0] + cos * v[:, 1], v[:, 2]], 1)
+
+
+def _hit_boxes(p: np.ndarray, d: np.ndarray, h: np.ndarray, need_normal: bool):
+    """Slab test of (K,) ray/box pairs given in the box frame (ray origin p, direction d, box
+    half extents h, all (K, 3)) -> (dist (K,), box-frame normal (K, 3) or None)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv = 1.0 / np.where(np.abs(d) < 1e-12, 1e-12, d)
+    t1 = (-h - p) * inv
+    t2 = (h - p) * inv
     tmin = np.minimum(t1, t2)
     tmax = np.maximum(t1, t2)
-    t_near = tmin.max(axis=1)
-    t_far = tmax.min(axis=1)
+    t_near = np.maximum(np.maximum(tmin[:, 0], tmin[:, 1]), tmin[:, 2])
+    t_far = np.minimum(np.minimum(tmax[:, 0], tmax[:, 1]), tmax[:, 2])
     hit = (t_near <= t_far) & (t_near > _EPS)  # origin inside a box: no hit (never wanted)
+    t = np.where(hit, t_near, np.inf)
+    if not need_normal:
+        return t, None
     axis = tmin.argmax(axis=1)
     n = np.zeros_like(p)
     k = np.arange(p.shape[0])
-    n[k, axis] = -np.sign(dl[k, axis])
-    return np.where(hit, t_near, np.inf), _unrot_z(n, yaw)
+    n[k, axis] = -np.sign(d[k, axis])
+    return t, n
 
 
-def _hit_cylinders(o: np.ndarray, d: np.ndarray, c, h) -> tuple[np.ndarray, np.ndarray]:
-    """Vertical capped cylinders: half = (r, r, half height)."""
-    p = o - c
+def _hit_cylinders(p: np.ndarray, d: np.ndarray, h: np.ndarray, need_normal: bool):
+    """Vertical capped cylinders, ray origin p relative to the centre, half = (r, r, hz)."""
     r, hz = h[:, 0], h[:, 2]
     a = d[:, 0] ** 2 + d[:, 1] ** 2
     bq = 2 * (p[:, 0] * d[:, 0] + p[:, 1] * d[:, 1])
@@ -775,29 +775,31 @@ def _hit_cylinders(o: np.ndarray, d: np.ndarray, c, h) -> tuple[np.ndarray, np.n
     qx, qy = p[:, 0] + t_cap * d[:, 0], p[:, 1] + t_cap * d[:, 1]
     ok_cap = (t_cap > _EPS) & (qx**2 + qy**2 <= r**2)
     t_cap = np.where(ok_cap, t_cap, np.inf)
-    use_cap = t_cap < t_side
     t = np.minimum(t_side, t_cap)
+    if not need_normal:
+        return t, None
     q = p + np.where(np.isfinite(t), t, 0.0)[:, None] * d
     n_side = np.stack([q[:, 0], q[:, 1], np.zeros_like(t)], axis=1) / r[:, None]
     n_cap = np.zeros_like(n_side)
     n_cap[:, 2] = np.sign(-dz)
-    return t, np.where(use_cap[:, None], n_cap, n_side)
+    return t, np.where((t_cap < t_side)[:, None], n_cap, n_side)
 
 
-def _hit_ellipsoids(o: np.ndarray, d: np.ndarray, c, h, yaw) -> tuple[np.ndarray, np.ndarray]:
-    p = _rot_z(o - c, yaw) / h
-    dl = _rot_z(d, yaw) / h
-    a = (dl**2).sum(1)
-    bq = 2 * (p * dl).sum(1)
-    cq = (p**2).sum(1) - 1.0
+def _hit_ellipsoids(p: np.ndarray, d: np.ndarray, h: np.ndarray, need_normal: bool):
+    """Ellipsoids with radii h, ray given in the ellipsoid frame."""
+    ps, ds = p / h, d / h  # in the unit-sphere frame
+    a = (ds**2).sum(1)
+    bq = 2 * (ps * ds).sum(1)
+    cq = (ps**2).sum(1) - 1.0
     disc = bq**2 - 4 * a * cq
     t = (-bq - np.sqrt(np.maximum(disc, 0))) / (2 * a)
     ok = (disc > 0) & (t > _EPS)
     t = np.where(ok, t, np.inf)
-    q = p + np.where(ok, t, 0.0)[:, None] * dl
-    n = _unrot_z(q / h, yaw)  # gradient of |x / h|^2
-    n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
-    return t, n
+    if not need_normal:
+        return t, None
+    q = ps + np.where(ok, t, 0.0)[:, None] * ds
+    n = q / h  # gradient of |x / h|^2
+    return t, n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
 
 
 def _ground_surface(world: World, s: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -809,26 +811,34 @@ def _ground_surface(world: World, s: np.ndarray, t: np.ndarray) -> np.ndarray:
     return surf
 
 
-def _prim_hits(world: World, origin, d, ri, pi) -> tuple[np.ndarray, np.ndarray]:
-    """Exact (dist, normal) of ray/primitive pairs (ray directions d[ri], primitives pi)."""
-    t_pair = np.full(ri.shape[0], np.inf)
-    n_pair = np.zeros((ri.shape[0], 3))
-    for kind in (BOX, CYLINDER, ELLIPSOID):
+def _local_frames(world: World, origin: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per primitive: cos and sin of its yaw and the ray origin in its frame (M, 3)."""
+    cos, sin = np.cos(world.yaw), np.sin(world.yaw)
+    return cos, sin, _to_local(origin - world.center, cos, sin)
+
+
+def _prim_hits(world: World, frames, d, ri, pi, need_normal: bool = False):
+    """Exact (dist (K,), world normal (K, 3) or None) of ray/primitive pairs (d[ri], pi);
+    `frames` from _local_frames for the rays' common origin."""
+    cos, sin = frames[0][pi], frames[1][pi]
+    p = frames[2][pi]
+    dl = _to_local(d[ri], cos, sin)
+    h = world.half[pi]
+    t = np.full(ri.shape[0], np.inf)
+    n = np.zeros((ri.shape[0], 3)) if need_normal else None
+    for kind, hit_fn in (
+        (BOX, _hit_boxes),
+        (CYLINDER, _hit_cylinders),
+        (ELLIPSOID, _hit_ellipsoids),
+    ):
         sel = np.flatnonzero(world.kind[pi] == kind)
-        if not sel.size:
-            continue
-        p_idx = pi[sel]
-        o = np.broadcast_to(origin, (sel.size, 3))
-        dd = d[ri[sel]]
-        c, h, yaw = world.center[p_idx], world.half[p_idx], world.yaw[p_idx]
-        if kind == BOX:
-            t_k, n_k = _hit_boxes(o, dd, c, h, yaw)
-        elif kind == CYLINDER:
-            t_k, n_k = _hit_cylinders(o, dd, c, h)
-        else:
-            t_k, n_k = _hit_ellipsoids(o, dd, c, h, yaw)
-        t_pair[sel], n_pair[sel] = t_k, n_k
-    return t_pair, n_pair
+        if sel.size:
+            t[sel], n_k = hit_fn(p[sel], dl[sel], h[sel], need_normal)
+            if need_normal:
+                n[sel] = n_k
+    if need_normal:
+        n = _to_world(n, cos, sin)
+    return t, n
 
 
 def cast_rays(
@@ -859,7 +869,9 @@ def cast_rays(
     best_s = np.full(n, MISS, dtype=np.int16)
     best_s[ground] = _ground_surface(world, gp[ground, 0], gp[ground, 1])
     best_tint = np.ones((n, 3), dtype=np.float32)
+    best_prim = np.full(n, -1, dtype=np.int64)  # winning primitive, -1: ground or sky
 
+    frames = _local_frames(world, origin)
     rel = world.center - origin  # (M, 3)
     dist = np.linalg.norm(rel, axis=1)
     radius = np.linalg.norm(world.half, axis=1) * 1.01 + 0.01  # bounding spheres
@@ -896,19 +908,22 @@ def cast_rays(
             near = (dist[pk] ** 2 - tc**2 < radius[pk] ** 2) & (tc > -radius[pk])
             near &= tc - radius[pk] < best_t[ri]
             ri, pk = ri[near], pk[near]
-            t_pair, n_pair = _prim_hits(world, origin, dirs, ri, live[pk])
+            t_pair, _ = _prim_hits(world, frames, dirs, ri, live[pk])
             hit = t_pair < best_t[ri]
-            ri, pk, t_pair, n_pair = ri[hit], pk[hit], t_pair[hit], n_pair[hit]
+            ri, pk, t_pair = ri[hit], pk[hit], t_pair[hit]
             # nearest pair per ray: sort by (ray, dist), keep each ray's first
             order = np.lexsort((t_pair, ri))
-            ri, pk, t_pair, n_pair = ri[order], pk[order], t_pair[order], n_pair[order]
+            ri, pk, t_pair = ri[order], pk[order], t_pair[order]
             keep = np.ones(ri.shape[0], dtype=bool)
             keep[1:] = ri[1:] != ri[:-1]
-            ri, prim = ri[keep], live[pk[keep]]
-            best_t[ri] = t_pair[keep]
-            best_n[ri] = n_pair[keep]
-            best_s[ri] = world.surface[prim]
-            best_tint[ri] = world.tint[prim]
+            best_t[ri[keep]] = t_pair[keep]
+            best_prim[ri[keep]] = live[pk[keep]]
+        # surface data and normals only for the winners
+        won = np.flatnonzero(best_prim >= 0)
+        prim = best_prim[won]
+        _, best_n[won] = _prim_hits(world, frames, dirs, won, prim, need_normal=True)
+        best_s[won] = world.surface[prim]
+        best_tint[won] = world.tint[prim]
     finite = np.isfinite(best_t)
     best_s[~finite] = MISS
     point = origin + np.where(finite, best_t, 0.0)[:, None] * dirs
