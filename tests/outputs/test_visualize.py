@@ -147,7 +147,8 @@ def test_cli_visualize(tmp_path):
     path = save_prediction(make_prediction(), tmp_path / "p.npz")
     runner = CliRunner()
     args = ["visualize", str(path), "--out", str(tmp_path / "v"), "--width", "96"]
-    result = runner.invoke(app, args + ["--height", "64", "--supersample", "1"])
+    with pytest.warns(UserWarning, match="no camera keys"):
+        result = runner.invoke(app, args + ["--height", "64", "--supersample", "1"])
     assert result.exit_code == 0, result.output
     assert "voxels_3d.png" in result.output and (tmp_path / "v" / "legend.png").is_file()
     np.savez_compressed(tmp_path / "bare.npz", voxels=np.zeros((2, 2, 2), np.uint8))

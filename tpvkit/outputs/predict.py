@@ -121,6 +121,13 @@ def _in_range_occupancy(
     return occupied
 
 
+def _displayable_gt(voxel_labels: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    """uint8 (X, Y, Z) ground-truth voxels for files and pictures: the dataset's majority-vote
+    labels, 0 in voxels that only hold points from outside the range (clipped into the border
+    voxels by the dataset)."""
+    return np.where(observed, voxel_labels, 0).astype(np.uint8)
+
+
 def argmax_voxels(voxel_logits: torch.Tensor, chunk: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     """(C, X, Y, Z) logits -> class (X, Y, Z) uint8 and its probability (float16).
 
@@ -228,11 +235,11 @@ def predict(
             points = batch["points"][0, :n].numpy()
             voxel_index = batch["point_voxel_index"][0, :n].numpy()
             has_gt = bool(sample.get("lidarseg_path"))
+            observed = _in_range_occupancy(voxel_index, points, pc_range, voxels_np.shape)
             if empty_label >= 0:
                 rule, occupied = "empty_class", voxels_np != empty_label
             else:
-                rule = "lidar_points"
-                occupied = _in_range_occupancy(voxel_index, points, pc_range, voxels_np.shape)
+                rule, occupied = "lidar_points", observed
             pred = Prediction(
                 voxels=voxels_np,
                 occupied=occupied,
@@ -243,7 +250,9 @@ def predict(
                 gt_point_labels=(
                     batch["point_labels"][0, :n].numpy().astype(np.uint8) if has_gt else None
                 ),
-                gt_voxels=batch["voxel_labels"][0].numpy().astype(np.uint8) if has_gt else None,
+                gt_voxels=(
+                    _displayable_gt(batch["voxel_labels"][0].numpy(), observed) if has_gt else None
+                ),
                 voxel_confidence=confidence.cpu().numpy() if save_confidence else None,
                 **_base_fields(cfg, subset, sample),
             )
@@ -258,7 +267,7 @@ def _file_stem(token: str) -> str:
 
 def ground_truth_record(cfg: Any, infos: str | Path, token: str) -> Prediction:
     """The ground truth of one sample as a prediction record: the dataset's majority-vote voxel
-    labels (occupied where a labelled point lies) and the labelled LiDAR points.
+    labels (occupied where a labelled point inside the range lies) and the labelled points.
 
     `cfg` (tpvkit.config.Config) fixes the grid and the voxel convention.
     """
@@ -274,14 +283,20 @@ def ground_truth_record(cfg: Any, infos: str | Path, token: str) -> Prediction:
         )
     subset = InfoSet(**{**info_set.__dict__, "samples": [sample]})
     item = LidarSegDataset(subset, cfg.data, cfg.model, train=False)[0]
-    gt_voxels = item["voxel_labels"].numpy().astype(np.uint8)
+    points = item["points"].numpy()
+    pc_range = np.asarray(cfg.model.point_cloud_range, dtype=np.float64)
+    voxel_labels = item["voxel_labels"].numpy()
+    observed = _in_range_occupancy(
+        item["point_voxel_index"].numpy(), points, pc_range, voxel_labels.shape
+    )
+    gt_voxels = _displayable_gt(voxel_labels, observed)
     labels = item["point_labels"].numpy().astype(np.uint8)
     return Prediction(
         voxels=gt_voxels,
         occupied=gt_voxels != 0,
         empty_label=-1,
         occupancy_rule="ground_truth",
-        points=item["points"].numpy().astype(np.float32),
+        points=points.astype(np.float32),
         gt_point_labels=labels,
         gt_voxels=gt_voxels,
         source=f"{infos} (sample {token})",

@@ -7,12 +7,10 @@ pickles), so any numpy can read them.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -395,10 +393,3 @@ def validate_prediction(pred: Prediction) -> None:
             src,
             f"cam_image_sizes must be ({n_cam}, 2)",
         )
-
-
-def replace(pred: Prediction, **changes: Any) -> Prediction:
-    """A copy of `pred` with some fields changed (dataclasses.replace, re-validated)."""
-    out = dataclasses.replace(pred, **changes)
-    validate_prediction(out)
-    return out
