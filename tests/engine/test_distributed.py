@@ -149,4 +149,10 @@ def test_cli_under_torchrun_matches_one_process_on_the_real_model(tmp_path, synt
     one = torch.load(tmp_path / "one" / "latest.pth", weights_only=True)
     assert ddp["iteration"] == one["iteration"] == 3 and len(ddp["rng"]) == 2
     for key, value in one["model"].items():
-        torch.testing.assert_close(ddp["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+        # BatchNorm's running variance is the unbiased batch variance, n / (n - 1) with n the
+        # per-rank count: 6 images per rank vs 12 in one process, so it differs slightly.
+        tol = {"rtol": 1e-2, "atol": 1e-2} if key.endswith("running_var") else {}
+        torch.testing.assert_close(
+            ddp["model"][key], value, rtol=tol.get("rtol", 1e-4), atol=tol.get("atol", 1e-5),
+            msg=key,
+        )  # fmt: skip

@@ -107,3 +107,12 @@ def test_real_model_resume_with_augmentation_matches_an_uninterrupted_run(
     a = torch.load(tmp_path / "full" / "latest.pth", weights_only=True)["model"]
     b = torch.load(tmp_path / "split" / "latest.pth", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resuming_a_finished_run_changes_nothing(tmp_path):
+    cfg = toy_config("train.max_iters=4")
+    final = train(cfg, tmp_path, parts=toy_parts())
+    before = final.read_bytes()
+    assert train(cfg, tmp_path, resume=True, parts=toy_parts()) == final
+    assert final.read_bytes() == before
+    assert "already finished its 4 iterations" in (tmp_path / "train.log").read_text()

@@ -113,6 +113,7 @@ def test_tiny_model_overfits_one_sample(tmp_path, synthetic_infos):
         "optim.lr=3e-3",
         "optim.warmup_iters=5",
         "optim.min_lr=3e-4",
+        "train.ckpt_interval=1000",  # one sample = one-step epochs: do not save each of them
     )
     train(cfg, tmp_path / "w")
     records = train_records(tmp_path / "w")

@@ -603,8 +603,12 @@ class Trainer:
                         break
         finally:
             bar.close()
-        if self.last_saved is None:  # nothing left to run (resumed a finished job, or 0 iters)
-            log.info(f"saved {self.save()}")
+        if self.last_saved is None:  # nothing was left to run
+            done = self.work_dir / iter_checkpoint_name(self.iteration)
+            if self.resumed_from is not None and done.is_file():
+                log.info(f"the run had already finished its {self.total_iters} iterations")
+                return done
+            log.info(f"saved {self.save()}")  # a 0-iteration schedule: save the initial state
         assert self.last_saved is not None
         elapsed = time.monotonic() - self.started
         if stop_reason:
