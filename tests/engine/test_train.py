@@ -152,3 +152,11 @@ def test_cli_train_bad_inputs_exit_non_zero_with_clear_messages(tmp_path, synthe
     )  # fmt: skip
     assert result.exit_code == 2
     assert "no samples" in result.output and "data.train_infos" in result.output
+
+
+def test_amp_on_cpu_is_ignored_with_a_logged_warning(tmp_path):
+    train(toy_config("train.amp=bf16", "train.max_iters=2"), tmp_path, parts=toy_parts())
+    assert (
+        "train.amp=bf16 needs a CUDA GPU; training in float32"
+        in (tmp_path / "train.log").read_text()
+    )

@@ -19,7 +19,6 @@ import json
 import math
 import random
 import time
-import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,7 +101,10 @@ def isolated_rng(seed: int) -> Iterator[None]:
     The caller's random streams (dropout, the next sample) are unaffected by what runs inside.
     """
     py, npy, th = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    seed_everything(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    # The CPU generator only: torch.manual_seed would also reseed (and not restore) CUDA's.
+    torch.default_generator.manual_seed(seed)
     try:
         yield
     finally:
@@ -209,7 +211,9 @@ class RunLog:
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step drops events a crashed run wrote after the checkpoint we resume from.
-            self.tb = SummaryWriter(str(work_dir / "tb"), purge_step=start_iteration or None)
+            self.tb = SummaryWriter(
+                str(work_dir / "tb"), purge_step=start_iteration + 1 if start_iteration else None
+            )
         except ImportError:  # tensorboard is a dependency, but a broken install must not stop us
             self.info("tensorboard is not importable: no TensorBoard scalars this run")
 
@@ -311,11 +315,12 @@ class Trainer:
         self.resume = resume
 
         tc = cfg.train
+        self.warn_later: list[str] = []  # notes for the log, written once it is open
         self.amp = tc.amp
         if self.amp != "none" and self.device.type != "cuda":
-            warnings.warn(
-                f"train.amp={self.amp} needs a CUDA GPU; training in float32 on {self.device}",
-                stacklevel=2,
+            # Ignored rather than refused: GPU configs should still run (slowly) on a laptop.
+            self.warn_later.append(
+                f"train.amp={self.amp} needs a CUDA GPU; training in float32 on {self.device}"
             )
             self.amp = "none"
         self.batch_size = cfg.data.batch_size
@@ -342,7 +347,6 @@ class Trainer:
         self.iter_in_epoch = 0  # steps done in self.epoch
         self.last_saved: tuple[int, Path] | None = None
         self.resumed_from: Path | None = None
-        self.warn_later: list[str] = []  # resume notes, logged once the log is open
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -626,9 +630,12 @@ class Trainer:
         rate = bar.format_dict.get("rate") or 0.0
         eta = (self.total_iters - self.iteration) / rate if rate > 0 else float("nan")
         eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) else "?"
+        memory = ""
+        if self.device.type == "cuda":
+            memory = f" mem={torch.cuda.max_memory_allocated(self.device) / 2**30:.1f}G"
         log.info(
             f"epoch {self.epoch} iter {self.iteration}/{self.total_iters} {_format_terms(terms)} "
-            f"lr={lr:.3e} grad_norm={grad_norm:.3g} it/s={rate:.2f} eta={eta_text}"
+            f"lr={lr:.3e} grad_norm={grad_norm:.3g} it/s={rate:.2f} eta={eta_text}{memory}"
         )
         log.record(
             "train",
