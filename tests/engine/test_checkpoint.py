@@ -26,6 +26,7 @@ from tpvkit.engine.checkpoint import (
     rotate_checkpoints,
     save_checkpoint,
 )
+from tpvkit.errors import TpvkitError
 
 
 class TinyNet(nn.Module):
@@ -241,3 +242,24 @@ def test_module_has_no_python_object_values_in_checkpoints():
 
     walk(state)
     assert ckpt_mod.CHECKPOINT_FORMAT == state["format"]
+
+
+def test_real_tiny_model_round_trips_through_the_public_layout(tmp_path):
+    from tpvkit.config import load_config
+    from tpvkit.models.checkpoint_keys import tpvkit_to_public
+    from tpvkit.models.tpvformer import build_model
+
+    cfg = load_config("tpv_tiny", ["model.encoder.num_hcab=1", "model.encoder.num_hab=1"])
+    torch.manual_seed(0)
+    src = build_model(cfg.model)
+    public = {f"module.{k}": v for k, v in tpvkit_to_public(src.state_dict()).items()}
+    public["module.tpv_head.encoder.ref_2d_hw"] = torch.zeros(3)  # a stale buffer of the release
+    torch.save({"state_dict": public, "meta": {"iter": 5}}, tmp_path / "public.pth")
+    dst = build_model(cfg.model)
+    assert load_model_weights(dst, tmp_path / "public.pth", cfg)["source"] == "public"
+    for key, value in src.state_dict().items():
+        assert torch.equal(dst.state_dict()[key], value), key
+    # The same file against a config with another layer structure: refused in config terms.
+    other = load_config("tpv_tiny", ["model.encoder.num_hcab=2", "model.encoder.num_hab=1"])
+    with pytest.raises(TpvkitError, match=r"public TPVFormer checkpoint .*public\.pth: .*HCAB"):
+        load_model_weights(build_model(other.model), tmp_path / "public.pth", other)

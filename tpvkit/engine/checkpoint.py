@@ -420,7 +420,10 @@ def apply_model_weights(
     if _is_public_layout(state, set(target.state_dict())):
         from tpvkit.models.checkpoint_keys import public_to_tpvkit
 
-        state = public_to_tpvkit(state, cfg)
+        try:
+            state = public_to_tpvkit(state, cfg.model)
+        except TpvkitError as err:  # its message speaks of "the checkpoint": name the file
+            raise CheckpointError(f"public TPVFormer checkpoint {path}: {err}") from err
         source = "public"
     missing, unexpected, shapes = state_dict_mismatches(target, state)
     if missing or unexpected or shapes:
