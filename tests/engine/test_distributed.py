@@ -129,6 +129,13 @@ def test_two_rank_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
     ]  # fmt: skip
 
 
+def _val_records(work_dir: Path) -> list[dict]:
+    import json
+
+    lines = (work_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == "val"]
+
+
 # -- DDP of the real model through the CLI --------------------------------------------------------
 
 
@@ -140,7 +147,12 @@ def test_cli_under_torchrun_matches_one_process_on_the_real_model(tmp_path, synt
     # The same sample twice: BatchNorm statistics and the (non-decomposable) Lovasz loss of a
     # batch of 2 then equal those of each rank's batch of 1, so the runs must agree closely.
     infos = info_subset(synthetic_infos["mini_train"], tmp_path / "twice.json", [0, 0])
-    steps = ["train.max_iters=3", "optim.warmup_iters=0", "optim.lr=1e-3"]
+    # 3 validation samples over 2 ranks (2 + 1): each is scored once, the counts are summed.
+    val = info_subset(synthetic_infos["mini_val"], tmp_path / "val.json", [0, 1, 2])
+    steps = [
+        "train.max_iters=3", "optim.warmup_iters=0", "optim.lr=1e-3", f"data.val_infos={val}",
+        "train.val_interval=3",
+    ]  # fmt: skip
     sets = [x for kv in [*REAL_TINY, f"data.train_infos={infos}", *steps] for x in ("--set", kv)]
     _torchrun(["-m", "tpvkit", "train", "tpv_tiny", "--work-dir", str(tmp_path / "ddp"), *sets],
               cwd=tmp_path)  # fmt: skip
@@ -148,6 +160,10 @@ def test_cli_under_torchrun_matches_one_process_on_the_real_model(tmp_path, synt
     ddp = torch.load(tmp_path / "ddp" / "latest.pth", weights_only=True)
     one = torch.load(tmp_path / "one" / "latest.pth", weights_only=True)
     assert ddp["iteration"] == one["iteration"] == 3 and len(ddp["rng"]) == 2
+    val_ddp = _val_records(tmp_path / "ddp")
+    val_one = _val_records(tmp_path / "one")
+    assert val_ddp[0]["num_samples"] == val_one[0]["num_samples"] == 3
+    assert val_ddp[0]["miou"] == pytest.approx(val_one[0]["miou"], abs=1e-2)
     for key, value in one["model"].items():
         # BatchNorm's running variance is the unbiased batch variance, n / (n - 1) with n the
         # per-rank count: 6 images per rank vs 12 in one process, so it differs slightly.

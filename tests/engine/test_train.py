@@ -160,3 +160,26 @@ def test_amp_on_cpu_is_ignored_with_a_logged_warning(tmp_path):
         "train.amp=bf16 needs a CUDA GPU; training in float32"
         in (tmp_path / "train.log").read_text()
     )
+
+
+def test_periodic_validation_is_logged_to_metrics_and_tensorboard(tmp_path, synthetic_infos):
+    infos = info_subset(synthetic_infos["mini_train"], tmp_path / "one.json", [0])
+    val = info_subset(synthetic_infos["mini_val"], tmp_path / "val.json", [0, 1, 2])
+    cfg = real_config(
+        infos, f"data.val_infos={val}", "train.max_iters=2", "train.val_interval=1",
+        "train.ckpt_interval=1000",
+    )  # fmt: skip
+    train(cfg, tmp_path / "w")
+    import json
+
+    lines = (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()
+    vals = [r for r in map(json.loads, lines) if r["kind"] == "val"]
+    assert [r["iter"] for r in vals] == [1, 2]
+    assert all(r["num_samples"] == 3 and 0.0 <= r["miou"] <= 1.0 for r in vals)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "w" / "tb"))
+    events.Reload()
+    assert {"val/miou", "train/loss", "train/lr", "train/loss_lovasz"} <= set(
+        events.Tags()["scalars"]
+    )
