@@ -183,3 +183,21 @@ def test_periodic_validation_is_logged_to_metrics_and_tensorboard(tmp_path, synt
     assert {"val/miou", "train/loss", "train/lr", "train/loss_lovasz"} <= set(
         events.Tags()["scalars"]
     )
+
+
+def test_sigterm_stops_after_the_current_step_with_a_checkpoint(tmp_path):
+    import os
+    import signal
+
+    calls = {"n": 0}
+
+    def preempted(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the cluster asks the job to leave during step 3
+            os.kill(os.getpid(), signal.SIGTERM)
+        return toy_losses(model, batch)
+
+    final = train(toy_config(), tmp_path, parts=toy_parts(loss_fn=preempted))
+    assert final == tmp_path / "iter_000003.pth"
+    assert "received SIGTERM" in (tmp_path / "train.log").read_text()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again

@@ -18,6 +18,8 @@ import contextlib
 import json
 import math
 import random
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -347,6 +349,7 @@ class Trainer:
         self.iter_in_epoch = 0  # steps done in self.epoch
         self.last_saved: tuple[int, Path] | None = None
         self.resumed_from: Path | None = None
+        self.signalled = ""  # name of a stop signal received (SIGTERM)
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -522,6 +525,35 @@ class Trainer:
             generator=torch.Generator().manual_seed(mix_seed(self.cfg.train.seed, self.epoch)),
         )
 
+    def _stop_reasons(self) -> list[str]:
+        """Why this process wants to stop after the current step (empty: it does not)."""
+        tc = self.cfg.train
+        reasons = []
+        if tc.max_minutes > 0 and time.monotonic() - self.started >= tc.max_minutes * 60:
+            reasons.append(f"time budget of {tc.max_minutes:g} min reached")
+        if self.signalled:
+            reasons.append(f"received {self.signalled}")
+        if self.stop_after is not None and self.iteration >= self.stop_after:
+            reasons.append(f"stopped after {self.iteration} iterations as asked")
+        return reasons
+
+    @contextlib.contextmanager
+    def _stop_on_sigterm(self) -> Iterator[None]:
+        """SIGTERM (a cluster pre-empting the job; torchrun forwards it) ends the run after the
+        current step, with a checkpoint, instead of killing it mid-way."""
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signal handlers can only be set from the main thread
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            self.signalled = signal.Signals(signum).name
+
+        previous = signal.signal(signal.SIGTERM, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
     def run(self) -> Path:
         tc = self.cfg.train
         if self.resume:
@@ -529,7 +561,8 @@ class Trainer:
         model = wrap_ddp(self.model, self.ctx)
         log = RunLog(self.work_dir, self.ctx.is_main, self.iteration)
         try:
-            return self._run(model, log, tc)
+            with self._stop_on_sigterm():
+                return self._run(model, log, tc)
         finally:
             log.close()
 
@@ -580,16 +613,9 @@ class Trainer:
                     if epoch_done:  # the checkpoint then names the next epoch's first batch
                         self.epoch, self.iter_in_epoch = self.epoch + 1, 0
                     finished = self.iteration >= self.total_iters
-                    over_time = tc.max_minutes > 0 and (
-                        time.monotonic() - self.started >= tc.max_minutes * 60
-                    )
-                    over_count = self.stop_after is not None and self.iteration >= self.stop_after
-                    if any_rank(over_time or over_count, ctx) and not finished:
-                        stop_reason = (
-                            f"time budget of {tc.max_minutes:g} min reached"
-                            if over_time
-                            else f"stopped after {self.iteration} iterations as asked"
-                        )
+                    reasons = self._stop_reasons()
+                    if any_rank(bool(reasons), ctx) and not finished:
+                        stop_reason = "; ".join(reasons) or "another process stopped the job"
                     due_ckpt = (
                         self.iteration % tc.ckpt_interval == 0
                         if tc.ckpt_interval > 0
