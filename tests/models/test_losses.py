@@ -1,0 +1,120 @@
+"""Lovasz-softmax and the occupancy loss against brute-force references."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tpvkit.models.losses import lovasz_softmax, masked_cross_entropy, occupancy_loss
+
+
+def jaccard_loss_of_set(mistakes: frozenset[int], fg: list[int]) -> float:
+    """Delta_J(M) = |M| / |fg  u  M|: the Jaccard loss when the points in M are mispredicted."""
+    if not mistakes:
+        return 0.0
+    return len(mistakes) / len(set(fg) | mistakes)
+
+
+def lovasz_extension_brute_force(errors: list[float], fg: list[int]) -> float:
+    """The Lovasz extension of the (submodular) Jaccard loss as the max over all orderings of the
+    greedy sum, an identity of submodular functions that needs no sorting (Lovasz 1983)."""
+    best = -float("inf")
+    n = len(errors)
+    for order in itertools.permutations(range(n)):
+        total, prev, chosen = 0.0, 0.0, set()
+        for i in order:
+            chosen.add(i)
+            value = jaccard_loss_of_set(frozenset(chosen), fg)
+            total += errors[i] * (value - prev)
+            prev = value
+        best = max(best, total)
+    return best
+
+
+def lovasz_softmax_reference(probs: torch.Tensor, labels: torch.Tensor, ignore: int) -> float:
+    keep = labels != ignore
+    probs, labels = probs[keep].double(), labels[keep]
+    per_class = []
+    for c in range(probs.shape[1]):
+        fg_mask = labels == c
+        if not bool(fg_mask.any()):
+            continue  # "present" classes only
+        errors = (fg_mask.double() - probs[:, c]).abs().tolist()
+        fg = [i for i, v in enumerate(fg_mask.tolist()) if v]
+        per_class.append(lovasz_extension_brute_force(errors, fg))
+    return sum(per_class) / len(per_class)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_lovasz_softmax_matches_brute_force(seed):
+    g = torch.Generator().manual_seed(seed)
+    n, c = 6, 4
+    probs = torch.rand(n, c, generator=g, dtype=torch.float64).softmax(dim=1)
+    labels = torch.randint(0, c, (n,), generator=g)
+    expected = lovasz_softmax_reference(probs, labels, ignore=0)
+    got = lovasz_softmax(probs, labels, ignore_index=0).item()
+    assert got == pytest.approx(expected, abs=1e-12)
+
+
+def test_lovasz_of_a_perfect_prediction_is_zero_and_of_a_wrong_one_positive():
+    labels = torch.tensor([1, 2, 2, 3, 0])
+    perfect = F.one_hot(labels, 4).double()
+    assert lovasz_softmax(perfect, labels).item() == pytest.approx(0.0, abs=1e-12)
+    wrong = F.one_hot((labels % 3) + 1, 4).double()
+    assert lovasz_softmax(wrong, labels).item() > 0.5
+
+
+def test_lovasz_accepts_batched_layout_and_ignores_label_zero():
+    g = torch.Generator().manual_seed(0)
+    probs = torch.rand(2, 5, 7, generator=g, dtype=torch.float64).softmax(dim=1)  # (B, C, N)
+    labels = torch.randint(0, 5, (2, 7), generator=g)
+    flat = lovasz_softmax(probs.movedim(1, -1).reshape(-1, 5), labels.reshape(-1))
+    assert lovasz_softmax(probs, labels).item() == pytest.approx(flat.item(), abs=1e-12)
+    # changing the probabilities of ignored points changes nothing
+    other = probs.clone()
+    other[:, :, :][labels.unsqueeze(1).expand_as(other) == 0] = 0.2
+    assert lovasz_softmax(other, labels).item() == pytest.approx(flat.item(), abs=1e-12)
+
+
+def test_cross_entropy_ignores_zero_and_all_ignored_is_zero_with_grad():
+    logits = torch.randn(3, 5, 4, requires_grad=True)
+    labels = torch.tensor([[0, 1, 2, 0], [3, 0, 0, 4], [1, 1, 0, 0]])
+    got = masked_cross_entropy(logits, labels)
+    keep = labels != 0
+    ref = F.cross_entropy(logits.permute(0, 2, 1)[keep], labels[keep])
+    assert got.item() == pytest.approx(ref.item(), rel=1e-6)
+    empty = masked_cross_entropy(logits, torch.zeros_like(labels))
+    empty.backward()
+    assert empty.item() == 0.0 and torch.isfinite(logits.grad).all()
+
+
+def test_occupancy_loss_sums_both_terms_with_weights_and_finite_gradients():
+    g = torch.Generator().manual_seed(1)
+    point_logits = torch.randn(2, 17, 50, generator=g, requires_grad=True)
+    point_labels = torch.randint(0, 17, (2, 50), generator=g)
+    voxel_logits = torch.randn(2, 17, 4, 4, 2, generator=g, requires_grad=True)
+    voxel_labels = torch.randint(0, 17, (2, 4, 4, 2), generator=g)
+    out = occupancy_loss(point_logits, point_labels, voxel_logits, voxel_labels, 0.5, 2.0)
+    assert out["loss"].item() == pytest.approx(
+        0.5 * out["loss_lovasz"].item() + 2.0 * out["loss_ce"].item(), rel=1e-6
+    )
+    out["loss"].backward()
+    assert torch.isfinite(point_logits.grad).all() and point_logits.grad.abs().sum() > 0
+    assert torch.isfinite(voxel_logits.grad).all() and voxel_logits.grad.abs().sum() > 0
+
+
+def test_occupancy_loss_with_everything_ignored_is_zero_not_nan():
+    point_logits = torch.randn(1, 17, 10, requires_grad=True)
+    voxel_logits = torch.randn(1, 17, 2, 2, 2, requires_grad=True)
+    out = occupancy_loss(
+        point_logits,
+        torch.zeros(1, 10, dtype=torch.long),
+        voxel_logits,
+        torch.zeros(1, 2, 2, 2, dtype=torch.long),
+    )
+    out["loss"].backward()
+    assert out["loss"].item() == 0.0
+    assert torch.isfinite(point_logits.grad).all() and torch.isfinite(voxel_logits.grad).all()

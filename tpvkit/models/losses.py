@@ -1,0 +1,108 @@
+"""Training losses: Lovasz-softmax on point logits and cross-entropy on voxel logits.
+
+The Lovasz-softmax loss (Berman, Rannen Triki and Blaschko, CVPR 2018) is the Lovasz extension of
+the per-class Jaccard loss, evaluated on the errors |fg_c - p_c| sorted in decreasing order. The
+implementation is vectorised over classes: one sort of a (P, C) error matrix.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from tpvkit.constants import IGNORE_INDEX
+
+
+def lovasz_grad(fg_sorted: torch.Tensor) -> torch.Tensor:
+    """Gradient of the Lovasz extension of the Jaccard loss w.r.t. the sorted errors.
+
+    fg_sorted (P, C): 1 where the point belongs to the class, in decreasing-error order per class.
+    """
+    gts = fg_sorted.sum(0, keepdim=True)  # (1, C)
+    intersection = gts - fg_sorted.cumsum(0)
+    union = gts + (1.0 - fg_sorted).cumsum(0)
+    jaccard = 1.0 - intersection / union  # Jaccard loss of the first i points mispredicted
+    return torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]], dim=0)
+
+
+def lovasz_softmax(
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    ignore_index: int | None = IGNORE_INDEX,
+    classes: str | list[int] = "present",
+) -> torch.Tensor:
+    """Lovasz-softmax loss over all points together (not per image), as in TPVFormer.
+
+    probs: (P, C) class probabilities, or (B, C, ...) which is flattened to (P, C).
+    labels: (P,) or (B, ...) integer labels; `ignore_index` points are left out.
+    classes: "present" averages over the classes present in the labels, "all" over every class,
+    or an explicit list of class indices.
+    """
+    if probs.dim() > 2:
+        probs = probs.movedim(1, -1).reshape(-1, probs.shape[1])  # (B, C, ...) -> (P, C)
+    labels = labels.reshape(-1)
+    if ignore_index is not None:
+        keep = labels != ignore_index
+        probs, labels = probs[keep], labels[keep]
+    num_classes = probs.shape[1]
+    if probs.numel() == 0:
+        return probs.sum() * 0.0
+    fg = F.one_hot(labels.long(), num_classes).to(probs.dtype)  # (P, C)
+    if classes == "present":
+        selected = fg.sum(0) > 0
+    elif classes == "all":
+        selected = torch.ones(num_classes, dtype=torch.bool, device=probs.device)
+    else:
+        selected = torch.zeros(num_classes, dtype=torch.bool, device=probs.device)
+        selected[list(classes)] = True
+    if ignore_index is not None and 0 <= ignore_index < num_classes and classes != "present":
+        selected[ignore_index] = False
+    if not bool(selected.any()):
+        return probs.sum() * 0.0
+    errors = (fg - probs).abs()[:, selected]  # (P, C_sel)
+    fg = fg[:, selected]
+    errors_sorted, order = errors.sort(dim=0, descending=True)
+    fg_sorted = fg.gather(0, order)
+    per_class = (errors_sorted * lovasz_grad(fg_sorted)).sum(0)  # (C_sel,)
+    return per_class.mean()
+
+
+def masked_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
+    """Mean cross-entropy over non-ignored labels; 0 (with a gradient path) when all are ignored."""
+    valid = labels != ignore_index
+    if not bool(valid.any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, labels.long(), ignore_index=ignore_index)
+
+
+def occupancy_loss(
+    point_logits: torch.Tensor | None,
+    point_labels: torch.Tensor | None,
+    voxel_logits: torch.Tensor | None,
+    voxel_labels: torch.Tensor | None,
+    lovasz_weight: float = 1.0,
+    ce_weight: float = 1.0,
+    ignore_index: int = IGNORE_INDEX,
+) -> dict[str, torch.Tensor]:
+    """TPVFormer's lidarseg loss: Lovasz-softmax on point logits + cross-entropy on voxel logits.
+
+    point_logits (B, C, N) with point_labels (B, N); voxel_logits (B, C, X, Y, Z) with voxel_labels
+    (B, X, Y, Z). Label `ignore_index` (also the padding of collated points) is left out of both.
+    Either pair may be None, which drops that term.
+    """
+    terms: dict[str, torch.Tensor] = {}
+    if point_logits is not None and point_labels is not None:
+        probs = point_logits.float().softmax(dim=1)
+        terms["loss_lovasz"] = lovasz_softmax(probs, point_labels, ignore_index=ignore_index)
+    if voxel_logits is not None and voxel_labels is not None:
+        terms["loss_ce"] = masked_cross_entropy(voxel_logits.float(), voxel_labels, ignore_index)
+    if not terms:
+        raise ValueError("occupancy_loss needs point logits and labels, voxel ones, or both")
+    total = torch.zeros((), device=next(iter(terms.values())).device)
+    if "loss_lovasz" in terms:
+        total = total + lovasz_weight * terms["loss_lovasz"]
+    if "loss_ce" in terms:
+        total = total + ce_weight * terms["loss_ce"]
+    return {"loss": total, **terms}
