@@ -236,8 +236,8 @@ class _Chunk:
 
     Chunk tensors are laid out region-major, (R, Qc, ...) with R = regions in (b, head) order:
     a chunk then reads one or a few heads' tables, which stay in cache, and its transposed
-    scatter only touches those regions. Sampling locations become (2, R, Qc, L, P):
-    elementwise kernels run much faster on long contiguous rows than on a trailing 2."""
+    scatter only touches those regions. Gradients are written straight into strided
+    (Bc, Hc, Qc, ...) views of their outputs by the chunk's last op (`out=`)."""
 
     b0: int
     b1: int
@@ -253,26 +253,23 @@ class _Chunk:
     def first_region(self, n_heads: int) -> int:
         return self.b0 * n_heads + self.h0
 
-    def _part(self, x: torch.Tensor) -> torch.Tensor:  # (Bc, Hc, Qc, ...) view
+    def view(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, Q, nH, ...) -> the chunk as a strided (Bc, Hc, Qc, ...) view: region-major."""
         return x[self.b0 : self.b1, self.q0 : self.q1, self.h0 : self.h1].transpose(1, 2)
 
     def take(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, Q, nH, ...) -> (R, Qc, ...) contiguous."""
-        return self._part(x).reshape(self.regions, self.q1 - self.q0, *x.shape[3:]).contiguous()
+        """(B, Q, nH, ...) -> (R, Qc, ...) contiguous copy."""
+        return self.view(x).reshape(self.regions, self.q1 - self.q0, *x.shape[3:]).contiguous()
 
     def take_xy(self, loc: torch.Tensor) -> torch.Tensor:
-        """(B, Q, nH, L, P, 2) -> (2, R, Qc, L, P) contiguous."""
-        part = self._part(loc).movedim(-1, 0)
+        """(B, Q, nH, L, P, 2) -> (2, R, Qc, L, P) contiguous: x and y as separate runs
+        (elementwise kernels are several times slower on a trailing dimension of 2)."""
+        part = self.view(loc).movedim(-1, 0)
         return part.reshape(2, self.regions, self.q1 - self.q0, *loc.shape[3:5]).contiguous()
 
     def put(self, dst: torch.Tensor, src: torch.Tensor) -> None:
         """Inverse of `take`: write (R, Qc, ...) into dst (B, Q, nH, ...)."""
-        view = self._part(dst)
-        view.copy_(src.view(view.shape))
-
-    def put_xy(self, dst: torch.Tensor, src: torch.Tensor) -> None:
-        """Inverse of `take_xy`."""
-        view = self._part(dst).movedim(-1, 0)
+        view = self.view(dst)
         view.copy_(src.view(view.shape))
 
 
@@ -431,8 +428,8 @@ class _EmbeddingBagMSDA(torch.autograd.Function):
         consts = _LevelConstants(layout, n_points, value.device, cdt, key_dtype)
         out = value.new_empty(b, q, n_heads, d, dtype=cdt)
         for chunk in _chunks(b, q, n_heads, n_levels * n_points, _chunk_budget(value.device, d)):
-            loc = chunk.take_xy(sampling_locations).to(cdt)
-            fp = _footprints(loc, chunk.take(attention_weights).to(cdt), consts, key_dtype)
+            attn = chunk.take(attention_weights).to(cdt)
+            fp = _footprints(chunk.take_xy(sampling_locations).to(cdt), attn, consts, key_dtype)
             rows = fp.corner_rows(consts, chunk.first_region(n_heads) * layout.padded_size)
             weights = fp.corner_weights(
                 rows.new_empty(rows.shape[0], 4, n_levels, n_points, dtype=cdt), corner_dim=1
@@ -466,8 +463,8 @@ class _EmbeddingBagMSDA(torch.autograd.Function):
         grad_attn = torch.empty_like(attention_weights, dtype=cdt) if need_attn else None
         scratch = _DotScratch(table, max_samples * 4)
         for chunk in chunks:
-            loc = chunk.take_xy(sampling_locations).to(cdt)
-            fp = _footprints(loc, chunk.take(attention_weights).to(cdt), consts, key_dtype)
+            attn = chunk.take(attention_weights).to(cdt)
+            fp = _footprints(chunk.take_xy(sampling_locations).to(cdt), attn, consts, key_dtype)
             g = chunk.take(grad_out).to(cdt).reshape(-1, d)  # (R * Qc, D): one row per bag
             first = chunk.first_region(n_heads)
             if grad_value is not None:
@@ -481,13 +478,22 @@ class _EmbeddingBagMSDA(torch.autograd.Function):
             gx, gy = 1 - fp.fx, 1 - fp.fy
             # The corner dots interpolated along y, at the left and at the right column.
             left, right = g00 * gy + g10 * fp.fy, g01 * gy + g11 * fp.fy
+            region_major = chunk.view(grad_attn if grad_attn is not None else grad_loc).shape[:5]
             if grad_attn is not None:
-                chunk.put(grad_attn, torch.addcmul(left * gx, right, fp.fx))
+                ga = (left * gx).view(region_major)
+                torch.addcmul(
+                    ga,
+                    right.view(region_major),
+                    fp.fx.view(region_major),
+                    out=chunk.view(grad_attn),
+                )
             if grad_loc is not None:
                 top, bottom = g00 * gx + g01 * fp.fx, g10 * gx + g11 * fp.fx
                 dx = right.sub_(left).mul_(fp.attn).mul_(consts.widths)
                 dy = bottom.sub_(top).mul_(fp.attn).mul_(consts.heights)
-                chunk.put_xy(grad_loc, torch.stack([dx, dy]))
+                torch.stack(
+                    [dx.view(region_major), dy.view(region_major)], -1, out=chunk.view(grad_loc)
+                )
 
         if grad_value is not None:
             grad_value = grad_value.view(b, n_heads, s, d).transpose(1, 2).to(value.dtype)
