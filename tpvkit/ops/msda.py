@@ -562,22 +562,28 @@ def _scatter_value_grad(
 ) -> None:
     """grad_value (B*nH, S, D) += the transpose of a chunk's forward, for its regions."""
     d = g.shape[1]
+    n_rows = regions * layout.padded_size
     keys = fp.key.view(-1)
-    order = torch.argsort(keys, stable=True)
-    counts = torch.bincount(keys, minlength=regions * layout.padded_size)
-    offsets = counts.cumsum(0).sub_(counts)  # first sorted sample of each table row
+    n = keys.shape[0]
+    # A stable sort (deterministic sums); int16 keys sort ~1.5x faster where they fit.
+    order = torch.argsort(keys.to(torch.int16) if n_rows <= 2**15 else keys, stable=True)
+    counts = torch.bincount(keys, minlength=n_rows)
+    starts = counts.cumsum(0).sub_(counts)  # first sorted sample of each table row
     # bag of sample i is i // per_bag: a gather from a repeated arange beats integer division
     bags = g.shape[0]
     bag_ids = torch.arange(bags, device=g.device)[:, None].expand(bags, per_bag).reshape(-1)
     bag_of_sample = bag_ids.index_select(0, order)
     fx, fy, attn = (t.reshape(-1).index_select(0, order) for t in (fp.fx, fp.fy, fp.attn))
-    weights = _corner_weights(fx, fy, attn, g.new_empty(4, order.shape[0]), corner_dim=0)
-    per_row = [  # (regions, Sp, D): weighted output gradients summed per top-left row
-        F.embedding_bag(bag_of_sample, g, offsets, mode="sum", per_sample_weights=w).view(
-            regions, layout.padded_size, d
-        )
-        for w in weights
-    ]
+    weights = _corner_weights(fx, fy, attn, g.new_empty(4, n), corner_dim=0)
+    # One embedding_bag for the four corners: bag (c, row) sums w_c * g over the samples whose
+    # top-left corner is `row`, i.e. the same sorted samples with corner c's weights.
+    per_row = F.embedding_bag(
+        bag_of_sample.expand(4, n).reshape(-1),
+        g,
+        (starts + torch.arange(4, device=g.device)[:, None] * n).view(-1),
+        mode="sum",
+        per_sample_weights=weights.view(-1),
+    ).view(4, regions, layout.padded_size, d)
     dst = grad_value[first_region : first_region + regions]
     p = _PAD
     for lvl, ((h, w), start) in enumerate(zip(layout.shapes, layout.starts, strict=True)):
