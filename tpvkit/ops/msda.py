@@ -39,7 +39,7 @@ BACKENDS: tuple[str, ...] = ("pytorch", "grid_sample", "reference", "mmcv", "tri
 # "pytorch" backend, in units of gathered scalars (4 corners x D channels per sample). Small
 # enough that a chunk's temporaries stay in cache on CPU and far below the grid_sample
 # formulation's (B*nH, D, Q, L*P) intermediates; large enough that Python overhead is noise.
-_CHUNK_ELEMS = {"cpu": 1 << 22, "cuda": 1 << 26}
+_CHUNK_ELEMS = {"cpu": 1 << 22, "cuda": 1 << 25}
 
 
 # --------------------------------------------------------------------------------------------
@@ -340,7 +340,7 @@ class _Footprints:
     """Bilinear footprints of a chunk's samples, all (R, Qc, L, P)."""
 
     key: torch.Tensor  # table row of the top-left corner, counted from the chunk's first region
-    fx: torch.Tensor  # fractional position inside the footprint, in [0, 1]
+    fx: torch.Tensor  # fractional position inside the footprint, in [0, 1)
     fy: torch.Tensor
     attn: torch.Tensor
 
@@ -402,11 +402,12 @@ class _EmbeddingBagMSDA(torch.autograd.Function):
     Backward, per chunk of samples:
     - d value, the transpose of the forward: samples are sorted by the table row of their
       footprint's top-left corner (one stable sort serves all four corners, which sit at fixed
-      row offsets from it) and one embedding_bag per corner sums the weighted output gradients
-      into each row; the four sums are shifted into place. No atomics: deterministic.
-    - d corner weight = <corner row, output gradient of its bag>, chained by hand through the
-      bilinear weights to the locations and the attention weights.
-    Saved for backward: the inputs and the padded table (about the size of `value`);
+      row offsets from it), and embedding_bag over the output gradients, with offsets from the
+      sorted keys, sums each row's weighted gradients, per corner; the four sums are shifted
+      into place. No atomics and a stable sort: deterministic.
+    - d corner weight = <corner row, output gradient of its bag> (`_corner_dots`), chained by
+      hand through the bilinear weights to the locations and the attention weights.
+    Saved for backward: locations, weights and the padded table (about the size of `value`);
     footprints are recomputed (cheap elementwise work), so memory stays at a few bytes per
     sample instead of the D floats per sample of the grid_sample formulation.
     """
@@ -438,27 +439,29 @@ class _EmbeddingBagMSDA(torch.autograd.Function):
                 rows, table, per_sample_weights=weights.view(rows.shape), mode="sum"
             )  # (R * Qc, D)
             chunk.put(out, summed.view(chunk.regions, -1, d))
-        ctx.save_for_backward(value, sampling_locations, attention_weights, table)
+        ctx.save_for_backward(sampling_locations, attention_weights, table)
         ctx.layout, ctx.compute_dtype = layout, cdt
+        ctx.value_shape, ctx.value_dtype = value.shape, value.dtype
         return out.view(b, q, n_heads * d).to(value.dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
-        value, sampling_locations, attention_weights, table = ctx.saved_tensors
+        sampling_locations, attention_weights, table = ctx.saved_tensors
         layout: _PaddedLayout = ctx.layout
         cdt: torch.dtype = ctx.compute_dtype
         need_value, need_loc, need_attn = ctx.needs_input_grad[:3]
-        b, s, n_heads, d = value.shape
+        b, s, n_heads, d = ctx.value_shape
         _, q, _, n_levels, n_points, _ = sampling_locations.shape
+        device = table.device
         key_dtype = _index_dtype(table.shape[0])
-        consts = _LevelConstants(layout, n_points, value.device, cdt, key_dtype)
+        consts = _LevelConstants(layout, n_points, device, cdt, key_dtype)
         per_query = n_levels * n_points
-        chunks = _chunks(b, q, n_heads, per_query, _chunk_budget(value.device, d))
+        chunks = _chunks(b, q, n_heads, per_query, _chunk_budget(device, d))
         max_samples = max(c.regions * (c.q1 - c.q0) for c in chunks) * per_query
 
         grad_out = grad_out.reshape(b, q, n_heads, d)
-        grad_value = value.new_zeros(b * n_heads, s, d, dtype=cdt) if need_value else None
+        grad_value = table.new_zeros(b * n_heads, s, d) if need_value else None
         grad_loc = torch.empty_like(sampling_locations, dtype=cdt) if need_loc else None
         grad_attn = torch.empty_like(attention_weights, dtype=cdt) if need_attn else None
         scratch = _DotScratch(table, max_samples * 4)
@@ -496,7 +499,7 @@ class _EmbeddingBagMSDA(torch.autograd.Function):
                 )
 
         if grad_value is not None:
-            grad_value = grad_value.view(b, n_heads, s, d).transpose(1, 2).to(value.dtype)
+            grad_value = grad_value.view(b, n_heads, s, d).transpose(1, 2).to(ctx.value_dtype)
         if grad_loc is not None:
             grad_loc = grad_loc.to(sampling_locations.dtype)
         if grad_attn is not None:
