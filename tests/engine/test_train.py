@@ -107,21 +107,22 @@ def test_missing_info_file_names_it_and_the_prepare_command(tmp_path):
 
 def test_tiny_model_overfits_one_sample(tmp_path, synthetic_infos):
     infos = info_subset(synthetic_infos["mini_train"], tmp_path / "one.json", [0])
+    n = 45  # ~9x lower by then (Lovasz 0.94 -> 0.4, CE 2.9 -> 0.05); ~0.7 s/step on 2 cores
     cfg = real_config(
         infos,
-        "train.max_iters=60",
-        "optim.lr=3e-3",
-        "optim.warmup_iters=5",
-        "optim.min_lr=3e-4",
+        f"train.max_iters={n}",
+        "optim.lr=1e-2",
+        "optim.warmup_iters=3",
+        "optim.min_lr=1e-3",
         "train.ckpt_interval=1000",  # one sample = one-step epochs: do not save each of them
     )
     train(cfg, tmp_path / "w")
     records = train_records(tmp_path / "w")
     first = sum(records[i]["loss"] for i in (1, 2, 3)) / 3
-    last = sum(records[i]["loss"] for i in (58, 59, 60)) / 3
+    last = sum(records[i]["loss"] for i in (n - 2, n - 1, n)) / 3
     assert last < first / 5, (first, last)
-    assert records[60]["loss_lovasz"] < records[1]["loss_lovasz"]
-    assert records[60]["loss_ce"] < records[1]["loss_ce"] / 5
+    assert records[n]["loss_lovasz"] < 0.7 * records[1]["loss_lovasz"]
+    assert records[n]["loss_ce"] < records[1]["loss_ce"] / 10
 
 
 def test_cli_train_bad_inputs_exit_non_zero_with_clear_messages(tmp_path, synthetic_infos):
