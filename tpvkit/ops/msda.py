@@ -35,11 +35,12 @@ from tpvkit.errors import TpvkitError
 ENV_VAR = "TPVKIT_MSDA_BACKEND"
 BACKENDS: tuple[str, ...] = ("pytorch", "grid_sample", "reference", "mmcv", "triton")
 
-# Samples (query x head x level x point) whose corner rows are gathered at once by the
-# "pytorch" backend, in units of gathered scalars (4 corners x D channels per sample). Small
-# enough that a chunk's temporaries stay in cache on CPU and far below the grid_sample
-# formulation's (B*nH, D, Q, L*P) intermediates; large enough that Python overhead is noise.
-_CHUNK_ELEMS = {"cpu": 1 << 22, "cuda": 1 << 25}
+# Samples (query x head x level x point) handled at once by the "pytorch" backend, in units of
+# gathered scalars (4 corners x D channels per sample): a chunk's temporaries (~50 bytes per
+# sample) stay far below the grid_sample formulation's (B*nH, D, Q, L*P) intermediates, and
+# Python overhead per chunk is noise. 2**23 was the fastest on CPU in a sweep of 2**21..2**24.
+_CHUNK_ELEMS = {"cpu": 1 << 23, "cuda": 1 << 25}
+_MIN_SAMPLES_PER_PIXEL = 8  # see _chunk_budget
 
 
 # --------------------------------------------------------------------------------------------
@@ -428,7 +429,9 @@ class _EmbeddingBagMSDA(torch.autograd.Function):
         key_dtype = _index_dtype(table.shape[0])
         consts = _LevelConstants(layout, n_points, value.device, cdt, key_dtype)
         out = value.new_empty(b, q, n_heads, d, dtype=cdt)
-        for chunk in _chunks(b, q, n_heads, n_levels * n_points, _chunk_budget(value.device, d)):
+        for chunk in _chunks(
+            b, q, n_heads, n_levels * n_points, _chunk_budget(value.device, d, layout)
+        ):
             attn = chunk.take(attention_weights).to(cdt)
             fp = _footprints(chunk.take_xy(sampling_locations).to(cdt), attn, consts, key_dtype)
             rows = fp.corner_rows(consts, chunk.first_region(n_heads) * layout.padded_size)
@@ -457,7 +460,7 @@ class _EmbeddingBagMSDA(torch.autograd.Function):
         key_dtype = _index_dtype(table.shape[0])
         consts = _LevelConstants(layout, n_points, device, cdt, key_dtype)
         per_query = n_levels * n_points
-        chunks = _chunks(b, q, n_heads, per_query, _chunk_budget(device, d))
+        chunks = _chunks(b, q, n_heads, per_query, _chunk_budget(device, d, layout))
         max_samples = max(c.regions * (c.q1 - c.q0) for c in chunks) * per_query
 
         grad_out = grad_out.reshape(b, q, n_heads, d)
@@ -604,10 +607,13 @@ def _index_dtype(n_rows: int) -> torch.dtype:
     return torch.int32 if n_rows < 2**31 - 1 else torch.int64
 
 
-def _chunk_budget(device: torch.device, d: int) -> int:
-    """Samples per chunk: _CHUNK_ELEMS gathered scalars of 4 corners x D channels."""
+def _chunk_budget(device: torch.device, d: int, layout: _PaddedLayout) -> int:
+    """Samples per chunk: _CHUNK_ELEMS gathered scalars of 4 corners x D channels, but at least
+    8 per padded pixel of a region: each chunk pays a scatter over its regions' whole tables,
+    which must stay small next to its samples (measured: splitting a head's queries into
+    chunks much smaller than that costs up to 1.6x the time)."""
     elems = _CHUNK_ELEMS["cuda" if device.type == "cuda" else "cpu"]
-    return max(1, elems // (4 * d))
+    return max(1, elems // (4 * d), _MIN_SAMPLES_PER_PIXEL * layout.padded_size)
 
 
 def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
