@@ -339,3 +339,11 @@ def test_env_var_forces_the_auto_backend(monkeypatch):
     monkeypatch.setenv(msda.ENV_VAR, "nope")
     with pytest.raises(TpvkitError, match=msda.ENV_VAR):
         resolve_backend("auto", "cpu")
+
+
+def test_pytorch_backend_ignores_autocast():
+    inputs = make_inputs(dtype=torch.float32)
+    expected = run("pytorch", inputs)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        got = run("pytorch", inputs)
+    assert_all_close(got, expected, tol=0.0)

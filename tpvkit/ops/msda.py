@@ -635,9 +635,11 @@ def msda_pytorch(
     if value.numel() == 0 or sampling_locations.numel() == 0:
         return _empty_or_zero(value, q, n_heads, d, sampling_locations, attention_weights)
     cdt = _compute_dtype(value, sampling_locations, attention_weights)
-    return _EmbeddingBagMSDA.apply(
-        value, sampling_locations, attention_weights, _PaddedLayout.of(shapes), cdt
-    )
+    # The function picks its own precision; autocast must not re-cast its matmuls.
+    with torch.autocast(device_type=value.device.type, enabled=False):
+        return _EmbeddingBagMSDA.apply(
+            value, sampling_locations, attention_weights, _PaddedLayout.of(shapes), cdt
+        )
 
 
 def _empty_or_zero(
@@ -766,7 +768,7 @@ def msda_mmcv(
     cdt = _compute_dtype(value, sampling_locations, attention_weights)
     b = value.shape[0]
     # The kernel processes im2col_step batch elements at a time and needs it to divide B.
-    step = max(k for k in range(1, min(b, 64) + 1) if b % k == 0)
+    step = max((k for k in range(1, min(b, 64) + 1) if b % k == 0), default=1)
     out = fn(
         value.to(cdt).contiguous(),
         spatial_shapes.to(device=value.device, dtype=torch.long).contiguous(),
