@@ -157,6 +157,20 @@ def voxel_grid_shape(
     return (tpv_w * scale_w, tpv_h * scale_h, tpv_z * scale_z)
 
 
+def voxel_size(
+    point_cloud_range: Sequence[float], grid: Sequence[int], convention: str = "exact"
+) -> np.ndarray:
+    """(3,) float64 metres per voxel: range / grid ("exact") or range / (grid - 1) ("tpvformer")."""
+    if convention not in VOXEL_CONVENTIONS:
+        raise TpvkitError(
+            f"voxel convention '{convention}' is not one of {', '.join(VOXEL_CONVENTIONS)} "
+            "(config key data.voxel_convention)"
+        )
+    pc = np.asarray(point_cloud_range, dtype=np.float64)
+    grid_arr = np.asarray(grid, dtype=np.float64)
+    return (pc[3:] - pc[:3]) / (grid_arr if convention == "exact" else grid_arr - 1)
+
+
 def point_voxel_indices(
     points_xyz: np.ndarray,
     point_cloud_range: Sequence[float],
@@ -170,21 +184,14 @@ def point_voxel_indices(
     the last voxel. "tpvformer": the public code's rule, points clipped into the range first
     and size = range / (grid - 1), so the last voxel only holds points exactly at the maximum.
     """
-    if convention not in VOXEL_CONVENTIONS:
-        raise TpvkitError(
-            f"voxel convention '{convention}' is not one of {', '.join(VOXEL_CONVENTIONS)} "
-            "(config key data.voxel_convention)"
-        )
+    size = voxel_size(point_cloud_range, grid, convention)
     pts = np.asarray(points_xyz, dtype=np.float64).reshape(-1, 3)
     lo = np.asarray(point_cloud_range[:3], dtype=np.float64)
     hi = np.asarray(point_cloud_range[3:], dtype=np.float64)
     grid_arr = np.asarray(grid, dtype=np.int64)
-    if convention == "exact":
-        size = (hi - lo) / grid_arr
-        idx = np.floor((pts - lo) / size)
-    else:
-        size = (hi - lo) / (grid_arr - 1)
-        idx = np.floor((np.clip(pts, lo, hi) - lo) / size)
+    if convention == "tpvformer":
+        pts = np.clip(pts, lo, hi)
+    idx = np.floor((pts - lo) / size)
     # NaN coordinates (never in real sweeps) would make the cast undefined; send them to 0.
     idx = np.nan_to_num(idx, nan=0.0, posinf=0.0, neginf=0.0)
     return np.clip(idx, 0, grid_arr - 1).astype(np.int64)

@@ -23,26 +23,14 @@ from tpvkit.outputs.prediction_file import (
 
 
 def voxel_size_of(model_cfg: Any, voxel_convention: str) -> np.ndarray:
-    """(3,) float64 metres per voxel of the model's output grid, as the dataset voxelises.
-
-    Mirrors tpvkit.data.geometry.point_voxel_indices: "exact" divides the range by the grid,
-    "tpvformer" by grid - 1 (the public code's rule); tests check the two agree.
-    """
-    from tpvkit.data.geometry import voxel_grid_shape
+    """(3,) float64 metres per voxel of the model's output grid, as the dataset voxelises."""
+    from tpvkit.data.geometry import voxel_grid_shape, voxel_size
 
     head = model_cfg.head
-    grid = np.array(
-        voxel_grid_shape(
-            model_cfg.tpv_w, model_cfg.tpv_h, model_cfg.tpv_z, head.scale_w, head.scale_h,
-            head.scale_z,
-        ),
-        dtype=np.float64,
-    )  # fmt: skip
-    pc = np.asarray(model_cfg.point_cloud_range, dtype=np.float64)
-    extent = pc[3:] - pc[:3]
-    if voxel_convention == "tpvformer":
-        return extent / (grid - 1)
-    return extent / grid
+    grid = voxel_grid_shape(
+        model_cfg.tpv_w, model_cfg.tpv_h, model_cfg.tpv_z, head.scale_w, head.scale_h, head.scale_z
+    )
+    return voxel_size(model_cfg.point_cloud_range, grid, voxel_convention)
 
 
 def select_samples(info_set: Any, tokens: Sequence[str] | None, where: str) -> list[int]:
