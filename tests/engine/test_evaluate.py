@@ -195,17 +195,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 param.normal_(0.0, 3.0)
             else:
                 param.zero_()
-    state = build_checkpoint(
-        model=model,
-        optimizer=None,
-        scheduler=None,
-        scaler=None,
-        cfg=cfg,
-        epoch=0,
-        iteration=0,
-        iter_in_epoch=0,
-        rng=None,
-    )
+    state = build_checkpoint(model=model, cfg=cfg)
     return save_checkpoint(state, tmp_path_factory.mktemp("ckpt") / "model.pth")
 
 

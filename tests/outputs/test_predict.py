@@ -25,17 +25,7 @@ def _checkpoint(cfg, path):
 
     torch.manual_seed(0)
     model = build_model(cfg.model)
-    state = build_checkpoint(
-        model=model,
-        optimizer=None,
-        scheduler=None,
-        scaler=None,
-        cfg=cfg,
-        epoch=0,
-        iteration=0,
-        iter_in_epoch=0,
-        rng=None,
-    )
+    state = build_checkpoint(model=model, cfg=cfg)
     save_checkpoint(state, path)
     return model
 

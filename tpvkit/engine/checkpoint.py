@@ -228,17 +228,19 @@ def is_tpvkit_checkpoint(obj: Any) -> bool:
 def build_checkpoint(
     *,
     model: nn.Module,
-    optimizer: torch.optim.Optimizer | None,
-    scheduler: Any | None,
-    scaler: Any | None,
     cfg: Config,
-    epoch: int,
-    iteration: int,
-    iter_in_epoch: int,
-    rng: Any,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+    scaler: Any | None = None,
+    epoch: int = 0,
+    iteration: int = 0,
+    iter_in_epoch: int = 0,
+    rng: Any = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The dict written for one training step: everything `--resume` needs, weights_only-safe.
+
+    With only `model` and `cfg` it is a weights-only checkpoint that eval and predict accept.
 
     `epoch`/`iter_in_epoch` name the next batch to run: (epoch, 0) after a finished epoch.
     `rng` is one capture_rng_state() dict, or a list of them (one per rank) under DDP.
