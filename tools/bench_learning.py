@@ -287,8 +287,8 @@ def evaluate_checkpoints(cfg: Config, work_dir: Path, root: Path) -> list[dict[s
     from tpvkit.data.dataset import LidarSegDataset, build_dataloader
     from tpvkit.engine.checkpoint import list_iter_checkpoints, load_model_weights
     from tpvkit.engine.evaluate import evaluate_model
-    from tpvkit.engine.train import seed_everything
     from tpvkit.models.tpvformer import build_model
+    from tpvkit.utils.rng import seed_everything
 
     dataset = LidarSegDataset(info_path(root, VAL_SPLIT), cfg.data, cfg.model, train=False)
     loader = build_dataloader(dataset, batch_size=1, num_workers=cfg.data.num_workers)

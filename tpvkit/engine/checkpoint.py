@@ -1,9 +1,9 @@
 """Checkpoint files: atomic saves, safe (weights_only) loads, exact-resume state, weight loading.
 
 A tpvkit checkpoint is a plain dict that `torch.load(path, weights_only=True)` can read: tensors,
-dicts, lists, numbers and strings only. RNG states are stored as tensors and lists, the config as
-the plain dict of `tpvkit.config.to_dict`. Files are written through `tpvkit.utils.io.atomic_path`
-so that a crash at any moment leaves the previous checkpoint intact.
+dicts, lists, numbers and strings only. RNG states (tpvkit.utils.rng) are stored as tensors and
+lists, the config as the plain dict of `tpvkit.config.to_dict`. Files are written through
+`tpvkit.utils.io.atomic_path` so that a crash at any moment leaves the previous checkpoint intact.
 
 `load_model_weights` is what eval and predict call: it accepts a tpvkit checkpoint, a bare state
 dict, or a public TPVFormer checkpoint (mapped with `public_to_tpvkit`), and refuses one that does
@@ -13,22 +13,21 @@ not fit the config with a message naming what differs.
 from __future__ import annotations
 
 import contextlib
-import os
-import random
 import re
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 import tpvkit
 from tpvkit.config import Config, to_dict
 from tpvkit.errors import TpvkitError
+from tpvkit.utils.io import atomic_path, link_or_copy_atomic
+from tpvkit.utils.rng import capture_rng_state, restore_rng_state
+
+__all__ = ["capture_rng_state", "link_or_copy_atomic", "restore_rng_state"]  # re-exported
 
 CHECKPOINT_FORMAT = "tpvkit-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
@@ -112,89 +111,15 @@ def rotate_checkpoints(work_dir: str | Path, keep: int) -> list[Path]:
 
 
 # ---------------------------------------------------------------------------------------------
-# RNG states as weights_only-loadable values
-
-
-def capture_rng_state(cuda_device: torch.device | None = None) -> dict[str, Any]:
-    """Python, NumPy, torch CPU (and CUDA when `cuda_device` is given) RNG states."""
-    py_version, py_state, py_gauss = random.getstate()
-    np_name, np_key, np_pos, np_has_gauss, np_cached = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": {
-            "version": int(py_version),
-            "state": torch.tensor(py_state, dtype=torch.int64),  # 625 words < 2**32
-            "gauss_next": py_gauss,
-        },
-        "numpy": {
-            "name": str(np_name),
-            "key": torch.from_numpy(np.asarray(np_key, dtype=np.int64)),  # 624 uint32 words
-            "pos": int(np_pos),
-            "has_gauss": int(np_has_gauss),
-            "cached_gaussian": float(np_cached),
-        },
-        "torch": torch.get_rng_state(),
-        "cuda": None,
-    }
-    if cuda_device is not None and cuda_device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(cuda_device)
-    return state
-
-
-def restore_rng_state(state: Mapping[str, Any], cuda_device: torch.device | None = None) -> None:
-    """Inverse of `capture_rng_state`."""
-    py = state["python"]
-    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss_next"]))
-    npy = state["numpy"]
-    np.random.set_state(
-        (
-            npy["name"],
-            npy["key"].numpy().astype(np.uint32),
-            npy["pos"],
-            npy["has_gauss"],
-            npy["cached_gaussian"],
-        )
-    )
-    torch.set_rng_state(state["torch"])
-    if cuda_device is not None and cuda_device.type == "cuda" and state.get("cuda") is not None:
-        torch.cuda.set_rng_state(state["cuda"], cuda_device)
-
-
-# ---------------------------------------------------------------------------------------------
 # Saving and loading files
 
 
 def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
     """torch.save `state` to `path` atomically (temp file + rename)."""
-    # Local import keeps a circular import impossible if utils ever grows engine helpers.
-    from tpvkit.utils.io import atomic_path
-
     path = Path(path)
     with atomic_path(path) as tmp:
         torch.save(dict(state), tmp)
     return path
-
-
-def link_or_copy_atomic(src: str | Path, dst: str | Path) -> Path:
-    """Make `dst` a hard link to `src` (a copy where links are unsupported), replaced atomically.
-
-    A hard link costs no disk space and no write time for a large checkpoint; the rename makes
-    the switch from the previous `dst` instantaneous.
-    """
-    src, dst = Path(src), Path(dst)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        tmp_path.unlink()
-        try:
-            os.link(src, tmp_path)
-        except OSError:
-            shutil.copyfile(src, tmp_path)
-        os.replace(tmp_path, dst)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-    return dst
 
 
 def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "cpu") -> Any:

@@ -65,8 +65,8 @@ def seconds_per_iteration(cfg: Any, steps: int = 3) -> float:
     """Time `steps` training steps of `cfg`'s model on its first samples (after one warm-up)."""
     import torch
 
-    from tpvkit.engine.distributed import select_device
-    from tpvkit.engine.train import _to_device, build_parts
+    from tpvkit.engine.distributed import select_device, to_device
+    from tpvkit.engine.train import build_parts
 
     parts = build_parts(apply_overrides(cfg, {"data.val_infos": ""}))
     device = select_device(cfg.train.device)
@@ -76,7 +76,7 @@ def seconds_per_iteration(cfg: Any, steps: int = 3) -> float:
     elapsed = 0.0
     for i in range(steps + 1):
         start = time.perf_counter()
-        batch = _to_device(parts.collate_fn([parts.train_set[i % n]]), device)
+        batch = to_device(parts.collate_fn([parts.train_set[i % n]]), device)
         loss = parts.compute_losses(model, batch)["loss"]
         optimizer.zero_grad()
         loss.backward()

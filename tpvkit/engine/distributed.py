@@ -10,17 +10,19 @@ from __future__ import annotations
 import inspect
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Sampler
 
 from tpvkit.errors import TpvkitError
+from tpvkit.utils.rng import mix_seed
+
+__all__ = ["mix_seed"]  # re-exported: samplers and tests use it from here
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,15 @@ def select_device(preference: str, local_rank: int = 0) -> torch.device:
             )
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
+
+
+def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    """A collate_batch dict with its tensors moved to `device` (asynchronously on CUDA)."""
+    non_blocking = device.type == "cuda"
+    return {
+        k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
+        for k, v in batch.items()
+    }
 
 
 def init_distributed(device_preference: str = "auto") -> DistContext:
@@ -153,12 +164,6 @@ def wrap_ddp(model: nn.Module, ctx: DistContext) -> nn.Module:
         return model
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, static_graph=True)
-
-
-def mix_seed(*values: int) -> int:
-    """A well-mixed 63-bit seed from several integers ((seed, epoch) != (seed + 1, epoch - 1))."""
-    state = np.random.SeedSequence([int(v) & 0xFFFFFFFF for v in values]).generate_state(2)
-    return int((int(state[0]) << 31 | int(state[1]) >> 1) & 0x7FFFFFFFFFFFFFFF)
 
 
 class ShardedSampler(Sampler[int]):

@@ -18,20 +18,13 @@ from typing import Any
 import torch
 
 from tpvkit.constants import CLASS_NAMES, NUM_CLASSES
+from tpvkit.engine.distributed import select_device, to_device
 from tpvkit.errors import TpvkitError
 from tpvkit.outputs.metrics import ConfusionMatrix, iou_dict, nan_to_none, predict_classes
 from tpvkit.outputs.submission import SubmissionWriter
 from tpvkit.utils.io import atomic_write_text
 
 METRICS_FILE = "metrics.json"
-
-
-def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
-    non_blocking = device.type == "cuda"
-    return {
-        k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
-        for k, v in batch.items()
-    }
 
 
 def evaluate_model(
@@ -143,7 +136,7 @@ def _run_batches(
     num_samples = total_points = 0
     with torch.inference_mode():
         for batch in batches:
-            batch = _to_device(batch, device)
+            batch = to_device(batch, device)
             out = model(
                 batch["img"],
                 batch["lidar2img"],
@@ -178,17 +171,6 @@ def _len_or_none(loader: Any) -> int | None:
         return len(loader)
     except TypeError:
         return None
-
-
-def resolve_device(name: str) -> torch.device:
-    """ "auto" -> CUDA when available, else CPU; "cuda" without a GPU is a user error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TpvkitError(
-            "train.device is 'cuda' but no CUDA GPU is visible; use --set train.device=cpu"
-        )
-    return torch.device(name)
 
 
 def print_metrics(metrics: Mapping[str, Any], title: str = "") -> None:
@@ -241,7 +223,7 @@ def evaluate(
         )
     labelled = any(sample.get("lidarseg_path") for sample in info_set)
     out_dir = Path(out_dir) if out_dir is not None else checkpoint.parent
-    device = resolve_device(cfg.train.device)
+    device = select_device(cfg.train.device)
 
     model = build_model(cfg.model)
     load_model_weights(model, checkpoint, cfg)

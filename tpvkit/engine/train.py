@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import random
 import signal
 import threading
 import time
@@ -26,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -36,14 +34,11 @@ from tpvkit.engine.checkpoint import (
     LATEST_NAME,
     apply_model_weights,
     build_checkpoint,
-    capture_rng_state,
     config_differences,
     find_resume_checkpoint,
     format_config_differences,
     iter_checkpoint_name,
-    link_or_copy_atomic,
     load_checkpoint_file,
-    restore_rng_state,
     rotate_checkpoints,
     save_checkpoint,
     unwrap_model,
@@ -57,12 +52,19 @@ from tpvkit.engine.distributed import (
     cleanup_distributed,
     gather_objects,
     init_distributed,
-    mix_seed,
+    to_device,
     wrap_ddp,
 )
 from tpvkit.engine.optim import WarmupCosineSchedule, build_optimizer
 from tpvkit.errors import TpvkitError
-from tpvkit.utils.io import atomic_write_text
+from tpvkit.utils.io import atomic_write_text, link_or_copy_atomic
+from tpvkit.utils.rng import (
+    capture_rng_state,
+    isolated_rng,
+    mix_seed,
+    restore_rng_state,
+    seed_everything,
+)
 
 LossFn = Callable[[nn.Module, Mapping[str, Any]], Mapping[str, torch.Tensor]]
 
@@ -88,31 +90,6 @@ class TrainParts:
 
 # ---------------------------------------------------------------------------------------------
 # Determinism helpers
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-@contextlib.contextmanager
-def isolated_rng(seed: int) -> Iterator[None]:
-    """Run a block with Python, NumPy and torch CPU RNGs seeded to `seed`, then restore them.
-
-    The caller's random streams (dropout, the next sample) are unaffected by what runs inside.
-    """
-    py, npy, th = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    # The CPU generator only: torch.manual_seed would also reseed (and not restore) CUDA's.
-    torch.default_generator.manual_seed(seed)
-    try:
-        yield
-    finally:
-        random.setstate(py)
-        np.random.set_state(npy)
-        torch.set_rng_state(th)
 
 
 class EpochSeededDataset(Dataset):
@@ -265,14 +242,6 @@ def _truncate_jsonl(path: Path, start_iteration: int) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # The loop
-
-
-def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
-    non_blocking = device.type == "cuda"
-    return {
-        k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
-        for k, v in batch.items()
-    }
 
 
 def _prepare_work_dir(work_dir: Path, ctx: DistContext) -> None:
@@ -601,7 +570,7 @@ class Trainer:
             while self.iteration < self.total_iters and not stop_reason:
                 for batch in self._loader():
                     lr = self.scheduler.step(self.iteration)
-                    terms, grad_norm = self.step(model, _to_device(batch, self.device))
+                    terms, grad_norm = self.step(model, to_device(batch, self.device))
                     self.iteration += 1
                     self.iter_in_epoch += 1
                     epoch_done = self.iter_in_epoch >= self.iters_per_epoch

@@ -1,36 +1,61 @@
-"""Atomic file output: a reader (or a crash) never sees half a file."""
+"""File output: atomic writes that honour the umask, and output paths checked before any work.
+
+A reader (or a crash) never sees half a file, and a command whose output path cannot be written
+says so before it computes anything.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from tpvkit.errors import TpvkitError
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _temp_beside(path: Path) -> Path:
+    """A fresh, empty temporary file in `path`'s folder (same file system: rename is atomic)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def _replace_durably(tmp: Path, path: Path) -> None:
+    os.replace(tmp, path)
+    with contextlib.suppress(OSError):  # make the rename itself durable where we can
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one rename.
 
-    On an exception the temporary file is removed and `path` is left as it was.
+    The file gets the permissions an ordinary open() would give it (0666 less the umask; mkstemp
+    alone would leave 0600). On an exception the temporary file is removed and `path` is left as
+    it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _temp_beside(path)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_umask())
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp_path, path)
-        with contextlib.suppress(OSError):  # make the rename itself durable where we can
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+        _replace_durably(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -43,3 +68,72 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def link_or_copy_atomic(src: str | Path, dst: str | Path) -> Path:
+    """Make `dst` a hard link to `src` (a copy where links are unsupported), replaced atomically.
+
+    A hard link costs no disk space and no write time for a large checkpoint; the rename makes
+    the switch from the previous `dst` instantaneous.
+    """
+    src, dst = Path(src), Path(dst)
+    tmp_path = _temp_beside(dst)
+    try:
+        tmp_path.unlink()
+        try:
+            os.link(src, tmp_path)
+        except OSError:
+            shutil.copyfile(src, tmp_path)
+        _replace_durably(tmp_path, dst)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+    return dst
+
+
+def _first_existing_parent(path: Path) -> Path:
+    for parent in path.parents:
+        if parent.exists():
+            return parent
+    return Path(".")
+
+
+def _check_creatable(path: Path, option: str) -> None:
+    """`path` does not exist yet: its nearest existing ancestor must be a writable folder."""
+    parent = _first_existing_parent(path)
+    if not parent.is_dir():
+        raise TpvkitError(
+            f"{option} {path}: {parent} is a file, not a folder; choose a path that is not "
+            "below a file"
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise TpvkitError(f"{option} {path}: {parent} is not writable; choose another path")
+
+
+def check_output_dir(path: str | Path, option: str = "--out") -> Path:
+    """Refuse, before any work, an output folder that cannot be created or written.
+
+    `option` names the command-line option (or config key) in the message.
+    """
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise TpvkitError(f"{option} {path} is a file, not a folder; choose a folder path")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise TpvkitError(f"{option} {path} is not writable; choose another folder")
+        return path
+    _check_creatable(path, option)
+    return path
+
+
+def check_output_file(path: str | Path, option: str = "--out") -> Path:
+    """Refuse, before any work, an output file path that cannot be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise TpvkitError(f"{option} {path} is a folder; give a file path")
+    if path.exists():
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            raise TpvkitError(f"{option} {path}: {path.parent} is not writable")
+        return path
+    _check_creatable(path, option)
+    return path
