@@ -108,7 +108,7 @@ def _write(tmp_path, arrays):
         ({"voxels": np.full(GRID, 40, np.uint8)}, "class ids outside"),
         ({"palette": np.zeros((3, 3), np.uint8)}, "palette"),
         ({"voxel_size": np.array([1.0, 0.0, 1.0])}, "voxel_size"),
-        ({"frame": np.array("ego")}, "frame"),
+        ({"frame": np.array("camera")}, "frame"),
         ({"format_version": np.array(99)}, "format_version"),
     ],
 )

@@ -28,6 +28,11 @@ FORMAT_VERSION = 1
 #   "ground_truth": the dataset's voxel labels, occupied where at least one labelled point lies
 OCCUPANCY_RULES: tuple[str, ...] = ("empty_class", "lidar_points", "all", "ground_truth")
 
+# The frame of the voxel grid (and of `points`): "lidar" for the lidarseg models, whose grid is
+# the point-cloud range around the LiDAR; "ego" for Occ3D-style occupancy, whose grid is in the
+# ego frame of the key frame. cam_lidar2img always maps points of `frame` to pixels.
+FRAMES: tuple[str, ...] = ("lidar", "ego")
+
 REQUIRED_KEYS: tuple[str, ...] = (
     "voxels",
     "point_cloud_range",
@@ -51,6 +56,8 @@ OPTIONAL_KEYS: tuple[str, ...] = (
     "gt_point_labels",
     "gt_voxels",
     "voxel_confidence",
+    "gt_mask_camera",
+    "gt_mask_lidar",
     "scene_token",
     "timestamp",
     *CAMERA_KEYS,
@@ -94,12 +101,15 @@ class Prediction:
     token: str  # sample token
     lidar_token: str  # LIDAR_TOP sample_data token
     occupancy_rule: str = "empty_class"
-    frame: str = "lidar"
+    frame: str = "lidar"  # see FRAMES
     points: np.ndarray | None = None  # float32 (N, 3) LiDAR-frame xyz
     point_labels: np.ndarray | None = None  # uint8 (N,) predicted class per point
     gt_point_labels: np.ndarray | None = None  # uint8 (N,) ground truth per point
     gt_voxels: np.ndarray | None = None  # uint8 (X, Y, Z) majority vote of labelled points, 0 none
     voxel_confidence: np.ndarray | None = None  # float16 (X, Y, Z) softmax probability of argmax
+    # Dense occupancy ground truth (Occ3D): voxels seen by a camera / crossed by a LiDAR ray
+    gt_mask_camera: np.ndarray | None = None  # bool (X, Y, Z)
+    gt_mask_lidar: np.ndarray | None = None  # bool (X, Y, Z)
     cam_names: tuple[str, ...] = ()  # (N_cam,) e.g. CAM_FRONT
     cam_paths: tuple[str, ...] = ()  # (N_cam,) absolute image paths
     cam_lidar2img: np.ndarray | None = None  # float64 (N_cam, 4, 4) for the original image size
@@ -222,6 +232,10 @@ def prediction_to_arrays(pred: Prediction) -> dict[str, np.ndarray]:
         value = getattr(pred, key)
         if value is not None:
             arrays[key] = np.asarray(value, dtype=np.uint8)
+    for key in ("gt_mask_camera", "gt_mask_lidar"):
+        value = getattr(pred, key)
+        if value is not None:
+            arrays[key] = np.asarray(value, dtype=bool)
     if pred.voxel_confidence is not None:
         arrays["voxel_confidence"] = np.asarray(pred.voxel_confidence, dtype=np.float16)
     if pred.has_cameras:
@@ -260,6 +274,10 @@ def load_prediction(path: str | Path) -> Prediction:
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise TpvkitError(f"{path} is not a readable .npz prediction file: {err}") from err
     return prediction_from_arrays(data, source=str(path))
+
+
+def _bool_or_none(value: np.ndarray | None) -> np.ndarray | None:
+    return None if value is None else np.asarray(value, dtype=bool)
 
 
 def prediction_from_arrays(data: dict[str, np.ndarray], source: str = "<arrays>") -> Prediction:
@@ -311,6 +329,8 @@ def prediction_from_arrays(data: dict[str, np.ndarray], source: str = "<arrays>"
             gt_point_labels=data.get("gt_point_labels"),
             gt_voxels=data.get("gt_voxels"),
             voxel_confidence=data.get("voxel_confidence"),
+            gt_mask_camera=_bool_or_none(data.get("gt_mask_camera")),
+            gt_mask_lidar=_bool_or_none(data.get("gt_mask_lidar")),
             cam_names=tuple(str(n) for n in data.get("cam_names", np.array([])).reshape(-1)),
             cam_paths=tuple(str(n) for n in data.get("cam_paths", np.array([])).reshape(-1)),
             cam_lidar2img=data.get("cam_lidar2img"),
@@ -348,7 +368,7 @@ def validate_prediction(pred: Prediction) -> None:
     _check(pred.voxel_size.shape == (3,), src, "voxel_size must hold 3 numbers")
     _check(bool(np.all(pred.voxel_size > 0)), src, "voxel_size must be positive")
     _check(pred.lidar2ego.shape == (4, 4), src, "lidar2ego must be a 4x4 matrix")
-    _check(pred.frame == "lidar", src, f"frame must be 'lidar', got '{pred.frame}'")
+    _check(pred.frame in FRAMES, src, f"frame must be one of {FRAMES}, got '{pred.frame}'")
     num_classes = len(pred.class_names)
     _check(num_classes > 0, src, "class_names is empty")
     _check(pred.palette.shape == (num_classes, 3), src, f"palette must be ({num_classes}, 3)")
@@ -362,6 +382,10 @@ def validate_prediction(pred: Prediction) -> None:
         )
     if pred.gt_voxels is not None:
         _check(pred.gt_voxels.shape == grid, src, f"gt_voxels must have shape {grid}")
+    for key in ("gt_mask_camera", "gt_mask_lidar"):
+        mask = getattr(pred, key)
+        if mask is not None:
+            _check(mask.shape == grid, src, f"{key} must have shape {grid}")
     if pred.voxel_confidence is not None:
         _check(pred.voxel_confidence.shape == grid, src, f"voxel_confidence must be {grid}")
     n_points = None
