@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import importlib.resources
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,8 +24,10 @@ import yaml
 from tpvkit.constants import IMG_MEAN_BGR, IMG_STD, NUM_CLASSES, POINT_CLOUD_RANGE
 from tpvkit.errors import TpvkitError
 
+# The YAML files live in the repository's top-level configs/ folder; a wheel or `pip install .`
+# ships them as the package data folder tpvkit/configs/ (see setup.py). A source checkout on
+# PYTHONPATH (or an editable install) has only the former.
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-PACKAGED_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 class ConfigError(TpvkitError, ValueError):
@@ -251,13 +254,24 @@ def all_keys(cfg: Any | None = None, prefix: str = "") -> list[str]:
     return keys
 
 
+def _config_folders() -> list[Path]:
+    """Where shipped configs are found: the installed package data, then a source checkout's."""
+    folders = []
+    packaged = importlib.resources.files("tpvkit") / "configs"
+    # An installed wheel is a folder on disk; a zipped install would need extracting first.
+    if isinstance(packaged, Path) and packaged.is_dir():
+        folders.append(packaged)
+    if CONFIG_DIR.is_dir():
+        folders.append(CONFIG_DIR)
+    return folders
+
+
 def shipped_configs() -> dict[str, Path]:
     """Names of the configs shipped with tpvkit -> their YAML files."""
     found: dict[str, Path] = {}
-    for folder in (PACKAGED_CONFIG_DIR, CONFIG_DIR):
-        if folder.is_dir():
-            for path in sorted(folder.glob("*.yaml")):
-                found.setdefault(path.stem, path)
+    for folder in _config_folders():
+        for path in sorted(folder.glob("*.yaml")):
+            found.setdefault(path.stem, path)
     return found
 
 
@@ -270,6 +284,11 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     shipped = shipped_configs()
     if str(name_or_path) in shipped:
         return shipped[str(name_or_path)]
+    if not shipped:
+        raise ConfigError(
+            f"no config named '{name_or_path}' and no shipped configs were found (the install "
+            "lacks tpvkit/configs/*.yaml): reinstall tpvkit or give a YAML path"
+        )
     near = _nearest(str(name_or_path), list(shipped))
     raise ConfigError(
         f"no config named '{name_or_path}': give a YAML path or one of {', '.join(shipped)}"
