@@ -208,16 +208,21 @@ def test_unreadable_image(broken):
     info, root = broken
     path = root / info.samples[0]["cams"]["CAM_BACK_LEFT"]["img_path"]
     path.write_bytes(b"not a jpeg at all")
-    with pytest.raises(TpvkitError, match=f"image .*{path.name} cannot be decoded"):
+    with pytest.raises(TpvkitError, match=f"image .*{path.name} is corrupt or not a JPEG"):
         _dataset(info)[0]
 
 
 def test_label_count_mismatch(broken):
     info, root = broken
     path = root / info.samples[1]["lidarseg_path"]
+    n = len(path.read_bytes())
     path.write_bytes(path.read_bytes()[:-1])
-    with pytest.raises(TpvkitError, match=f"{path.name} holds .* labels for .* points"):
+    points = info.samples[1]["lidar_path"]
+    with pytest.raises(TpvkitError) as err:
         _dataset(info)[1]
+    message = str(err.value)
+    assert f"{path} holds {n - 1} labels" in message  # both files, both counts
+    assert f"LiDAR file {root / points} holds {n} points" in message
 
 
 def test_missing_files(broken):

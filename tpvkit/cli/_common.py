@@ -5,31 +5,61 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import typer
 
 from tpvkit.errors import TpvkitError
 
+if TYPE_CHECKING:
+    from tpvkit.config import Config
+
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM: a scheduler can tell a pre-empted run from a finished one
+
+
+def error_message(err: BaseException) -> str:
+    """The user's line of an error, also when a DataLoader worker raised it.
+
+    torch re-raises a worker's exception in the main process as the same type, with the whole
+    worker traceback ("Caught X in DataLoader worker process N. Original Traceback ...") as its
+    message; the user needs only the original message, the traceback's last line.
+    """
+    message = str(err)
+    if "Original Traceback" not in message:
+        return message
+    lines = message.rstrip().splitlines()
+    cls = type(err)
+    prefixes = (f"{cls.__module__}.{cls.__qualname__}: ", f"{cls.__qualname__}: ")
+    for line in reversed(lines):
+        for prefix in prefixes:
+            if line.startswith(prefix):
+                return line[len(prefix) :]
+    return lines[-1]
 
 
 @contextlib.contextmanager
-def user_errors() -> Iterator[None]:
-    """Print a TpvkitError (or a missing file) as one clear line and exit non-zero."""
+def user_errors(interrupted_hint: str = "") -> Iterator[None]:
+    """Print a TpvkitError (or a missing file) as one clear line and exit non-zero.
+
+    `interrupted_hint` is printed after Ctrl-C (e.g. how to continue).
+    """
     try:
         yield
     except TpvkitError as err:
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        typer.secho(f"error: {error_message(err)}", fg=typer.colors.RED, err=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     except FileNotFoundError as err:
         typer.secho(f"error: file not found: {err.filename or err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     except KeyboardInterrupt:
-        typer.secho("interrupted", fg=typer.colors.YELLOW, err=True)
-        sys.exit(130)
+        hint = f": {interrupted_hint}" if interrupted_hint else ""
+        typer.secho(f"interrupted{hint}", fg=typer.colors.YELLOW, err=True)
+        sys.exit(EXIT_INTERRUPTED)
 
 
-def load_cli_config(config: str, overrides: list[str] | None):
+def load_cli_config(config: str, overrides: list[str] | None) -> Config:
     """CONFIG argument + --set overrides -> Config (errors name the key and the nearest one)."""
     from tpvkit.config import load_config
 

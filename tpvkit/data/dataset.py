@@ -41,21 +41,32 @@ def read_points(path: Path) -> np.ndarray:
     if len(raw) % row_bytes:
         raise TpvkitError(
             f"LiDAR file {path} is truncated or not a nuScenes .pcd.bin: {len(raw)} bytes is "
-            f"not a multiple of {row_bytes} (5 float32 per point)"
+            f"not a multiple of {row_bytes} (5 float32 per point); re-extract it or regenerate "
+            "the data"
         )
     return np.frombuffer(raw, dtype=np.float32).reshape(-1, POINT_DIMS)
 
 
-def read_labels(path: Path, num_points: int) -> np.ndarray:
-    """A *_lidarseg.bin (uint8, 32-class general index) -> (N,) int64 challenge labels 0..16."""
+def read_labels(path: Path, num_points: int, points_path: Path | None = None) -> np.ndarray:
+    """A *_lidarseg.bin (uint8, 32-class general index) -> (N,) int64 challenge labels 0..16.
+
+    `points_path` (the point cloud the labels belong to) is named in the count-mismatch error.
+    """
+    cloud = f"LiDAR file {points_path}" if points_path is not None else "the point cloud"
     try:
         raw = np.fromfile(path, dtype=np.uint8)
     except FileNotFoundError:
-        raise TpvkitError(f"lidarseg label file {path} is missing") from None
+        raise TpvkitError(
+            f"lidarseg label file {path} (labels of {cloud}) is missing; re-extract the lidarseg "
+            "archive or regenerate the data"
+        ) from None
+    except OSError as err:
+        raise TpvkitError(f"lidarseg label file {path} cannot be read: {err}") from err
     if len(raw) != num_points:
         raise TpvkitError(
-            f"lidarseg label file {path} holds {len(raw)} labels for {num_points} points: the "
-            "label file does not belong to this point cloud (or one of them is truncated)"
+            f"lidarseg label file {path} holds {len(raw)} labels but {cloud} holds {num_points} "
+            "points: the label file does not belong to this point cloud (or one of them is "
+            "truncated); re-extract both or regenerate the data"
         )
     if len(raw) and int(raw.max()) >= len(_LABEL_MAP):
         raise TpvkitError(
@@ -79,7 +90,9 @@ def read_image(path: Path) -> Image.Image:
     except FileNotFoundError:
         raise TpvkitError(f"image {path} is missing") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise TpvkitError(f"image {path} cannot be decoded ({err}); re-extract it") from err
+        raise TpvkitError(
+            f"image {path} is corrupt or not a JPEG: {err}; re-extract it or regenerate the data"
+        ) from err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,7 +303,10 @@ class LidarSegDataset(torch.utils.data.Dataset):
         points = read_points(self.infos.resolve(sample["lidar_path"]))
         xyz = np.ascontiguousarray(points[:, :3])
         if sample.get("lidarseg_path"):
-            labels = read_labels(self.infos.resolve(sample["lidarseg_path"]), len(points))
+            lidar_path = self.infos.resolve(sample["lidar_path"])
+            labels = read_labels(
+                self.infos.resolve(sample["lidarseg_path"]), len(points), points_path=lidar_path
+            )
         else:  # test split: no labels, every point ignored
             labels = np.zeros(len(points), dtype=np.int64)
         voxel_index = geometry.point_voxel_indices(
