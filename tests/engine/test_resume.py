@@ -116,3 +116,75 @@ def test_resuming_a_finished_run_changes_nothing(tmp_path):
     assert train(cfg, tmp_path, resume=True, parts=toy_parts()) == final
     assert final.read_bytes() == before
     assert "already finished its 4 iterations" in (tmp_path / "train.log").read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# The config of a resumed run: the work dir's, no repeated --set
+
+
+def test_resume_config_is_the_work_dirs_without_repeating_set(tmp_path):
+    from tpvkit.engine.train import resume_config
+
+    cfg = toy_config("train.max_iters=3", "optim.lr=0.02", "model.dim=64",
+                     "model.encoder.pos_dims=[24,24,16]")  # fmt: skip
+    train(cfg, tmp_path, parts=toy_parts())
+    again = resume_config(tmp_path, None)
+    assert again == cfg  # every --set of the first run, read back from config.yaml
+    longer = resume_config(tmp_path, None, ["train.max_iters=5"])
+    assert longer.train.max_iters == 5 and longer.model.dim == 64
+    final = train(longer, tmp_path, resume=True, parts=toy_parts())
+    assert final.name == "iter_000005.pth"
+    assert "train.max_iters 3 (checkpoint) vs 5 (config)" in (tmp_path / "train.log").read_text()
+
+
+def test_resume_config_falls_back_to_the_checkpoints_config(tmp_path):
+    from tpvkit.engine.train import resume_config
+
+    cfg = toy_config("train.max_iters=2", "optim.lr=0.03")
+    train(cfg, tmp_path, parts=toy_parts())
+    (tmp_path / "config.yaml").unlink()
+    assert resume_config(tmp_path, None) == cfg
+
+
+def test_resume_config_refuses_a_model_or_data_difference_naming_the_keys(tmp_path):
+    import shlex
+
+    from tpvkit.engine.train import resume_config
+    from tpvkit.errors import TpvkitError
+
+    train(toy_config("train.max_iters=2"), tmp_path, parts=toy_parts())
+    before = (tmp_path / "config.yaml").read_bytes()
+    with pytest.raises(TpvkitError) as err:
+        resume_config(tmp_path, None, ["model.encoder.num_points_ica=[4,8,8]", "data.to_rgb=true"])
+    message = str(err.value)
+    assert "model.encoder.num_points_ica [8, 64, 64] (run) vs [4, 8, 8] (now)" in message
+    assert "data.to_rgb False (run) vs True (now)" in message
+    # the suggested overrides paste back into a shell as they are printed
+    fix = message.split("(or add: ")[1].rstrip(")")
+    assert shlex.split(fix) == [
+        "--set", "model.encoder.num_points_ica=[8, 64, 64]", "--set", "data.to_rgb=false"
+    ]  # fmt: skip
+    assert (tmp_path / "config.yaml").read_bytes() == before
+    # where the files are and how they are loaded may change
+    moved = resume_config(tmp_path, None, ["data.num_workers=2", "data.dataroot=/elsewhere"])
+    assert moved.data.num_workers == 2
+
+
+def test_resume_config_without_a_run_needs_config(tmp_path):
+    from tpvkit.engine.train import resume_config
+    from tpvkit.errors import TpvkitError
+
+    with pytest.raises(TpvkitError, match="holds no config.yaml and no checkpoint.*give CONFIG"):
+        resume_config(tmp_path, None)
+    assert resume_config(tmp_path, "tpv_tiny").name == "tpv_tiny"  # nothing to compare with
+
+
+def test_a_refused_resume_leaves_the_runs_config_yaml_as_it_was(tmp_path):
+    from tpvkit.errors import TpvkitError
+
+    train(toy_config("train.max_iters=2"), tmp_path, parts=toy_parts())
+    before = (tmp_path / "config.yaml").read_bytes()
+    with pytest.raises(TpvkitError):
+        cfg = toy_config("train.max_iters=4", "model.dim=64", "model.encoder.pos_dims=[24,24,16]")
+        train(cfg, tmp_path, resume=True, parts=toy_parts())
+    assert (tmp_path / "config.yaml").read_bytes() == before

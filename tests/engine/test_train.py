@@ -202,3 +202,114 @@ def test_sigterm_stops_after_the_current_step_with_a_checkpoint(tmp_path):
     assert final == tmp_path / "iter_000003.pth"
     assert "received SIGTERM" in (tmp_path / "train.log").read_text()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line in a subprocess: SIGTERM exits 143, Ctrl-C 130 with the resume command, and
+# --resume needs neither CONFIG nor the first run's --set.
+
+
+def _toy_cli_env():
+    import os
+    from pathlib import Path
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")]
+    )
+    return env
+
+
+def _start_toy_cli(tmp_path, *args, step_seconds=0.25):
+    import signal
+    import subprocess
+    import sys
+
+    from train_helpers import toy_cli_script
+
+    return subprocess.Popen(
+        [sys.executable, str(toy_cli_script(tmp_path, step_seconds)), "train", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_toy_cli_env(),
+        # A background job may inherit SIGINT ignored; Python installs its Ctrl-C handler
+        # only where the default is in place.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
+def _signal_after_step(proc, work_dir, step, signum, timeout=60.0):
+    import time
+
+    log = work_dir / "train.log"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log.is_file() and f"iter {step}/" in log.read_text():
+            proc.send_signal(signum)
+            break
+        time.sleep(0.05)
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+@pytest.mark.slow
+def test_cli_sigterm_exits_143_after_its_checkpoint_and_resume_needs_no_config(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from train_helpers import toy_cli_script, toy_config_file
+
+    work = tmp_path / "w"
+    config = toy_config_file(tmp_path / "toy.yaml", "train.max_iters=8", "optim.lr=0.02")
+    proc = _start_toy_cli(tmp_path, str(config), "--work-dir", str(work))
+    code, out, err = _signal_after_step(proc, work, 2, signal.SIGTERM)
+    assert code == 143, (out, err)
+    assert f"continue with: tpvkit train --work-dir {work} --resume" in err
+    assert "Traceback" not in err
+    saved = list_iter_checkpoints(work)
+    assert saved and 2 <= saved[-1][0] < 8  # stopped early, with a checkpoint
+    assert "received SIGTERM" in (work / "train.log").read_text()
+
+    # No CONFIG, no --set: the run's config (max_iters=8, lr=0.02) comes from the work dir.
+    done = subprocess.run(
+        [sys.executable, str(toy_cli_script(tmp_path)), "train", "--work-dir", str(work),
+         "--resume"],
+        capture_output=True, text=True, timeout=120, env=_toy_cli_env(),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert list_iter_checkpoints(work)[-1][0] == 8
+    records = train_records(work)
+    assert sorted(records) == list(range(1, 9))
+    optim = toy_config("optim.lr=0.02").optim
+    assert records[8]["lr"] == pytest.approx(lr_at(7, 8, optim))
+
+
+@pytest.mark.slow
+def test_cli_ctrl_c_exits_130_and_prints_the_resume_command(tmp_path):
+    import signal
+
+    from train_helpers import toy_config_file
+
+    work = tmp_path / "w"
+    config = toy_config_file(tmp_path / "toy.yaml", "train.max_iters=20")
+    proc = _start_toy_cli(tmp_path, str(config), "--work-dir", str(work))
+    code, out, err = _signal_after_step(proc, work, 2, signal.SIGINT)
+    assert code == 130, (out, err)
+    assert f"interrupted: continue with: tpvkit train --work-dir {work} --resume" in err
+    assert "Traceback" not in err
+    assert (work / "config.yaml").is_file()  # what the printed command reads
+
+
+def test_cli_train_without_config_or_resume_is_a_clear_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from tpvkit.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--work-dir", str(tmp_path / "w")])
+    assert result.exit_code == 2
+    assert "CONFIG is missing" in result.output and "--resume" in result.output
+    assert not (tmp_path / "w").exists()
+    result = CliRunner().invoke(app, ["train", "--work-dir", str(tmp_path / "w"), "--resume"])
+    assert result.exit_code == 2 and "give CONFIG" in result.output

@@ -160,3 +160,46 @@ def real_config(infos, *overrides):
     from tpvkit.config import load_config
 
     return load_config("tpv_tiny", [*REAL_TINY, f"data.train_infos={infos}", *overrides])
+
+
+# A `tpvkit` command line whose training parts are the toy's, each step slowed down so that a
+# test can signal the process mid-run: `python CLI_WITH_TOY_PARTS train ...`.
+CLI_WITH_TOY_PARTS = """
+import sys, time
+sys.path.insert(0, {helpers_dir!r})
+import train_helpers
+import tpvkit.engine.train as wiring
+
+def slow_losses(model, batch):
+    time.sleep({step_seconds!r})
+    return train_helpers.toy_losses(model, batch)
+
+wiring.build_parts = train_helpers.toy_parts(loss_fn=slow_losses)
+from tpvkit.cli import app
+app(sys.argv[1:], prog_name="tpvkit")
+"""
+
+
+def toy_cli_script(tmp_path: Any, step_seconds: float = 0.0) -> Any:
+    """Write the toy command line script into `tmp_path`; returns its path."""
+    from pathlib import Path
+
+    script = Path(tmp_path) / "toy_cli.py"
+    script.write_text(
+        CLI_WITH_TOY_PARTS.format(
+            helpers_dir=str(Path(__file__).resolve().parent), step_seconds=step_seconds
+        )
+    )
+    return script
+
+
+def toy_config_file(path: Any, *overrides: str) -> Any:
+    """toy_config(*overrides) as a complete YAML config file at `path`."""
+    import yaml
+
+    from tpvkit.config import to_dict
+
+    cfg = to_dict(toy_config(*overrides))
+    cfg.pop("name")
+    path.write_text(yaml.safe_dump(cfg))
+    return path
