@@ -43,3 +43,43 @@ def test_unknown_config_key_exits_non_zero_with_a_clear_message(tmp_path):
     )
     assert result.exit_code != 0
     assert "model.dim" in result.output
+
+
+def _blocker(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("keep")
+    return blocker
+
+
+@pytest.mark.parametrize(
+    ("command", "out_name"),
+    [
+        (["export", "{input}"], "scene.ply"),
+        (["visualize", "{input}"], "pictures"),
+        (["prepare", "synthetic", "--scenes", "1"], "data"),
+        (["prepare", "nuscenes", "--dataroot", "{input}", "--version", "v1.0-mini"], "infos"),
+    ],
+    ids=["export", "visualize", "prepare-synthetic", "prepare-nuscenes"],
+)
+def test_out_below_a_file_is_refused_before_any_work(tmp_path, command, out_name):
+    # INPUT does not even exist: the output path is checked before anything is read.
+    blocker = _blocker(tmp_path)
+    args = [a.replace("{input}", str(tmp_path / "missing_input")) for a in command]
+    result = CliRunner().invoke(app, [*args, "--out", str(blocker / out_name)])
+    assert result.exit_code == 2, result.output
+    assert f"--out {blocker / out_name}: {blocker} is a file, not a folder" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert blocker.read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]  # nothing else written
+
+
+def test_export_out_that_is_a_folder_and_visualize_out_that_is_a_file(tmp_path):
+    folder = tmp_path / "folder.ply"
+    folder.mkdir()
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "x.npz"), "--out", str(folder)])
+    assert result.exit_code == 2 and f"--out {folder} is a folder; give a file path" in result.output
+    blocker = _blocker(tmp_path)
+    result = CliRunner().invoke(app, ["visualize", str(tmp_path / "x.npz"), "--out", str(blocker)])
+    assert result.exit_code == 2
+    assert f"--out {blocker} is a file, not a folder" in result.output
+    assert blocker.read_text() == "keep"

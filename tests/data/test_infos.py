@@ -171,6 +171,61 @@ def test_cli_prepare_prints_what_it_wrote(tiny_root, tmp_path):
     assert (tmp_path / "tpvkit_infos_mini_val.json").is_file()
 
 
+def _prepare_nuscenes(root, out, *extra):
+    return CliRunner().invoke(
+        app,
+        ["prepare", "nuscenes", "--dataroot", str(root), "--version", "v1.0-mini", "--out",
+         str(out), *extra],
+    )  # fmt: skip
+
+
+def test_cli_prepare_nuscenes_refuses_a_non_empty_out_without_overwrite(tiny_root, tmp_path):
+    out = tmp_path / "infos"
+    out.mkdir()
+    (out / "tpvkit_infos_mini_val.json").write_text("mine")
+    (out / "notes.txt").write_text("keep me")
+    result = _prepare_nuscenes(tiny_root, out)
+    assert result.exit_code == 2
+    assert f"--out {out} exists and is not empty" in result.output
+    assert "--overwrite" in result.output and "Traceback" not in result.output
+    assert (out / "tpvkit_infos_mini_val.json").read_text() == "mine"  # nothing overwritten
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "tpvkit_infos_mini_val.json"]
+
+    result = _prepare_nuscenes(tiny_root, out, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert load_infos(out / "tpvkit_infos_mini_val.json").split == "mini_val"
+    assert (out / "notes.txt").read_text() == "keep me"
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_cli_prepare_nuscenes_out_below_a_file_is_refused_before_any_work(tiny_root, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    result = _prepare_nuscenes(tiny_root, blocker / "infos")
+    assert result.exit_code == 2
+    assert f"{blocker} is a file, not a folder" in result.output
+    assert "Traceback" not in result.output and blocker.read_text() == "x"
+
+
+def test_a_failure_while_writing_leaves_no_info_file(tiny_root, tmp_path, monkeypatch):
+    from tpvkit.data import infos as infos_module
+
+    calls = {"n": 0}
+    real = infos_module.write_infos
+
+    def second_fails(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("disk full")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(infos_module, "write_infos", second_fails)
+    out = tmp_path / "o"
+    with pytest.raises(OSError, match="disk full"):
+        prepare_nuscenes_infos(tiny_root, "v1.0-mini", out, progress=False)
+    assert not out.exists() or not any(out.iterdir())  # the first split's file was not kept
+
+
 def test_load_infos_dataroot_resolution(tiny_root, tiny_infos, tmp_path):
     info = load_infos(tiny_infos["mini_val"])
     assert info.dataroot == Path(tiny_root).resolve()

@@ -42,6 +42,9 @@ def export(
     """Export voxels (or LiDAR points) to PLY with class colours and ids."""
     with user_errors():
         from tpvkit.errors import TpvkitError
+        from tpvkit.utils.io import check_output_file
+
+        check_output_file(out, "--out")  # before anything is read or computed
         from tpvkit.outputs.export import export_ground_truth, export_ply
 
         excluded = None if exclude is None else [n.strip() for n in exclude.split(",") if n.strip()]

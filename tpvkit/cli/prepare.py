@@ -57,9 +57,17 @@ def nuscenes(
     dataroot: Path = typer.Option(..., "--dataroot", help="nuScenes dataroot."),
     version: str = typer.Option(..., "--version", help="v1.0-mini | v1.0-trainval | v1.0-test"),
     out: Path = typer.Option(..., "--out", help="Folder for the info files (one per split)."),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Write into a non-empty --out, replacing its info files (other files are kept).",
+    ),
 ) -> None:
-    """Build tpvkit info files (JSON) for every split of a nuScenes version with the devkit."""
+    """Build tpvkit info files (JSON) for every split of a nuScenes version with the devkit.
+
+    The files are written only once every split is built, all together.
+    """
     with user_errors():
         from tpvkit.data.infos import prepare_nuscenes_infos
 
-        prepare_nuscenes_infos(dataroot, version, out)
+        prepare_nuscenes_infos(dataroot, version, out, overwrite=overwrite)

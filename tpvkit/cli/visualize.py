@@ -44,6 +44,9 @@ def visualize(
 ) -> None:
     """Render pictures without a display: cameras, bird's-eye map, 3D voxels, legend."""
     with user_errors():
+        from tpvkit.utils.io import check_output_dir
+
+        check_output_dir(out, "--out")  # before anything is read or rendered
         from tpvkit.outputs.visualize import ViewOptions
         from tpvkit.outputs.visualize import visualize as run_visualize
 

@@ -23,7 +23,7 @@ import tpvkit
 from tpvkit.constants import CAMERA_ORDER, LIDAR_CHANNEL, SPLITS_BY_VERSION
 from tpvkit.data import geometry, legacy, validate
 from tpvkit.errors import TpvkitError
-from tpvkit.utils.io import atomic_write_text
+from tpvkit.utils.io import atomic_path, atomic_write_text, check_output_dir
 
 INFO_FORMAT = "tpvkit-infos"
 INFO_FORMAT_VERSION = 1
@@ -179,17 +179,30 @@ def build_split_infos(nusc: Any, split: str) -> tuple[list[dict[str, Any]], list
 
 
 def prepare_nuscenes_infos(
-    dataroot: str | Path, version: str, out_dir: str | Path, progress: bool = True
+    dataroot: str | Path,
+    version: str,
+    out_dir: str | Path,
+    progress: bool = True,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Build and write `tpvkit_infos_<split>.json` for every split of `version`.
 
-    The dataroot is validated first and every split is built in memory before the first file
-    is written, so on any error nothing is written. Returns the written paths.
+    An existing non-empty `out_dir` is refused unless `overwrite` (then the info files in it
+    are replaced; other files there are kept). The dataroot is validated first and every split
+    is built in memory before the first file is written, and the files appear together (each
+    written to a temporary file, then all renamed), so on any error nothing is written.
+    Returns the written paths.
     """
     from tqdm import tqdm
 
     dataroot = Path(dataroot).resolve()
     out_dir = Path(out_dir)
+    check_output_dir(out_dir, "--out")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise TpvkitError(
+            f"--out {out_dir} exists and is not empty: choose a new folder or pass --overwrite "
+            "to replace the info files in it"
+        )
     validate.validate_dataroot_structure(dataroot, version)
     nusc = _load_devkit(dataroot, version)
     validate.check_sample_files(dataroot, nusc.sample_data, getattr(nusc, "lidarseg", []))
@@ -221,22 +234,29 @@ def prepare_nuscenes_infos(
 
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     written = []
-    for split, samples in built.items():
-        source = {
-            "dataroot": str(dataroot),
-            "version": version,
-            "split": split,
-            "devkit_version": _devkit_version(),
-            "created": created,
-        }
-        path = write_infos(out_dir / info_file_name(split), samples, source)
-        print(f"wrote {path} ({len(samples)} samples, split {split})")
-        written.append(path)
-    return written
+    # Every file goes to a temporary file first; the renames happen once all are written.
+    with contextlib.ExitStack() as stack:
+        for split, samples in built.items():
+            source = {
+                "dataroot": str(dataroot),
+                "version": version,
+                "split": split,
+                "devkit_version": _devkit_version(),
+                "created": created,
+            }
+            path = out_dir / info_file_name(split)
+            write_infos(stack.enter_context(atomic_path(path)), samples, source, atomic=False)
+            written.append((path, len(samples), split))
+    for path, count, split in written:
+        print(f"wrote {path} ({count} samples, split {split})")
+    return [path for path, _, _ in written]
 
 
-def write_infos(path: str | Path, samples: list[dict[str, Any]], source: dict[str, Any]) -> Path:
-    """Write one tpvkit info file atomically: the header, then the samples."""
+def write_infos(
+    path: str | Path, samples: list[dict[str, Any]], source: dict[str, Any], atomic: bool = True
+) -> Path:
+    """Write one tpvkit info file (atomically, unless the caller already writes to a temporary
+    path): the header, then the samples."""
     document = {
         "format": INFO_FORMAT,
         "format_version": INFO_FORMAT_VERSION,
@@ -245,7 +265,11 @@ def write_infos(path: str | Path, samples: list[dict[str, Any]], source: dict[st
         "samples": samples,
     }
     path = Path(path)
-    atomic_write_text(path, json.dumps(document, separators=(",", ":")) + "\n")
+    text = json.dumps(document, separators=(",", ":")) + "\n"
+    if atomic:
+        atomic_write_text(path, text)
+    else:
+        path.write_text(text, encoding="utf-8")
     return path
 
 

@@ -34,6 +34,7 @@ from tpvkit.data.geometry import (
 from tpvkit.data.synthetic_render import RIG, render_camera, scaled_intrinsic, scan_lidar
 from tpvkit.data.synthetic_world import World, build_street_world
 from tpvkit.errors import TpvkitError
+from tpvkit.utils.io import check_output_dir
 
 VERSION = "v1.0-mini"
 
@@ -535,8 +536,7 @@ def generate_synthetic(
     )
     check_options(opts)
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise TpvkitError(f"--out {out} exists and is not a folder: choose another path")
+    check_output_dir(out, "--out")  # a file there, or below a file: refused before any work
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise TpvkitError(
             f"--out {out} exists and is not empty: choose a new folder or pass --overwrite "
