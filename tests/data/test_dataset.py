@@ -389,3 +389,57 @@ def test_out_of_range_general_label(broken):
     labels.tofile(path)
     with pytest.raises(TpvkitError, match=f"{path.name} holds label 40"):
         _dataset(info)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# A corrupt file met inside a DataLoader worker: the command prints one line, no traceback
+
+SMALL_TRAINING = [
+    "train.device=cpu", "train.max_iters=2", "data.num_workers=2", "data.val_infos=''",
+    "data.img_size=[64,96]", "model.tpv_h=8", "model.tpv_w=8", "model.tpv_z=4",
+    "model.encoder.num_hcab=1", "model.encoder.num_hab=0", "model.backbone.base_channels=8",
+]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("broken_file", ["image", "points"])
+def test_corrupt_file_in_a_worker_is_one_line_through_the_cli(broken, tmp_path, broken_file):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    info, root = broken
+    if broken_file == "image":
+        paths = [root / s["cams"]["CAM_FRONT"]["img_path"] for s in info.samples]
+        for path in paths:
+            path.write_bytes(b"\xff\xd8 not really a jpeg")
+        expected = "is corrupt or not a JPEG"
+    else:
+        paths = [root / s["lidar_path"] for s in info.samples]
+        for path in paths:
+            path.write_bytes(path.read_bytes()[:-7])
+        expected = "is truncated or not a nuScenes .pcd.bin"
+    doc = json.loads(info.path.read_text())
+    doc["source"]["dataroot"] = str(root)
+    infos = tmp_path / "broken_infos.json"
+    infos.write_text(json.dumps(doc))
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]),
+    }
+    overrides = [*SMALL_TRAINING, f"data.train_infos={infos}"]
+    result = subprocess.run(
+        [sys.executable, "-m", "tpvkit", "train", "tpv_tiny", "--work-dir", str(tmp_path / "w"),
+         *[arg for o in overrides for arg in ("--set", o)]],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert expected in errors[0] and "regenerate the data" in errors[0]
+    assert any(str(p) in errors[0] for p in paths)
+    assert "Traceback" not in result.stderr and "DataLoader worker" not in result.stderr
