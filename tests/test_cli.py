@@ -77,9 +77,38 @@ def test_export_out_that_is_a_folder_and_visualize_out_that_is_a_file(tmp_path):
     folder = tmp_path / "folder.ply"
     folder.mkdir()
     result = CliRunner().invoke(app, ["export", str(tmp_path / "x.npz"), "--out", str(folder)])
-    assert result.exit_code == 2 and f"--out {folder} is a folder; give a file path" in result.output
+    assert (
+        result.exit_code == 2 and f"--out {folder} is a folder; give a file path" in result.output
+    )
     blocker = _blocker(tmp_path)
     result = CliRunner().invoke(app, ["visualize", str(tmp_path / "x.npz"), "--out", str(blocker)])
     assert result.exit_code == 2
     assert f"--out {blocker} is a file, not a folder" in result.output
     assert blocker.read_text() == "keep"
+
+
+def _not_group_writable(root):
+    return [
+        f"{p} {oct(p.stat().st_mode & 0o777)}"
+        for p in [root, *root.rglob("*")]
+        if not p.stat().st_mode & 0o020
+    ]
+
+
+@pytest.mark.slow
+def test_prepare_synthetic_honours_the_umask(tmp_path):
+    import os
+
+    previous = os.umask(0o002)
+    try:
+        result = CliRunner().invoke(
+            app,
+            ["prepare", "synthetic", "--out", str(tmp_path / "d"), "--scenes", "1",
+             "--samples-per-scene", "1", "--image-width", "64", "--image-height", "36",
+             "--beams", "8", "--points-per-beam", "32"],
+        )  # fmt: skip
+    finally:
+        os.umask(previous)
+    assert result.exit_code == 0, result.output
+    assert any((tmp_path / "d" / "infos").glob("*.json"))
+    assert _not_group_writable(tmp_path / "d") == []

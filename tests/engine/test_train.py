@@ -313,3 +313,22 @@ def test_cli_train_without_config_or_resume_is_a_clear_error(tmp_path):
     assert not (tmp_path / "w").exists()
     result = CliRunner().invoke(app, ["train", "--work-dir", str(tmp_path / "w"), "--resume"])
     assert result.exit_code == 2 and "give CONFIG" in result.output
+
+
+def test_a_training_run_honours_the_umask(tmp_path):
+    import os
+
+    previous = os.umask(0o002)
+    try:
+        train(toy_config("train.max_iters=2", "train.ckpt_interval=1"), tmp_path / "w",
+              parts=toy_parts())  # fmt: skip
+    finally:
+        os.umask(previous)
+    written = [tmp_path / "w", *(tmp_path / "w").rglob("*")]
+    names = {p.name for p in written}
+    assert {"config.yaml", "train.log", "metrics.jsonl", "latest.pth", "iter_000002.pth"} <= names
+    assert any(p.name.startswith("events.out.tfevents") for p in written)
+    lacking = [
+        f"{p} {oct(p.stat().st_mode & 0o777)}" for p in written if not p.stat().st_mode & 0o020
+    ]
+    assert lacking == []
