@@ -230,7 +230,8 @@ def _merge(obj: Any, data: dict[str, Any], prefix: str) -> None:
     types_ = _field_types(type(obj))
     for key, value in data.items():
         where = f"{prefix}{key}"
-        if key not in types_:
+        if not isinstance(key, str) or key not in types_:
+            key = str(key)
             near = _nearest(key, list(types_))
             hint = f" (did you mean '{prefix}{near}'?)" if near else ""
             raise ConfigError(f"unknown config key '{where}'{hint}")
@@ -302,14 +303,24 @@ def _load_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[dict[str, 
     if path in seen:
         raise ConfigError(f"config {path} includes itself through _base_")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"config {path} is not valid YAML: {err}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config {path} is not a UTF-8 text (YAML) file: {err}") from err
+    except RecursionError as err:
+        raise ConfigError(f"config {path} nests too deeply to be a config") from err
+    except OSError as err:
+        raise ConfigError(f"config {path} cannot be read: {err.strerror or err}") from err
     if not isinstance(data, dict):
         raise ConfigError(f"config {path} must be a mapping of keys to values")
     base = data.pop("_base_", None)
     chain: list[dict[str, Any]] = []
     if base is not None:
+        if not isinstance(base, str) or not base:
+            raise ConfigError(
+                f"config {path}: _base_ must name a shipped config or a YAML path, got {base!r}"
+            )
         base_path = Path(base)
         if not base_path.is_absolute() and (path.parent / base_path).is_file():
             base_path = path.parent / base_path
@@ -326,8 +337,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, raw = text.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as err:
-        raise ConfigError(f"override '{text}': the value is not valid YAML: {err}") from err
+    except (yaml.YAMLError, RecursionError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"override '{text}': the value is not valid YAML: {first}") from err
     return key.strip(), value
 
 
@@ -395,6 +407,19 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.backbone.depth: {m.backbone.depth} is not one of 18, 34, 50, 101")
     if len(m.backbone.dcn_stages) != 4:
         raise ConfigError("model.backbone.dcn_stages: give one true/false per stage (4 values)")
+    for key, value in (
+        ("model.dim", m.dim),
+        ("model.tpv_h", m.tpv_h),
+        ("model.tpv_w", m.tpv_w),
+        ("model.tpv_z", m.tpv_z),
+        ("model.num_classes", m.num_classes),
+        ("model.encoder.num_heads", m.encoder.num_heads),
+        ("data.batch_size", cfg.data.batch_size),
+        ("data.size_divisor", cfg.data.size_divisor),
+        ("eval.batch_size", cfg.eval.batch_size),
+    ):
+        if value < 1:
+            raise ConfigError(f"{key}: {value} must be a positive integer")
     if m.dim % m.encoder.num_heads:
         raise ConfigError(
             f"model.dim ({m.dim}) must be divisible by "
@@ -409,8 +434,10 @@ def validate(cfg: Config) -> None:
     for name in ("num_points_in_pillar", "num_points_ica", "pos_dims"):
         if len(getattr(m.encoder, name)) != 3:
             raise ConfigError(f"model.encoder.{name}: give 3 values (hw, zh, wz)")
-    if len(cfg.data.img_size) != 2:
-        raise ConfigError("data.img_size: give [height, width]")
+    if len(cfg.data.img_size) != 2 or min(cfg.data.img_size) < 1:
+        raise ConfigError("data.img_size: give [height, width], two positive integers")
+    if cfg.data.num_workers < 0:
+        raise ConfigError(f"data.num_workers: {cfg.data.num_workers} must be 0 or more")
     if m.encoder.num_levels != m.neck.num_outs:
         raise ConfigError(
             f"model.encoder.num_levels ({m.encoder.num_levels}) must equal "

@@ -12,6 +12,7 @@ import datetime
 import importlib.metadata
 import io
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -274,6 +275,95 @@ def write_infos(
 
 
 # ---------------------------------------------------------------------------------------------
+# The shape of a sample record: checked on load, so that a hand-edited or foreign file fails
+# with the sample and key named instead of deep inside the data loader.
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_matrix(value: Any, shape: tuple[int, ...]) -> bool:
+    if len(shape) == 1:
+        return isinstance(value, list) and len(value) == shape[0] and all(map(_is_number, value))
+    return (
+        isinstance(value, list)
+        and len(value) == shape[0]
+        and all(_is_matrix(row, shape[1:]) for row in value)
+    )
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+def _is_optional_str(value: Any) -> bool:
+    return value is None or isinstance(value, str)
+
+
+def _is_size(value: Any) -> bool:
+    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0)
+
+
+# key -> (check, what it must be); optional keys may be absent
+_SAMPLE_KEYS = {
+    "token": (_is_str, "a non-empty string", True),
+    "lidar_path": (_is_str, "a non-empty string (a dataroot-relative path)", True),
+    "lidarseg_path": (_is_optional_str, "a string or null", False),
+    "lidar_token": (_is_optional_str, "a string or null", False),
+    "lidar2ego_translation": (lambda v: _is_matrix(v, (3,)), "3 numbers", False),
+    "lidar2ego_rotation": (lambda v: _is_matrix(v, (4,)), "4 numbers (a quaternion)", False),
+}
+_CAMERA_KEYS = {
+    "img_path": (_is_str, "a non-empty string (a dataroot-relative path)", True),
+    "cam_intrinsic": (lambda v: _is_matrix(v, (3, 3)), "a 3x3 list of numbers", True),
+    "sensor2lidar_rotation": (lambda v: _is_matrix(v, (3, 3)), "a 3x3 list of numbers", True),
+    "sensor2lidar_translation": (lambda v: _is_matrix(v, (3,)), "3 numbers", True),
+    "lidar2img": (lambda v: _is_matrix(v, (4, 4)), "a 4x4 list of numbers", False),
+    "width": (_is_size, "a positive integer", False),
+    "height": (_is_size, "a positive integer", False),
+}
+
+
+def _check_keys(record: dict[str, Any], spec: dict[str, Any], where: str) -> None:
+    for key, (check, what, required) in spec.items():
+        if key not in record:
+            if required:
+                raise TpvkitError(f"{where} has no '{key}'")
+            continue
+        if not check(record[key]):
+            raise TpvkitError(f"{where}: '{key}' must be {what}, got {_short(record[key])}")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_sample_records(samples: list[Any], path: Path | str) -> None:
+    """Every sample must have the keys and shapes the data loader reads (tpvkit schema)."""
+    for i, sample in enumerate(samples):
+        try:
+            if not isinstance(sample, dict):
+                raise TpvkitError(f"sample {i} is {type(sample).__name__}, not a mapping")
+            token = sample.get("token")
+            where = f"sample {i}" + (f" ({token})" if isinstance(token, str) and token else "")
+            _check_keys(sample, _SAMPLE_KEYS, where)
+            cams = sample.get("cams")
+            if not isinstance(cams, dict):
+                raise TpvkitError(f"{where}: 'cams' must map camera names to records")
+            for cam in CAMERA_ORDER:
+                if not isinstance(cams.get(cam), dict):
+                    raise TpvkitError(f"{where}: 'cams' has no record for {cam}")
+                _check_keys(cams[cam], _CAMERA_KEYS, f"{where}, cams.{cam},")
+        except TpvkitError as err:
+            raise TpvkitError(
+                f"info file {path}: {err}; rebuild it with `tpvkit prepare nuscenes` (or "
+                "`tpvkit prepare synthetic`)"
+            ) from None
+
+
+# ---------------------------------------------------------------------------------------------
 # Reading
 
 
@@ -305,7 +395,7 @@ def load_infos(
 def _load_tpvkit_json(path: Path, dataroot: Path | None) -> InfoSet:
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise TpvkitError(f"info file {path} is not valid JSON ({err})") from err
     if not isinstance(document, dict) or document.get("format") != INFO_FORMAT:
         raise TpvkitError(f'{path} is not a tpvkit info file (no "format": "{INFO_FORMAT}")')
@@ -315,11 +405,22 @@ def _load_tpvkit_json(path: Path, dataroot: Path | None) -> InfoSet:
             f"reads version {INFO_FORMAT_VERSION}: rebuild it with `tpvkit prepare nuscenes`"
         )
     source = document.get("source") or {}
+    if not isinstance(source, dict) or not all(
+        _is_optional_str(source.get(k)) for k in ("dataroot", "version", "split")
+    ):
+        raise TpvkitError(
+            f'{path}: "source" must be a mapping whose dataroot, version and split are strings; '
+            "rebuild it with `tpvkit prepare nuscenes`"
+        )
+    samples = document.get("samples") or []
+    if not isinstance(samples, list):
+        raise TpvkitError(f'{path}: "samples" must be a list of sample records; rebuild it')
+    check_sample_records(samples, path)
     version = source.get("version")
     if dataroot is None:
         dataroot = _recorded_dataroot(path, source.get("dataroot"), version)
     return InfoSet(
-        samples=list(document.get("samples") or []),
+        samples=list(samples),
         dataroot=dataroot,
         version=version,
         split=source.get("split"),
