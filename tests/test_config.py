@@ -105,3 +105,28 @@ def test_round_trip_through_a_plain_dict():
     again = from_dict(to_dict(cfg))
     assert again == cfg
     assert "model.encoder.num_hcab" in all_keys(Config())
+
+
+def test_an_install_without_configs_says_so_instead_of_an_empty_list(monkeypatch):
+    import tpvkit.config as config_module
+
+    monkeypatch.setattr(config_module, "_config_folders", lambda: [])
+    with pytest.raises(ConfigError, match="no shipped configs were found.*reinstall tpvkit"):
+        load_config("tpv_tiny")
+
+
+def test_shipped_configs_come_from_the_package_data_when_installed(tmp_path, monkeypatch):
+    """An installed wheel's tpvkit/configs/ is found through importlib.resources."""
+    import importlib.resources
+
+    import tpvkit.config as config_module
+
+    packaged = tmp_path / "tpvkit"
+    (packaged / "configs").mkdir(parents=True)
+    (packaged / "configs" / "only_here.yaml").write_text(
+        "model: {dim: 64, encoder: {pos_dims: [24, 24, 16]}}\n"
+    )
+    monkeypatch.setattr(importlib.resources, "files", lambda package: packaged)
+    monkeypatch.setattr(config_module, "CONFIG_DIR", tmp_path / "no_repo_configs")
+    assert list(config_module.shipped_configs()) == ["only_here"]
+    assert load_config("only_here").model.dim == 64

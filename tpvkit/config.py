@@ -242,8 +242,9 @@ def _merge(obj: Any, data: dict[str, Any], prefix: str) -> None:
             setattr(obj, key, _coerce(value, tp, where))
 
 
-def all_keys(cfg: Any | None = None, prefix: str = "") -> list[str]:
-    """Every dotted key of the config tree, for help texts and error messages."""
+def all_keys(cfg: object | None = None, prefix: str = "") -> list[str]:
+    """Every dotted key of the config tree (or of one of its section dataclasses), for help
+    texts and error messages."""
     cfg = Config() if cfg is None else cfg
     keys = []
     for f in dataclasses.fields(cfg):

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from tpvkit.config import DataConfig, ModelConfig
 from tpvkit.constants import CAMERA_ORDER, LABEL_MAP_32_TO_16
 from tpvkit.data import geometry
 from tpvkit.data.infos import InfoSet, load_infos
@@ -211,13 +212,13 @@ class LidarSegDataset(torch.utils.data.Dataset):
     def __init__(
         self,
         infos: str | Path | InfoSet,
-        data_cfg: Any,
-        model_cfg: Any,
+        data_cfg: DataConfig,
+        model_cfg: ModelConfig,
         train: bool,
         dataroot: str | Path | None = None,
         voxel_label_ignore: int | None = None,
     ) -> None:
-        """`data_cfg`/`model_cfg`: tpvkit.config DataConfig / ModelConfig. The dataroot is, in
+        """The dataroot is, in
         order: the argument, data_cfg.dataroot, the info file's own. `voxel_label_ignore`: a
         label that does not vote for voxel labels (default None: every label votes, as the
         public code)."""
