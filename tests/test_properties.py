@@ -256,3 +256,30 @@ def test_the_unbroken_document_loads(tmp_path):
     path = tmp_path / "infos.json"
     path.write_text(json.dumps(_document([_valid_sample(0), _valid_sample(1)])))
     assert len(load_infos(path, check_files=False)) == 2
+
+
+legacy_layouts = st.one_of(
+    st.fixed_dictionaries({"infos": json_values, "metadata": json_values}),
+    st.fixed_dictionaries({"metainfo": json_values, "data_list": json_values}),
+    st.fixed_dictionaries(
+        {"infos": st.lists(st.dictionaries(st.sampled_from(
+            ["token", "lidar_path", "cams", "lidar2ego_translation", "lidar2ego_rotation",
+             "ego2global_translation", "ego2global_rotation", "timestamp", "lidar_token"]),
+            json_values, max_size=9), max_size=3),
+         "metadata": st.fixed_dictionaries({"version": st.sampled_from(["v1.0-mini", "x"])})}
+    ),
+    st.fixed_dictionaries(
+        {"data_list": st.lists(st.dictionaries(st.sampled_from(
+            ["token", "lidar_points", "images", "ego2global", "timestamp", "sample_idx"]),
+            json_values, max_size=6), max_size=3),
+         "metainfo": st.fixed_dictionaries({"version": st.sampled_from(["v1.0-mini", "x"])})}
+    ),
+)  # fmt: skip
+
+
+@SETTINGS
+@given(legacy_layouts)
+def test_malformed_legacy_layouts_end_in_a_tpvkit_error(tmp_path, obj):
+    path = tmp_path / "infos.pkl"
+    path.write_bytes(pickle.dumps(obj))
+    _ends_in_a_tpvkit_error(lambda: load_infos(path, dataroot=tmp_path))

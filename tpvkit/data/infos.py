@@ -444,6 +444,22 @@ def _recorded_dataroot(path: Path, recorded: str | None, version: str | None) ->
 def _load_legacy(path: Path, dataroot: Path | None) -> InfoSet:
     obj = legacy.safe_load_pickle(path)
     layout = legacy.detect_layout(obj)
+    try:
+        return _read_legacy(path, obj, layout, dataroot)
+    except TpvkitError:
+        raise  # already names the file and the fix
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+        # A foreign file with the right top-level keys but records of another shape: the
+        # readers index into them freely, so their errors are turned into one message here.
+        what = f"{type(err).__name__}: {err}"
+        raise TpvkitError(
+            f"{path} looks like a {layout} info file but its records do not have that layout "
+            f"({what[:120]}); regenerate it with the tool that wrote it, or build a tpvkit info "
+            "file with `tpvkit prepare nuscenes`"
+        ) from err
+
+
+def _read_legacy(path: Path, obj: Any, layout: str | None, dataroot: Path | None) -> InfoSet:
     if layout is None:
         raise TpvkitError(
             f"{path} is neither a tpvkit info file nor a known legacy layout (an mmdet3d v2 dict "
