@@ -25,7 +25,6 @@ from torch.utils.data import Dataset
 
 from tpvkit.config import Config, ConfigError, apply_overrides, from_dict, load_config, to_dict
 from tpvkit.engine.checkpoint import (
-    RUNTIME_MODEL_KEYS,
     config_differences,
     find_resume_checkpoint,
     load_checkpoint_file,
@@ -196,7 +195,7 @@ def resume_config(
         d
         for section in ("model", "data")
         for d in config_differences(data, cfg, section)
-        if d[0] not in RESUMABLE_DATA_KEYS and d[0] not in RUNTIME_MODEL_KEYS
+        if d[0] not in RESUMABLE_DATA_KEYS  # runtime-only model keys are not compared at all
     ]
     if diffs:
         listing = "; ".join(f"{k} {old!r} (run) vs {new!r} (now)" for k, old, new in diffs)
