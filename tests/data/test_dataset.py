@@ -443,3 +443,5 @@ def test_corrupt_file_in_a_worker_is_one_line_through_the_cli(broken, tmp_path, 
     assert expected in errors[0] and "regenerate the data" in errors[0]
     assert any(str(p) in errors[0] for p in paths)
     assert "Traceback" not in result.stderr and "DataLoader worker" not in result.stderr
+    assert not list((tmp_path / "w").glob("*.pth"))  # no checkpoint of a broken run
+    assert all(p.read_bytes() != b"" for p in paths)  # the inputs are left as they were
