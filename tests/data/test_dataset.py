@@ -421,6 +421,7 @@ def test_corrupt_file_in_a_worker_is_one_line_through_the_cli(broken, tmp_path, 
         for path in paths:
             path.write_bytes(path.read_bytes()[:-7])
         expected = "is truncated or not a nuScenes .pcd.bin"
+    before = [p.read_bytes() for p in paths]
     doc = json.loads(info.path.read_text())
     doc["source"]["dataroot"] = str(root)
     infos = tmp_path / "broken_infos.json"
@@ -444,4 +445,4 @@ def test_corrupt_file_in_a_worker_is_one_line_through_the_cli(broken, tmp_path, 
     assert any(str(p) in errors[0] for p in paths)
     assert "Traceback" not in result.stderr and "DataLoader worker" not in result.stderr
     assert not list((tmp_path / "w").glob("*.pth"))  # no checkpoint of a broken run
-    assert all(p.read_bytes() != b"" for p in paths)  # the inputs are left as they were
+    assert [p.read_bytes() for p in paths] == before  # the inputs are left as they were
