@@ -137,7 +137,9 @@ def make_street(
     same scene with errors (a car moved, some classes swapped, some voxels missed or added).
 
     With `with_mask`, gt_mask_camera marks the voxels within 30 voxels of the grid's centre.
+    The grid needs X >= 24 (the street's cross-section).
     """
+    assert grid[0] >= 24 and grid[1] >= 16 and grid[2] >= 4, grid
     rng = np.random.default_rng(seed)
     class_names = OCCUPANCY_CLASS_NAMES if occupancy else CLASS_NAMES
     empty = class_names.index("empty") if occupancy else -1

@@ -34,7 +34,8 @@ def scene_frame(
     azimuth: float | None = None,
     distance: float | None = None,
 ) -> Image.Image:
-    """One video frame: the titled 3D picture (with legend) beside the bird's-eye map."""
+    """One video frame: the 3D picture (titled, with a legend, when big enough) beside the
+    bird's-eye map."""
     view = view or ViewOptions()
     if azimuth is not None or distance is not None:
         view = replace(
@@ -42,7 +43,7 @@ def scene_frame(
             azimuth=view.azimuth if azimuth is None else azimuth,
             distance=view.distance if distance is None else distance,
         )
-    voxels = render_voxels_3d(pred, view, exclude, fit_box=fit_box, annotate=True)
+    voxels = render_voxels_3d(pred, view, exclude, fit_box=fit_box)
     bev = render_bev(pred, exclude, legend=False)
     bev = bev.resize(
         (max(1, round(bev.width * voxels.height / bev.height)), voxels.height), Image.BILINEAR
