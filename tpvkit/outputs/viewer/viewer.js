@@ -283,7 +283,7 @@ function setView(view) {
       target = EGO_POS.clone().addScaledVector(EGO_FWD, 18);
     } else {
       // Behind the car (-y in the LiDAR frame) and 40 degrees up, the whole grid in view.
-      const dist = EXTENT * 0.9;
+      const dist = EXTENT * 0.8;
       const el = (40 * Math.PI) / 180;
       target = CENTER.clone();
       eye = target.clone().add(new THREE.Vector3(0, -Math.cos(el) * dist, Math.sin(el) * dist));
@@ -493,7 +493,7 @@ function updateLegend(mode) {
       `<td>${swatch(d.rgb)} ${d.name}</td><td class="n">${counts.diff[k]}</td></tr>`).join("");
   }
   const gtCol = !!(current && current.gt);
-  let html = `<tr><th></th><th style="text-align:left">${diff ? "classes shown" : ""}</th><th>pred</th>${gtCol ? "<th>gt</th>" : ""}</tr>`;
+  let html = `<tr><th></th><th style="text-align:left">${diff ? "classes shown" : ""}</th><th class="n">pred</th>${gtCol ? '<th class="n">gt</th>' : ""}</tr>`;
   for (let c = 0; c < NUM_CLASSES; c++) {
     if (c === DATA.empty_label) continue;
     const on = state.shown[c];
@@ -695,7 +695,7 @@ window.tpvkitViewer = {
     hasMask,
     readyMs,
   }),
-  setFrame: async (i) => { await setFrame(i); return window.tpvkitViewer.stats(); },
+  setFrame: async (i) => { await setFrame(i); await presented(); return window.tpvkitViewer.stats(); },
   setMode: (m) => { setMode(m); return window.tpvkitViewer.stats(); },
   setView: (v) => { setView(v); return window.tpvkitViewer.stats(); },
   setOptions: (opts) => {
@@ -708,12 +708,19 @@ window.tpvkitViewer = {
   snapshot: () => { renderNow(); return canvas.toDataURL("image/png"); },
 };
 
+function presented() {
+  // Resolves once the browser has produced the frames after this one: the drawn picture is
+  // on screen (with software WebGL that can take much longer than the draw call).
+  return new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve)));
+}
+
 async function main() {
   wire();
   setView("perspective");
   await setFrame(0);
   setMode("prediction");
   animate();
+  await presented();
   readyMs = performance.now();
   document.body.dataset.ready = "1";
 }
