@@ -1,7 +1,7 @@
 """The viewer page as a person uses it, in a real headless Chromium driven by playwright: it
-loads from a file with no console error and fetches nothing, draws as many cubes as there are
-shown voxels, reacts to the legend, the mode buttons and the arrow keys, and its bird's-eye view
-has the layout of the software renderer's bird's-eye map.
+loads from a file with no console error and fetches nothing, draws a cube for every shown voxel
+that is not enclosed on all six sides, reacts to the legend, the mode buttons and the arrow
+keys, and its bird's-eye view has the layout of the software renderer's bird's-eye map.
 
 Needs Debian's `chromium` and the `playwright` package (.ci/run installs both). Without them
 the tests skip locally and fail in CI (CI=true), so a missing browser never passes silently.
@@ -108,19 +108,31 @@ def _shown(pred) -> np.ndarray:
     return ~resolve_excluded(pred, None)
 
 
-def _expected_pred(pred) -> int:
-    return int((pred.occupied & _shown(pred)[pred.voxels]).sum())
+def _pred_kept(pred, hide=()) -> np.ndarray:
+    shown = _shown(pred)
+    shown[[pred.class_id(n) for n in hide]] = False
+    return pred.occupied & shown[pred.voxels]
 
 
-def _expected_gt(pred) -> int:
+def _gt_kept(pred) -> np.ndarray:
     gt, occ = ground_truth_voxels(pred)
-    return int((occ & _shown(pred)[gt]).sum())
+    return occ & _shown(pred)[gt]
 
 
-def _expected_difference(pred) -> int:
+def _difference_kept(pred) -> np.ndarray:
     gt, gt_occ = ground_truth_voxels(pred)
     false_negative = gt_occ & ~pred.occupied & _shown(pred)[gt]
-    return _expected_pred(pred) + int(false_negative.sum())
+    return _pred_kept(pred) | false_negative
+
+
+def _visible(kept: np.ndarray) -> int:
+    """Kept voxels not enclosed by kept voxels on all six sides (outside the grid is open)."""
+    padded = np.pad(kept, 1, constant_values=False)
+    enclosed = kept.copy()
+    for axis in range(3):
+        for step in (-1, 1):
+            enclosed &= np.roll(padded, step, axis)[1:-1, 1:-1, 1:-1]
+    return int((kept & ~enclosed).sum())
 
 
 def test_loads_offline_without_errors_and_draws_every_shown_voxel(page, scene):
@@ -130,7 +142,13 @@ def test_loads_offline_without_errors_and_draws_every_shown_voxel(page, scene):
     assert all(u.startswith(("file:", "data:", "blob:")) for u in page.requests), page.requests
     stats = page.stats()
     assert stats["frames"] == 2 and stats["hasGroundTruth"] and stats["hasMask"]
-    assert stats["drawn"] == _expected_pred(preds[0]) > 1000
+    # Every shown voxel is selected; the cubes drawn are those not enclosed on all six sides.
+    kept = _pred_kept(preds[0])
+    assert stats["shown"] == int(kept.sum()) > 1000
+    assert stats["drawn"] == _visible(kept) < stats["shown"]
+    no_culling = page.page.evaluate("tpvkitViewer.setOptions({cull: false})")
+    assert no_culling["drawn"] == no_culling["shown"] == int(kept.sum())
+    page.page.evaluate("tpvkitViewer.setOptions({cull: true})")
     rgb = page.canvas_rgb()
     not_background = np.abs(rgb.astype(int) - BACKGROUND).sum(-1) > 30
     assert not_background.mean() > 0.2  # the canvas is not blank
@@ -141,26 +159,32 @@ def test_loads_offline_without_errors_and_draws_every_shown_voxel(page, scene):
 
 def test_legend_toggle_and_difference_mode_change_what_is_drawn(page, scene):
     pred = scene[0][0]
-    before = page.stats()["drawn"]
+    before = page.stats()
     car = pred.class_id("car")
     cars = int((pred.occupied & (pred.voxels == car)).sum())
     assert cars > 0
+    picture_with_cars = page.canvas_rgb()
     page.page.locator(f'#legend tr[data-class="{car}"]').click()
-    assert page.stats()["drawn"] == before - cars
-    picture_without_cars = page.canvas_rgb()
+    stats = page.stats()
+    assert stats["shown"] == before["shown"] - cars
+    assert stats["drawn"] == _visible(_pred_kept(pred, hide=["car"])) < before["drawn"]
+    assert not stats["classesShown"][car]
+    assert not np.array_equal(page.canvas_rgb(), picture_with_cars)
     page.page.locator(f'#legend tr[data-class="{car}"]').click()  # back on
-    assert page.stats()["drawn"] == before
+    assert page.stats()["drawn"] == before["drawn"]
 
     page.page.locator('#modes button[data-mode="difference"]').click()
     stats = page.stats()
+    kept = _difference_kept(pred)
     assert stats["mode"] == "difference"
-    assert stats["drawn"] == _expected_difference(pred) != before
-    assert sum(stats["counts"]["diff"]) == stats["drawn"]
+    assert stats["shown"] == int(kept.sum()) != before["shown"]
+    assert stats["drawn"] == _visible(kept)
+    assert sum(stats["counts"]["diff"]) == stats["shown"]
     assert stats["counts"]["diff"][2] > 0 and stats["counts"]["diff"][3] > 0  # FP and FN
-    assert not np.array_equal(page.canvas_rgb(), picture_without_cars)
+    assert not np.array_equal(page.canvas_rgb(), picture_with_cars)
     # Hiding the false negatives in the difference legend removes exactly them.
     page.page.locator('#diff-legend tr[data-kind="3"]').click()
-    assert page.stats()["drawn"] == stats["drawn"] - stats["counts"]["diff"][3]
+    assert page.stats()["shown"] == stats["shown"] - stats["counts"]["diff"][3]
     assert page.errors == []
 
 
@@ -168,14 +192,17 @@ def test_side_by_side_ground_truth_and_frames(page, scene):
     preds = scene[0]
     page.page.locator('#modes button[data-mode="side"]').click()
     stats = page.stats()
-    assert stats["passes"] == [_expected_pred(preds[0]), _expected_gt(preds[0])]
+    pred_kept, gt_kept = _pred_kept(preds[0]), _gt_kept(preds[0])
+    assert stats["shownPerView"] == [int(pred_kept.sum()), int(gt_kept.sum())]
+    assert stats["passes"] == [_visible(pred_kept), _visible(gt_kept)]
     page.page.locator('#modes button[data-mode="ground_truth"]').click()
-    assert page.stats()["drawn"] == _expected_gt(preds[0])
+    assert page.stats()["drawn"] == _visible(gt_kept)
     page.page.locator('#modes button[data-mode="prediction"]').click()
     page.page.keyboard.press("ArrowRight")
     page.page.wait_for_function("window.tpvkitViewer.stats().frame === 1")
     page.page.wait_for_timeout(100)
-    assert page.stats()["drawn"] == _expected_pred(preds[1])
+    assert page.stats()["shown"] == int(_pred_kept(preds[1]).sum())
+    assert page.stats()["drawn"] == _visible(_pred_kept(preds[1]))
     page.page.keyboard.press("ArrowLeft")
     page.page.wait_for_function("window.tpvkitViewer.stats().frame === 0")
     assert page.errors == []

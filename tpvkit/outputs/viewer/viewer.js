@@ -108,11 +108,13 @@ const state = {
   lighting: true,
   edges: true,
   mask: hasMask ? "dim" : "off",
+  cull: true, // skip voxels enclosed on all six sides (never visible; a large part of a grid)
   playing: false,
 };
 let current = null; // the decoded frame on screen
 let counts = { pred: new Array(NUM_CLASSES).fill(0), gt: new Array(NUM_CLASSES).fill(0), diff: [0, 0, 0, 0] };
 let lastDrawn = { total: 0, passes: [] };
+let shownCounts = [0, 0]; // shown voxels per viewport, before hidden ones are culled
 let readyMs = null;
 
 // ----------------------------------------------------------------------------------------------
@@ -376,6 +378,31 @@ function differenceVoxels(pred, gt) {
   return { index, colors, n, perKind };
 }
 
+const keptDense = new Uint8Array(NX * NY * NZ); // scratch: 1 where a voxel is kept in a layer
+function cullHidden(sel) {
+  // Drop the kept voxels that no eye outside them can see: all six neighbours kept too (a
+  // voxel on the grid's border always stays). Only those are drawn; `sel.n` stays the count
+  // of shown voxels.
+  const zy = NY * NZ;
+  for (let k = 0; k < sel.n; k++) keptDense[sel.index[k]] = 1;
+  const index = new Uint32Array(sel.n);
+  const colors = new Float32Array(3 * sel.n);
+  let m = 0;
+  for (let k = 0; k < sel.n; k++) {
+    const f = sel.index[k];
+    const x = Math.floor(f / zy), y = Math.floor(f / NZ) % NY, z = f % NZ;
+    const enclosed = x > 0 && x < NX - 1 && y > 0 && y < NY - 1 && z > 0 && z < NZ - 1 &&
+      keptDense[f - zy] && keptDense[f + zy] && keptDense[f - NZ] && keptDense[f + NZ] &&
+      keptDense[f - 1] && keptDense[f + 1];
+    if (enclosed && state.cull) continue;
+    index[m] = f;
+    colors[3 * m] = sel.colors[3 * k]; colors[3 * m + 1] = sel.colors[3 * k + 1]; colors[3 * m + 2] = sel.colors[3 * k + 2];
+    m++;
+  }
+  for (let k = 0; k < sel.n; k++) keptDense[sel.index[k]] = 0;
+  return { index, colors, n: m, shown: sel.n };
+}
+
 function rebuild() {
   if (!current) return;
   const { pred, gt } = current;
@@ -390,9 +417,12 @@ function rebuild() {
     left = classVoxels(pred);
     if (mode === "side") right = classVoxels(gt);
   }
-  layers[0].fill(left.index, left.colors, left.n);
-  if (right) layers[1].fill(right.index, right.colors, right.n);
+  const drawLeft = cullHidden(left);
+  const drawRight = right ? cullHidden(right) : null;
+  layers[0].fill(drawLeft.index, drawLeft.colors, drawLeft.n);
+  if (drawRight) layers[1].fill(drawRight.index, drawRight.colors, drawRight.n);
   else if (layers[1].mesh) layers[1].mesh.count = 0;
+  shownCounts = [left.n, right ? right.n : 0];
   counts.pred = classCounts(pred);
   counts.gt = classCounts(gt);
   rebuildPoints(mode);
@@ -689,8 +719,10 @@ window.tpvkitViewer = {
     drawn: lastDrawn.total,
     passes: lastDrawn.passes.slice(),
     instances: [layers[0].count, state.mode === "side" ? layers[1].count : 0],
+    shown: shownCounts[0] + shownCounts[1],
+    shownPerView: shownCounts.slice(),
     counts: JSON.parse(JSON.stringify(counts)),
-    shown: state.shown.slice(),
+    classesShown: state.shown.slice(),
     hasGroundTruth: hasGT,
     hasMask,
     readyMs,
