@@ -170,3 +170,34 @@ def test_cli_view(tmp_path):
     assert bad.exit_code == 2 and "not found" in bad.output
     bad = runner.invoke(app, ["view", str(folder), "--out", str(tmp_path / "x.txt")])
     assert bad.exit_code == 2 and ".html" in bad.output
+
+
+def test_ground_truth_from_infos_fills_frames_without_it(tmp_path, monkeypatch):
+    """--infos: a frame whose file has no ground truth gets the dataset's (here a stand-in for
+    predict.ground_truth_record, which test_predict covers), a frame with its own keeps it."""
+    import tpvkit.outputs.predict as predict_module
+
+    with_gt = make_street(seed=0)
+    without = make_street(seed=1)
+    truth = make_street(seed=1)
+    without.gt_voxels = without.gt_point_labels = None
+    asked = []
+
+    def fake_record(cfg, infos, token):
+        asked.append(token)
+        return truth
+
+    monkeypatch.setattr(predict_module, "ground_truth_record", fake_record)
+    result = write_viewer(
+        [with_gt, without], tmp_path / "s.html", infos=tmp_path / "infos.json", cfg=object()
+    )
+    assert asked == ["street1"] and result.has_ground_truth
+    html = result.path.read_text(encoding="utf-8")
+    data = json.loads(
+        re.search(
+            r'<script type="application/json" id="tpvkit-data">(.*?)</script>', html, re.S
+        ).group(1)
+    )
+    gt_labels, gt_occ = unpack_voxels(data["frames"][1]["gt"], truth.grid_shape)
+    np.testing.assert_array_equal(gt_occ, truth.gt_voxels != 0)
+    assert "gt_point_labels" in data["frames"][1]
