@@ -681,6 +681,13 @@ function wire() {
   const slider = $("slider");
   slider.max = String(DATA.frames.length - 1);
   slider.addEventListener("input", () => setFrame(Number(slider.value)));
+  $("strip").addEventListener("click", (ev) => {
+    const fig = ev.target.closest("figure");
+    if (!fig) return;
+    const big = !fig.classList.contains("big");
+    for (const f of $("strip").children) f.classList.remove("big");
+    fig.classList.toggle("big", big);
+  });
   $("prev").onclick = () => setFrame(state.frame - 1);
   $("next").onclick = () => setFrame(state.frame + 1);
   $("play").onclick = () => setPlaying(!state.playing);
@@ -693,6 +700,7 @@ function wire() {
       " ": () => setPlaying(!state.playing),
       1: () => setMode("prediction"), 2: () => setMode("ground_truth"), 3: () => setMode("side"), 4: () => setMode("difference"),
       b: () => setView("bev"), d: () => setView("driver"), o: () => setView("orbit"), r: () => setView("perspective"),
+      Escape: () => { for (const f of $("strip").children) f.classList.remove("big"); },
       p: () => { if (hasPoints) { state.points = !state.points; $("opt-points").checked = state.points; rebuild(); } },
     };
     const action = keys[ev.key];
