@@ -15,6 +15,7 @@ from tpvkit.outputs.render import (
     FACE_SIDE,
     exposed_faces,
     fit_distance,
+    frame_box,
     look_at_camera,
     rasterize_polygons,
     render_voxels,
@@ -145,6 +146,25 @@ def test_fit_distance_keeps_every_corner_in_view():
             u = cam.focal * p[0] / p[2] + 160
             v = cam.focal * p[1] / p[2] + 120
             assert p[2] > 0 and -1e-6 <= u <= 320 + 1e-6 and -1e-6 <= v <= 240 + 1e-6
+
+
+def test_frame_box_centres_the_projected_box():
+    """A slow check of the framing: project the 8 corners one by one (float64); their extent is
+    centred in the picture and just fits the margin along one axis."""
+    lo, hi = np.array([-20.0, -20.0, -2.0]), np.array([20.0, 20.0, 2.0])
+    for az, el, w, h in [(-90, 40, 320, 240), (30, 25, 200, 300), (-90, 85, 256, 256)]:
+        cam = frame_box(lo, hi, az, el, w, h, margin=0.9)
+        us, vs = [], []
+        for i in range(8):
+            corner = np.where([(i >> a) & 1 for a in range(3)], hi, lo)
+            p = cam.rotation @ (corner - cam.eye)
+            assert p[2] > 0
+            us.append(cam.focal * p[0] / p[2] + w / 2)
+            vs.append(cam.focal * p[1] / p[2] + h / 2)
+        assert abs((min(us) + max(us)) / 2 - w / 2) < 0.5
+        assert abs((min(vs) + max(vs)) / 2 - h / 2) < 0.5
+        fill = max((max(us) - min(us)) / w, (max(vs) - min(vs)) / h)
+        assert 0.88 < fill <= 0.9 + 1e-6, fill
 
 
 def _single_voxel_grid(shape=(3, 3, 3), at=(1, 1, 1), label=4):

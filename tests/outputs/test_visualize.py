@@ -5,21 +5,24 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from outputs_factory import IMAGE_SIZE, camera_matrix, make_prediction
+from outputs_factory import IMAGE_SIZE, camera_matrix, make_prediction, make_street
 from PIL import Image
 from typer.testing import CliRunner
 
 from tpvkit.cli import app
 from tpvkit.constants import PALETTE
+from tpvkit.data.geometry import project_points
 from tpvkit.errors import TpvkitError
 from tpvkit.outputs.prediction_file import save_prediction
 from tpvkit.outputs.visualize import (
+    BACKGROUND,
     ViewOptions,
     bev_image,
+    bev_scale,
     draw_points,
-    project_points,
     render_bev,
     render_cameras,
+    render_voxels_3d,
     top_labels,
     visualize,
 )
@@ -57,9 +60,9 @@ def test_bev_orientation_x_right_y_up():
 
 def test_projection_and_dots():
     P = camera_matrix(0.0)  # looks along LiDAR +y
-    uv, depth, front = project_points(np.array([[0.0, 10.0, 0.0], [0.0, -10.0, 0.0]]), P)
+    uv, depth = project_points(P, np.array([[0.0, 10.0, 0.0], [0.0, -10.0, 0.0]]))
     np.testing.assert_allclose(uv[0], [IMAGE_SIZE[1] / 2, IMAGE_SIZE[0] / 2])
-    assert front.tolist() == [True, False] and depth[0] == pytest.approx(10.0)
+    assert (depth > 0.1).tolist() == [True, False] and depth[0] == pytest.approx(10.0)
     tile = np.zeros((10, 10, 3), np.uint8)
     # Two points on one pixel: the nearer (depth 1) must win whatever the order.
     out = draw_points(
@@ -156,3 +159,81 @@ def test_cli_visualize(tmp_path):
     assert bad.exit_code == 2 and "point_cloud_range" in bad.output
     bad = runner.invoke(app, ["visualize", str(path), "--out", str(tmp_path), "--width", "0"])
     assert bad.exit_code == 2 and "picture size" in bad.output
+
+
+def test_bev_is_big_and_has_a_legend():
+    pred = make_street(grid=(40, 40, 4))
+    assert bev_scale(pred.grid_shape) == 16 and bev_scale((200, 200, 16)) == 3
+    image = render_bev(pred)
+    map_px = 40 * 16
+    # prediction and ground truth maps side by side, then the legend
+    assert image.height >= map_px and image.width > 2 * map_px + 100
+    plain = render_bev(pred, legend=False, scale=2)
+    assert plain.size == (2 * 80 + 12, 80 + 30)
+
+
+def _content_box(image):
+    """Bounding box (left, top, right, bottom) of the non-background pixels."""
+    rows, cols = np.nonzero((np.asarray(image) != BACKGROUND).any(-1))
+    return cols.min(), rows.min(), cols.max(), rows.max()
+
+
+def test_3d_picture_is_centred_titled_and_has_a_legend():
+    pred = make_street(grid=(40, 40, 6))
+    view = ViewOptions(width=480, height=360, supersample=1, edges=False)
+    image = render_voxels_3d(pred, view)
+    assert image.size == (480, 360)  # title and legend fit inside the asked size
+    plain = render_voxels_3d(pred, view, annotate=False)
+    left, top, right, bottom = _content_box(plain)
+    # The voxels' picture is centred in both directions (to 2 % of the size) and fills it.
+    assert abs((left + right) / 2 - 240) < 0.02 * 480 and abs((top + bottom) / 2 - 180) < 0.02 * 360
+    assert right - left > 0.85 * 480 or bottom - top > 0.85 * 360
+    # Annotated: a title strip on top (dark text) and a legend column at the right side with
+    # the swatch of every class drawn.
+    arr = np.asarray(image)
+    assert (arr[:30] < 60).all(-1).any()
+    legend = arr[34:, 480 - 150 :]
+    for cls in np.unique(pred.voxels[pred.occupied]):
+        assert (legend == pred.palette[cls]).all(-1).any(), pred.class_names[cls]
+
+
+def test_video_of_key_frames_and_turntable(tmp_path):
+    import imageio_ffmpeg
+
+    folder = tmp_path / "preds"
+    for seed in range(3):
+        save_prediction(make_street(grid=(24, 24, 4), seed=seed), folder / f"f{seed}.npz")
+    view = ViewOptions(width=200, height=150, supersample=1)
+    paths = visualize(folder, tmp_path / "out", views=["bev"], view=view, video=True)
+    mp4, gif = tmp_path / "out" / "video.mp4", tmp_path / "out" / "video.gif"
+    assert mp4 in paths and gif in paths
+    frames, _ = imageio_ffmpeg.count_frames_and_secs(str(mp4))
+    assert frames == 3 and Image.open(gif).n_frames == 3
+    reader = imageio_ffmpeg.read_frames(str(mp4))
+    meta = next(reader)
+    assert meta["size"][0] % 16 == 0 and meta["size"][1] % 16 == 0
+    first = np.frombuffer(next(reader), np.uint8)
+    assert first.std() > 10  # a picture, not a flat frame
+    reader.close()
+    # One file: a turntable of the asked number of frames.
+    one = visualize(
+        folder / "f0.npz",
+        tmp_path / "one",
+        views=["legend"],
+        view=view,
+        video=True,
+        turntable_steps=5,
+    )
+    frames, _ = imageio_ffmpeg.count_frames_and_secs(str(tmp_path / "one" / "video.mp4"))
+    assert frames == 5 and tmp_path / "one" / "video.gif" in one
+
+
+def test_cli_video_options(tmp_path):
+    path = save_prediction(make_street(grid=(24, 24, 4)), tmp_path / "p.npz")
+    args = ["visualize", str(path), "--out", str(tmp_path / "v"), "--views", "legend"]
+    args += ["--video", "--turntable-frames", "3", "--width", "96", "--height", "64"]
+    result = CliRunner().invoke(app, args + ["--supersample", "1", "--video-fps", "6"])
+    assert result.exit_code == 0, result.output
+    assert "video.mp4" in result.output and (tmp_path / "v" / "video.gif").is_file()
+    bad = CliRunner().invoke(app, args + ["--video-fps", "0"])
+    assert bad.exit_code == 2 and "--video-fps" in bad.output

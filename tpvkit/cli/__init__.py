@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from tpvkit.cli import demo, export, predict, prepare, train, visualize
+from tpvkit.cli import demo, export, predict, prepare, train, view, visualize
 from tpvkit.cli import eval as eval_cmd
 
 app = typer.Typer(
@@ -25,6 +25,7 @@ app.command("eval")(eval_cmd.eval_)
 app.command("predict")(predict.predict)
 app.command("export")(export.export)
 app.command("visualize")(visualize.visualize)
+app.command("view")(view.view)
 app.command("demo")(demo.demo)
 
 

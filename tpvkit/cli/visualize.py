@@ -40,6 +40,17 @@ def visualize(
     ),
     gif: bool = typer.Option(False, "--gif", help="Also write animation.gif over all inputs."),
     frame_ms: int = typer.Option(500, "--frame-ms", help="GIF frame duration (ms)."),
+    video: bool = typer.Option(
+        False,
+        "--video",
+        help="Also write video.mp4 and video.gif: the key frames, or a turntable of one file.",
+    ),
+    video_fps: float = typer.Option(
+        None, "--video-fps", help="Video frame rate (default: 2 for key frames, 12 turntable)."
+    ),
+    turntable_frames: int = typer.Option(
+        48, "--turntable-frames", help="Frames of a one-file turntable video (a full turn)."
+    ),
     device: str = typer.Option("cpu", "--device", help="Renderer device: cpu | cuda."),
 ) -> None:
     """Render pictures without a display: cameras, bird's-eye map, 3D voxels, legend."""
@@ -72,6 +83,9 @@ def visualize(
             mirror_back=mirror_back,
             gif=gif,
             gif_frame_ms=frame_ms,
+            video=video,
+            video_fps=video_fps,
+            turntable_steps=turntable_frames,
         )
         for path in paths:
             typer.echo(f"wrote {path}")

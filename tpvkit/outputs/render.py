@@ -100,20 +100,64 @@ def fit_distance(
     height: int,
     fov_deg: float = 40.0,
     margin: float = 0.95,
+    target: np.ndarray | None = None,
 ) -> float:
-    """The distance from the box centre at which the box's 8 corners just fit in the picture
-    (within `margin` of the half-width and half-height) for this viewing direction."""
+    """The distance from `target` (default: the box centre) at which the box's 8 corners just
+    fit in the picture (within `margin` of the half-width and half-height) for this viewing
+    direction."""
     box_min, box_max = np.asarray(box_min, np.float64), np.asarray(box_max, np.float64)
-    center = (box_min + box_max) / 2
+    center = (box_min + box_max) / 2 if target is None else np.asarray(target, np.float64)
     cam = look_at_camera(center, azimuth_deg, elevation_deg, 1.0, width, height, fov_deg)
-    bits = np.array([[i & 1, (i >> 1) & 1, (i >> 2) & 1] for i in range(8)], dtype=np.float64)
-    rel = box_min + bits * (box_max - box_min) - center  # (8, 3) corners around the centre
+    rel = _box_corners(box_min, box_max) - center  # (8, 3) corners around the target
     x, y, along = rel @ cam.right, rel @ -cam.up, rel @ cam.forward
     # A corner at camera depth D + along projects to focal * x / (D + along); solve for D.
     need_x = cam.focal * np.abs(x) / (margin * width / 2) - along
     need_y = cam.focal * np.abs(y) / (margin * height / 2) - along
     nearest = float(np.max(-along)) + cam.near  # keep every corner in front of the eye
     return max(float(np.max(need_x)), float(np.max(need_y)), nearest, 1e-3)
+
+
+def _box_corners(box_min: np.ndarray, box_max: np.ndarray) -> np.ndarray:
+    bits = np.array([[i & 1, (i >> 1) & 1, (i >> 2) & 1] for i in range(8)], dtype=np.float64)
+    return box_min + bits * (box_max - box_min)  # (8, 3)
+
+
+def frame_box(
+    box_min: np.ndarray,
+    box_max: np.ndarray,
+    azimuth_deg: float,
+    elevation_deg: float,
+    width: int,
+    height: int,
+    fov_deg: float = 40.0,
+    margin: float = 0.92,
+    iterations: int = 4,
+) -> Camera:
+    """A camera from this direction whose picture holds the box's 8 corners, centred.
+
+    Looking at the box's centre leaves its picture off-centre (from above and behind, the near
+    bottom edge reaches the picture's bottom while the top stays empty). So the target is moved
+    in the image plane until the corners' projected extent is centred, and the distance is fitted
+    again; a few rounds converge to well under a pixel.
+    """
+    box_min, box_max = np.asarray(box_min, np.float64), np.asarray(box_max, np.float64)
+    corners = _box_corners(box_min, box_max)
+    target = (box_min + box_max) / 2
+    for _ in range(iterations):
+        distance = fit_distance(
+            box_min, box_max, azimuth_deg, elevation_deg, width, height, fov_deg, margin, target
+        )
+        cam = look_at_camera(target, azimuth_deg, elevation_deg, distance, width, height, fov_deg)
+        p = (corners - cam.eye) @ cam.rotation.T  # (8, 3) camera frame
+        u = cam.focal * p[:, 0] / p[:, 2]
+        v = cam.focal * p[:, 1] / p[:, 2]
+        du, dv = (u.min() + u.max()) / 2, (v.min() + v.max()) / 2  # pixels off the centre
+        # A shift of the target by s metres along `right` moves the picture by focal * s / D.
+        target = target + (du * cam.right - dv * cam.up) * distance / cam.focal
+    distance = fit_distance(
+        box_min, box_max, azimuth_deg, elevation_deg, width, height, fov_deg, margin, target
+    )
+    return look_at_camera(target, azimuth_deg, elevation_deg, distance, width, height, fov_deg)
 
 
 # ---------------------------------------------------------------------------------------------

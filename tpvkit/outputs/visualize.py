@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from tpvkit.data.geometry import project_points
 from tpvkit.errors import TpvkitError
 from tpvkit.outputs.export import resolve_excluded
 from tpvkit.outputs.prediction_file import (
@@ -20,7 +21,7 @@ from tpvkit.outputs.prediction_file import (
     load_prediction,
     voxel_centers,
 )
-from tpvkit.outputs.render import fit_distance, look_at_camera, render_voxels
+from tpvkit.outputs.render import frame_box, look_at_camera, render_voxels
 from tpvkit.utils.io import atomic_path
 
 # Rig layout of cameras.png: each tile sits on the side of the car it looks at.
@@ -32,6 +33,10 @@ VIEWS: tuple[str, ...] = ("cameras", "bev", "voxels_3d", "legend")
 BACKGROUND = (255, 255, 255)
 FREE_BEV = (24, 24, 28)  # empty columns: dark, since "manmade" is nearly white
 TEXT = (20, 20, 20)
+MIN_DEPTH = 0.1  # metres: points nearer to (or behind) a camera are not drawn on its image
+BEV_TARGET_PX = 640  # default bird's-eye maps are about this many pixels on their long side
+# 3D pictures get a title strip and a legend column when they are at least this big.
+ANNOTATE_MIN_SIZE = (400, 300)
 
 
 @dataclass
@@ -171,14 +176,25 @@ def _draw_ego(image: Image.Image, pred: Prediction, scale: int) -> None:
     )
 
 
+def bev_scale(grid_shape: Sequence[int], target_px: int = BEV_TARGET_PX) -> int:
+    """Pixels per voxel column so that the map's long side is about `target_px` (at least 2)."""
+    return max(2, round(target_px / max(int(grid_shape[0]), int(grid_shape[1]))))
+
+
 def render_bev(
-    pred: Prediction, exclude: Sequence[str] | None = None, scale: int = 3
+    pred: Prediction,
+    exclude: Sequence[str] | None = None,
+    scale: int | None = None,
+    legend: bool = True,
 ) -> Image.Image:
-    """bev.png: the prediction's bird's-eye map, beside the ground truth when the file has it.
+    """bev.png: the prediction's bird's-eye map, beside the ground truth when the file has it,
+    with a legend of the classes drawn. `scale` (pixels per voxel column) defaults to a map of
+    about BEV_TARGET_PX pixels.
 
     Voxels give the map unless every voxel counts as occupied (occupancy rule "all", nothing to
     see from above); then the labelled points are drawn instead.
     """
+    scale = bev_scale(pred.grid_shape) if scale is None else int(scale)
     shown = ~resolve_excluded(pred, exclude)
     panels = []
     use_points = pred.occupancy_rule == "all" and pred.point_labels is not None
@@ -216,6 +232,12 @@ def render_bev(
         im = Image.fromarray(rgb)
         _draw_ego(im, pred, scale)
         images.append(_titled(im, title))
+    if legend:
+        present = np.zeros(pred.num_classes, bool)
+        present[np.unique(pred.voxels[pred.occupied])] = True
+        if pred.gt_voxels is not None:
+            present[np.unique(pred.gt_voxels[pred.gt_voxels != 0])] = True
+        images.append(render_legend(pred.class_names, pred.palette, shown & present))
     return _side_by_side(images)
 
 
@@ -243,31 +265,38 @@ def render_voxels_3d(
     exclude: Sequence[str] | None = None,
     ground_truth: bool = False,
     fit_box: tuple[np.ndarray, np.ndarray] | None = None,
+    annotate: bool | None = None,
+    title: str | None = None,
 ) -> Image.Image:
     """voxels_3d.png: a perspective rendering of the shown voxels from `view`.
 
-    The eye looks at the centre of `fit_box` (default: the bounding box of the shown voxels, or
-    the whole grid when none is shown); distance None fits that box into the picture.
+    The eye looks from the view's direction at `fit_box` (default: the bounding box of the shown
+    voxels, or the whole grid when none is shown); distance None frames that box, centred, in the
+    picture. `annotate` (default: pictures of at least ANNOTATE_MIN_SIZE) adds a title strip and
+    a legend of the drawn classes with their voxel counts; the picture keeps the view's size.
     """
     view = view or ViewOptions()
     labels, occupied = shown_voxels(pred, exclude, ground_truth)
     if fit_box is None:
         fit_box = occupied_box(pred, occupied)
+    if annotate is None:
+        annotate = view.width >= ANNOTATE_MIN_SIZE[0] and view.height >= ANNOTATE_MIN_SIZE[1]
+    title_h = 34 if annotate else 0
+    legend_w = _legend_width(view.width) if annotate else 0
+    width, height = view.width - legend_w, view.height - title_h
     box_min, box_max = fit_box
-    distance = view.distance
-    if distance is None:
-        distance = fit_distance(
-            box_min, box_max, view.azimuth, view.elevation, view.width, view.height, view.fov
+    if view.distance is None:
+        camera = frame_box(box_min, box_max, view.azimuth, view.elevation, width, height, view.fov)
+    else:
+        camera = look_at_camera(
+            (box_min + box_max) / 2,
+            view.azimuth,
+            view.elevation,
+            view.distance,
+            width,
+            height,
+            view.fov,
         )
-    camera = look_at_camera(
-        (box_min + box_max) / 2,
-        view.azimuth,
-        view.elevation,
-        distance,
-        view.width,
-        view.height,
-        view.fov,
-    )
     rgb = render_voxels(
         labels,
         occupied,
@@ -280,7 +309,26 @@ def render_voxels_3d(
         supersample=view.supersample,
         device=view.device,
     )
-    return Image.fromarray(rgb)
+    image = Image.fromarray(rgb)
+    if not annotate:
+        return image
+    if title is None:
+        kind = "ground truth" if ground_truth else "prediction"
+        title = f"{kind} · {pred.token}"
+    counts = np.bincount(labels[occupied].astype(np.int64), minlength=pred.num_classes)
+    out = Image.new("RGB", (view.width, view.height), BACKGROUND)
+    out.paste(image, (0, title_h))
+    draw = ImageDraw.Draw(out)
+    draw.text((12, 7), title, fill=TEXT, font=_font(20))
+    draw.line([(0, title_h - 1), (view.width, title_h - 1)], fill=(225, 225, 225))
+    legend = render_legend(pred.class_names, pred.palette, counts > 0, counts=counts)
+    legend.thumbnail((legend_w, height))
+    out.paste(legend, (width, title_h))
+    return out
+
+
+def _legend_width(picture_width: int) -> int:
+    return min(240, max(150, picture_width // 5))
 
 
 def occupied_box(pred: Prediction, occupied: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -297,17 +345,6 @@ def occupied_box(pred: Prediction, occupied: np.ndarray) -> tuple[np.ndarray, np
 
 # ---------------------------------------------------------------------------------------------
 # Cameras
-
-
-def project_points(
-    points: np.ndarray, lidar2img: np.ndarray, min_depth: float = 0.1
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(N, 3) LiDAR xyz -> pixel (u, v) (N, 2), depth (N,), in_front (N,) bool."""
-    homo = np.concatenate([points, np.ones((len(points), 1))], axis=1) @ np.asarray(lidar2img).T
-    depth = homo[:, 2]
-    in_front = depth > min_depth
-    uv = homo[:, :2] / np.where(in_front, depth, 1.0)[:, None]
-    return uv, depth, in_front
 
 
 def draw_points(
@@ -348,7 +385,8 @@ def _camera_tile(
     else:
         warnings.warn(f"camera image not found: {path}; drawing on grey", stacklevel=3)
         base = np.full((tile_height, tile_width, 3), 90, dtype=np.uint8)
-    uv, depth, in_front = project_points(xyz, pred.cam_lidar2img[cam_index])
+    uv, depth = project_points(pred.cam_lidar2img[cam_index], xyz)
+    in_front = depth > MIN_DEPTH
     uv = uv[in_front] * np.array([tile_width / orig_w, tile_height / orig_h])
     tile = draw_points(base, uv, depth[in_front], colors[in_front], radius)
     return Image.fromarray(tile)
@@ -416,20 +454,29 @@ def render_cameras(
 
 
 def render_legend(
-    class_names: Sequence[str], palette: np.ndarray, shown: np.ndarray | None = None
+    class_names: Sequence[str],
+    palette: np.ndarray,
+    shown: np.ndarray | None = None,
+    counts: np.ndarray | None = None,
 ) -> Image.Image:
-    """legend.png: a colour swatch and the id and name of every shown class, one per row."""
+    """legend.png: a colour swatch and the id and name of every shown class, one per row; with
+    `counts` (C,) the class's voxel count follows its name."""
     ids = [i for i in range(len(class_names)) if shown is None or shown[i]]
     font = _font(16)
     row_h, swatch, pad = 24, 18, 10
-    width = 300
+    width = 300 if counts is None else 240
     out = Image.new("RGB", (width, pad * 2 + row_h * max(1, len(ids))), BACKGROUND)
     draw = ImageDraw.Draw(out)
     for row, cls in enumerate(ids):
         y = pad + row * row_h
         color = tuple(int(c) for c in palette[cls])
         draw.rectangle([pad, y, pad + swatch, y + swatch], fill=color, outline=(60, 60, 60))
-        draw.text((pad + swatch + 10, y + 1), f"{cls:2d}  {class_names[cls]}", fill=TEXT, font=font)
+        name = class_names[cls] if counts is None else class_names[cls][:16]
+        text = f"{cls:2d}  {name}" if counts is None else name
+        draw.text((pad + swatch + 10, y + 1), text, fill=TEXT, font=font)
+        if counts is not None:
+            number = f"{int(counts[cls])}"
+            draw.text((width - pad, y + 1), number, fill=(110, 110, 110), font=font, anchor="ra")
     return out
 
 
@@ -500,41 +547,15 @@ def make_gif(
     exclude: Sequence[str] | None = None,
     frame_ms: int = 500,
 ) -> Path:
-    """An animated GIF over samples: each frame the 3D voxels beside the bird's-eye map.
+    """An animated GIF over samples: each frame the 3D voxels (titled, with a legend) beside the
+    bird's-eye map.
 
     Frames follow the samples' timestamps when known (else the given order); all frames share
     one eye, fitted to the whole grid, so the motion between frames is the scene's.
     """
-    if not preds:
-        raise TpvkitError("a GIF needs at least one prediction file")
-    preds = (
-        sorted(preds, key=lambda p: p.timestamp) if all(p.timestamp >= 0 for p in preds) else preds
-    )
-    view = view or ViewOptions()
-    frames = []
-    for pred in preds:
-        grid_box = (
-            pred.point_cloud_range[:3],
-            pred.point_cloud_range[:3] + pred.voxel_size * np.array(pred.grid_shape),
-        )
-        voxels = render_voxels_3d(pred, view, exclude, fit_box=grid_box)
-        bev = render_bev(pred, exclude)
-        bev = bev.resize(
-            (max(1, round(bev.width * voxels.height / bev.height)), voxels.height), Image.BILINEAR
-        )
-        frame = _titled(_side_by_side([voxels, bev]), pred.token)
-        frames.append(frame.convert("P", palette=Image.ADAPTIVE, colors=256))
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        frames[0].save(
-            tmp,
-            format="GIF",
-            save_all=True,
-            append_images=frames[1:],
-            duration=frame_ms,
-            loop=0,
-        )
-    return out
+    from tpvkit.outputs.video import key_frame_images, write_gif
+
+    return write_gif(key_frame_images(preds, view, exclude), out, frame_ms)
 
 
 def visualize(
@@ -547,10 +568,14 @@ def visualize(
     mirror_back: bool = False,
     gif: bool = False,
     gif_frame_ms: int = 500,
+    video: bool = False,
+    video_fps: float | None = None,
+    turntable_steps: int = 48,
 ) -> list[Path]:
     """Pictures of one prediction file (into `out_dir`) or of several (a folder of .npz or a
-    list: one sub-folder per sample token), and with `gif` an animation.gif over all of them.
-    Returns the written paths."""
+    list: one sub-folder per sample token), with `gif` an animation.gif over all of them, and
+    with `video` a video.mp4 and video.gif (key frames, or a turntable of a single file; see
+    tpvkit.outputs.video.write_video). Returns the written paths."""
     items = _inputs(input)
     out_dir = Path(out_dir)
     written: list[Path] = []
@@ -564,6 +589,10 @@ def visualize(
         )
     if gif:
         written.append(make_gif(preds, out_dir / "animation.gif", view, exclude, gif_frame_ms))
+    if video:
+        from tpvkit.outputs.video import write_video
+
+        written += write_video(preds, out_dir, view, exclude, video_fps, turntable_steps)
     return written
 
 

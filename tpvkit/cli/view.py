@@ -1,0 +1,54 @@
+"""`tpvkit view INPUT... --out scene.html`: the interactive viewer page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from tpvkit.cli._common import load_cli_config, user_errors
+
+
+def view(
+    inputs: list[Path] = typer.Argument(
+        ...,
+        help="Prediction .npz files (a scene's key frames), or folders of them.",
+    ),
+    out: Path = typer.Option(..., "--out", help="The HTML file to write (opens offline)."),
+    infos: Path = typer.Option(
+        None, "--infos", help="Info file giving ground truth to frames whose file has none."
+    ),
+    config: str = typer.Option(
+        "tpv_lidarseg_base",
+        "--config",
+        help="Config fixing the voxel grid of the ground truth (--infos).",
+    ),
+    set_: list[str] = typer.Option(None, "--set", help="Config override for --infos (repeatable)."),
+    max_points: int = typer.Option(
+        60_000, "--max-points", help="LiDAR points kept per frame (0: none)."
+    ),
+    cameras: bool = typer.Option(
+        True, "--cameras/--no-cameras", help="Embed the six camera images of each frame."
+    ),
+    image_width: int = typer.Option(352, "--image-width", help="Width of each camera image."),
+    jpeg_quality: int = typer.Option(72, "--jpeg-quality", help="JPEG quality of the images."),
+    title: str = typer.Option(None, "--title", help="Page title (default: the scene token)."),
+) -> None:
+    """Write one self-contained HTML file: an interactive 3D viewer of the predictions."""
+    with user_errors():
+        from tpvkit.outputs.view import ViewerOptions, write_viewer
+        from tpvkit.utils.io import check_output_file
+
+        check_output_file(out)
+        options = ViewerOptions(
+            max_points=max_points,
+            cameras=cameras,
+            image_width=image_width,
+            jpeg_quality=jpeg_quality,
+            title=title,
+        )
+        cfg = load_cli_config(config, set_) if infos is not None else None
+        result = write_viewer(inputs, out, options, infos=infos, cfg=cfg)
+        size_mb = result.size_bytes / 1e6
+        gt = ", with ground truth" if result.has_ground_truth else ""
+        typer.echo(f"wrote {result.path} ({result.num_frames} frames{gt}, {size_mb:.2f} MB)")

@@ -1,0 +1,2 @@
+"""Package data of `tpvkit view`: the page template, its script and the vendored three.js
+(read with importlib.resources by tpvkit.outputs.view)."""
