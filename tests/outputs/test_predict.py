@@ -12,8 +12,9 @@ from typer.testing import CliRunner
 from tpvkit.cli import app
 from tpvkit.config import load_config
 from tpvkit.data.geometry import point_voxel_indices, voxel_grid_shape
+from tpvkit.engine.predict import predict
 from tpvkit.errors import TpvkitError
-from tpvkit.outputs.predict import argmax_voxels, predict, select_samples, voxel_size_of
+from tpvkit.outputs.predict import argmax_voxels, select_samples, voxel_size_of
 from tpvkit.outputs.prediction_file import load_prediction, voxel_centers
 
 OVERRIDES = ["data.num_workers=0", "train.device=cpu"]

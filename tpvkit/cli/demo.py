@@ -13,8 +13,14 @@ def demo(
     work_dir: Path = typer.Option(
         Path("work_dirs/demo"), "--work-dir", help="Where everything goes."
     ),
+    iters: int = typer.Option(
+        None,
+        "--iters",
+        min=1,
+        help="Training iterations (default 480: about 3-4 min in all on 2 CPU cores).",
+    ),
     minutes: float = typer.Option(
-        3.5, "--minutes", min=0.05, help="Training budget in minutes (CPU: ~3-4 is enough)."
+        None, "--minutes", hidden=True, help="Deprecated and ignored: use --iters."
     ),
     set_: list[str] = typer.Option(
         None, "--set", help="Config override for training, dotted.key=value (repeatable)."
@@ -22,9 +28,17 @@ def demo(
 ) -> None:
     """Synthetic data -> info files -> train tpv_tiny on CPU -> eval -> predict, export, render.
 
-    Running it again in the same --work-dir reuses the data and continues training.
+    The schedule is a fixed number of iterations, so two runs on one machine print the same
+    metrics. Running it again in the same --work-dir reuses the data and the trained model.
     """
     with user_errors():
-        from tpvkit.engine.demo import run_demo
+        from tpvkit.engine.demo import DEMO_ITERS, run_demo
 
-        run_demo(work_dir, minutes=minutes, overrides=set_ or [])
+        if minutes is not None:
+            typer.secho(
+                "warning: --minutes is deprecated and ignored: the demo trains a fixed schedule "
+                "(--iters) so that its result does not depend on machine load",
+                fg=typer.colors.YELLOW,
+                err=True,
+            )
+        run_demo(work_dir, iters=iters or DEMO_ITERS, overrides=set_ or [])

@@ -189,7 +189,7 @@ _LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 
 
 def _torch_file_kind(path: Path) -> str:
-    """"zip" (torch >= 1.6), "legacy", "truncated" (a zip cut short) or "other" (not torch)."""
+    """ "zip" (torch >= 1.6), "legacy", "truncated" (a zip cut short) or "other" (not torch)."""
     import zipfile
 
     with open(path, "rb") as fh:
@@ -317,6 +317,18 @@ def contract_differences(stored: Mapping[str, Any], cfg: Config) -> list[tuple[s
     return diffs
 
 
+def check_contract(stored: Mapping[str, Any], cfg: Config, path: str | Path) -> None:
+    """Refuse `cfg` where it differs from the checkpoint's stored config on the input contract,
+    naming every key, both values and the pasteable `--set` that matches the checkpoint."""
+    diffs = contract_differences(stored, cfg)
+    if diffs:
+        raise CheckpointError(
+            f"checkpoint {path} was trained with a different model config or input contract: "
+            f"{format_config_differences(diffs)}. Use the config it was trained with (leave "
+            f"CONFIG out to use the one it stores), or add: {format_overrides(diffs)}"
+        )
+
+
 def format_config_differences(diffs: list[tuple[str, Any, Any]]) -> str:
     return "; ".join(f"{key} {old!r} (checkpoint) vs {new!r} (config)" for key, old, new in diffs)
 
@@ -434,14 +446,7 @@ def apply_model_weights(
     path = Path(path)
     state, stored_cfg = _extract_state_dict(obj, path)
     if check_config and stored_cfg is not None:
-        diffs = contract_differences(stored_cfg, cfg)
-        if diffs:
-            raise CheckpointError(
-                f"checkpoint {path} was trained with a different model config or input "
-                f"contract: {format_config_differences(diffs)}. Use the config it was trained "
-                f"with (leave CONFIG out to use the one it stores), or add: "
-                f"{format_overrides(diffs)}"
-            )
+        check_contract(stored_cfg, cfg, path)
     state = strip_module_prefix(state)
     target = unwrap_model(model)
     source = "tpvkit" if is_tpvkit_checkpoint(obj) else "state_dict"

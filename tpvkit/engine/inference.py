@@ -21,6 +21,7 @@ from tpvkit.constants import CLASS_NAMES, NUM_CLASSES
 from tpvkit.engine.checkpoint import (
     CheckpointError,
     apply_model_weights,
+    check_contract,
     is_tpvkit_checkpoint,
     load_checkpoint_file,
 )
@@ -135,6 +136,9 @@ def load_for_inference(
         )
     obj = load_checkpoint_file(path)
     cfg, origin = resolve_inference_config(obj, path, cfg, overrides)
+    stored = _stored_config(obj, path)
+    if stored is not None:  # before the model is built: a mismatch may not even build
+        check_contract(stored, cfg, path)
     torch_device = select_device(device or cfg.train.device)
     model = build_model(cfg.model)
     meta = apply_model_weights(model, obj, cfg, path)
@@ -340,8 +344,8 @@ class PredictionFileSink:
         self.written: list[Path] = []
 
     def add(self, batch: Mapping[str, Any], out: Mapping[str, torch.Tensor]) -> None:
-        from tpvkit.outputs.prediction_file import safe_file_stem, save_prediction
         from tpvkit.outputs.predict import build_prediction
+        from tpvkit.outputs.prediction_file import safe_file_stem, save_prediction
 
         for b, token in enumerate(batch["tokens"]):
             sample = self.samples[str(token)]
