@@ -178,3 +178,22 @@ def test_cli_predict_export_visualize(tmp_path, tiny):
         assert (tmp_path / "vis" / name).is_file(), name
     bad = runner.invoke(app, args + ["--tokens", "zzz"])
     assert bad.exit_code == 2 and "zzz" in bad.output
+
+
+def test_outputs_import_nothing_from_engine():
+    """outputs/ holds file formats, metrics maths and pictures; the loops live in engine/."""
+    import ast
+    from pathlib import Path
+
+    import tpvkit.outputs
+
+    for path in Path(tpvkit.outputs.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                assert not name.startswith("tpvkit.engine"), f"{path.name} imports {name}"

@@ -5,9 +5,11 @@ dicts, lists, numbers and strings only. RNG states (tpvkit.utils.rng) are stored
 lists, the config as the plain dict of `tpvkit.config.to_dict`. Files are written through
 `tpvkit.utils.io.atomic_path` so that a crash at any moment leaves the previous checkpoint intact.
 
-`load_model_weights` is what eval and predict call: it accepts a tpvkit checkpoint, a bare state
-dict, or a public TPVFormer checkpoint (mapped with `public_to_tpvkit`), and refuses one that does
-not fit the config with a message naming what differs.
+`apply_model_weights` (through tpvkit.engine.inference.load_for_inference for eval and predict)
+accepts a tpvkit checkpoint, a bare state dict, or a public TPVFormer checkpoint (mapped with
+`public_to_tpvkit`), and refuses one that does not fit the config with a message naming what
+differs. The checkpoint's contract is its stored model.* (less RUNTIME_MODEL_KEYS) and the
+INPUT_CONTRACT_KEYS of data.*.
 """
 
 from __future__ import annotations
