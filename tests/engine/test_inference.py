@@ -136,6 +136,24 @@ def test_a_public_checkpoint_needs_a_config(tmp_path: Path) -> None:
     assert "p.pth is a public TPVFormer checkpoint and stores no config" in str(err.value)
 
 
+def test_a_public_checkpoint_loads_for_inference_under_a_given_config(tmp_path: Path) -> None:
+    from tpvkit.models.checkpoint_keys import tpvkit_to_public
+    from tpvkit.models.tpvformer import build_model
+
+    cfg = load_config("tpv_tiny", ["model.encoder.num_hab=0", "train.device=cpu"])
+    torch.manual_seed(1)
+    src = build_model(cfg.model)
+    public = {f"module.{k}": v for k, v in tpvkit_to_public(src.state_dict()).items()}
+    torch.save({"state_dict": public, "meta": {"iter": 5}}, tmp_path / "public.pth")
+    loaded = load_for_inference(tmp_path / "public.pth", cfg, ["data.num_workers=0"])
+    assert loaded.source == "public" and loaded.config_from == "given"
+    for key, value in src.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[key], value), key
+    result = _invoke(["eval", str(tmp_path / "public.pth"), "--infos", "x.json"])
+    assert result.exit_code == 2
+    assert "give CONFIG: " in _one_line_error(result.output)
+
+
 @pytest.mark.parametrize("value", [[4, 8, 8], [224, 400], [0.0, 0.5, -1.25], True, "tpvformer"])
 def test_printed_overrides_parse_back_to_the_value(value) -> None:
     text = override_text("model.encoder.num_points_ica", value)
