@@ -124,16 +124,17 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
-def _stored_train_config(train_dir: Path, cfg: Config) -> Config:
+def _stored_train_config(train_dir: Path, cfg: Config) -> tuple[Config, int]:
     """`cfg` with the schedule keys of the run already in `train_dir` (a second run finishes or
-    reuses that run rather than starting another schedule)."""
+    reuses that run rather than starting another schedule), and the iterations it has done."""
     from tpvkit.engine.checkpoint import load_checkpoint_file
 
     path = find_resume_checkpoint(train_dir)
     assert path is not None
-    stored = load_checkpoint_file(path)["config"]["train"]
+    ckpt = load_checkpoint_file(path)
+    stored = ckpt["config"]["train"]
     keys = ("max_iters", "val_interval", "ckpt_interval")
-    return apply_overrides(cfg, {f"train.{k}": stored[k] for k in keys})
+    return apply_overrides(cfg, {f"train.{k}": stored[k] for k in keys}), int(ckpt["iteration"])
 
 
 def run_demo(
@@ -189,13 +190,14 @@ def run_demo(
 
     cfg = demo_config(data_root, iters, overrides)
     train_dir = work_dir / "train"
+    done = 0
     if find_resume_checkpoint(train_dir) is not None:  # a second run continues the first one's
-        cfg = _stored_train_config(train_dir, cfg)
+        cfg, done = _stored_train_config(train_dir, cfg)
     iters = cfg.train.max_iters
-    _banner(f"2/5 train {DEMO_CONFIG} for {iters} iterations")
+    _banner(f"2/5 train {DEMO_CONFIG} for {iters} iterations" + (f" ({done} done)" if done else ""))
     per_iter = seconds_per_iteration(cfg)
     train_start = time.monotonic()
-    eta = estimated_seconds(iters, per_iter)
+    eta = estimated_seconds(max(iters - done, 0), per_iter)
     log(
         f"{per_iter:.2f} s/iteration measured here: the demo should end in about {_clock(eta)} "
         f"(min:s; {_clock(train_start - start)} so far)"
