@@ -26,6 +26,9 @@ RESULT_KEYS = (
 
 @pytest.mark.slow
 def test_demo_runs_every_stage_and_repeats_its_metrics(tmp_path, synthetic_root, capsys):
+    import torch
+
+    threads = torch.get_num_threads()
     metrics = []
     for name in ("a", "b"):
         work = tmp_path / name
@@ -48,6 +51,7 @@ def test_demo_runs_every_stage_and_repeats_its_metrics(tmp_path, synthetic_root,
         metrics.append({k: stored[k] for k in RESULT_KEYS})
         summary = [line for line in out.splitlines() if line.startswith("mini_val mIoU")]
     assert metrics[0] == metrics[1]
+    assert torch.get_num_threads() == threads  # the demo's own thread count is not left behind
     assert len(summary) == 1
 
 

@@ -163,7 +163,28 @@ def run_demo(
     work_dir = Path(work_dir)
     data_root = work_dir / "data"
     paths: dict[str, list[Path]] = {}
+    threads = torch.get_num_threads()
     torch.set_num_threads(DEMO_THREADS)
+    try:
+        return _run_stages(
+            work_dir, data_root, paths, iters, scenes, samples_per_scene, overrides, log, start
+        )
+    finally:
+        torch.set_num_threads(threads)  # a caller (a test session) keeps its own setting
+
+
+def _run_stages(
+    work_dir: Path,
+    data_root: Path,
+    paths: dict[str, list[Path]],
+    iters: int,
+    scenes: int,
+    samples_per_scene: int,
+    overrides: list[str] | None,
+    log: Callable[[str], None],
+    start: float,
+) -> dict[str, Any]:
+    """The five stages of run_demo, under its fixed thread count."""
 
     # 1. Data -----------------------------------------------------------------------------
     _banner("1/5 synthetic data")
