@@ -138,7 +138,7 @@ def test_missing_file_is_a_clear_error(tmp_path):
 def test_truncated_file_is_a_clear_error(tmp_path):
     path = save_checkpoint({"w": torch.arange(100.0)}, tmp_path / "x.pth")
     path.write_bytes(path.read_bytes()[:40])
-    with pytest.raises(CheckpointError, match="cannot be read"):
+    with pytest.raises(CheckpointError, match=r"truncated/corrupt.*copied completely"):
         load_checkpoint_file(path)
 
 
@@ -263,3 +263,42 @@ def test_real_tiny_model_round_trips_through_the_public_layout(tmp_path):
     other = load_config("tpv_tiny", ["model.encoder.num_hcab=2", "model.encoder.num_hab=1"])
     with pytest.raises(TpvkitError, match=r"public TPVFormer checkpoint .*public\.pth: .*HCAB"):
         load_model_weights(build_model(other.model), tmp_path / "public.pth", other)
+
+
+def test_the_input_contract_compares_what_the_network_sees_and_not_runtime_keys():
+    from tpvkit.engine.checkpoint import INPUT_CONTRACT_KEYS, contract_differences
+
+    trained = Config()
+    runtime = apply_overrides(
+        trained,
+        [
+            "data.batch_size=4",
+            "data.num_workers=0",
+            "data.photometric_aug=false",
+            "data.grid_mask=false",
+            "data.dataroot=/elsewhere",
+            "data.val_infos=x.json",
+            "eval.batch_size=3",
+            "train.device=cpu",
+            "model.encoder.msda_backend=ref",
+        ],
+    )
+    assert contract_differences(to_dict(trained), runtime) == []
+    changed = apply_overrides(
+        trained, ["data.to_rgb=true", "data.img_size=[224,400]", "model.num_classes=18"]
+    )
+    diffs = {key: (old, new) for key, old, new in contract_differences(to_dict(trained), changed)}
+    assert diffs == {
+        "model.num_classes": (17, 18),
+        "data.to_rgb": (False, True),
+        "data.img_size": ([900, 1600], [224, 400]),
+    }
+    assert set(INPUT_CONTRACT_KEYS) >= {"data.img_mean", "data.img_std", "data.voxel_convention"}
+    # A stored config without data.* (an older checkpoint) is compared against the defaults.
+    older = {"model": to_dict(trained)["model"]}
+    assert contract_differences(older, trained) == []
+    assert [d[0] for d in contract_differences(older, changed)] == [
+        "model.num_classes",
+        "data.img_size",
+        "data.to_rgb",
+    ]

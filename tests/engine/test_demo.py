@@ -1,28 +1,62 @@
-"""`tpvkit demo` end to end on the session's synthetic data (shrunken model, seconds of training):
-every stage runs and every path it reports exists."""
+"""`tpvkit demo` end to end on the session's synthetic data (shrunken model, a few iterations):
+every stage runs, every path it reports exists, the fixed schedule completes, and a second
+run in another work dir prints the same metrics."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 from train_helpers import REAL_TINY
 
-from tpvkit.engine.demo import run_demo
+from tpvkit.engine.demo import estimated_seconds, run_demo
+
+# Everything in metrics.json that is a result (not a path, a time or the device).
+RESULT_KEYS = (
+    "miou",
+    "iou_per_class",
+    "miou_voxel",
+    "iou_per_class_voxel",
+    "num_samples",
+    "confusion_matrix",
+    "confusion_matrix_voxel",
+    "num_points",
+)
 
 
 @pytest.mark.slow
-def test_demo_runs_every_stage_and_reports_existing_paths(tmp_path, synthetic_root, capsys):
-    work = tmp_path / "demo"
-    work.mkdir()
-    (work / "data").symlink_to(synthetic_root, target_is_directory=True)  # reused, not written
-    result = run_demo(work, minutes=0.05, overrides=[*REAL_TINY, "train.log_interval=5"])
-    out = capsys.readouterr().out
-    for stage in ("data", "train", "eval", "predict", "export", "render"):
-        assert result["paths"][stage], stage
-        for path in result["paths"][stage]:
-            assert path.exists(), path
-            assert str(path) in out  # every path is printed
-    assert len(result["paths"]["predict"]) == 2
-    assert any(p.suffix == ".png" for p in result["paths"]["render"])
-    assert result["metrics"]["num_samples"] > 0 and "mIoU (points)" in out
-    assert (work / "eval" / "metrics.json").is_file()
-    assert "reusing the synthetic dataroot" in out
+def test_demo_runs_every_stage_and_repeats_its_metrics(tmp_path, synthetic_root, capsys):
+    import torch
+
+    threads = torch.get_num_threads()
+    metrics = []
+    for name in ("a", "b"):
+        work = tmp_path / name
+        work.mkdir()
+        (work / "data").symlink_to(synthetic_root, target_is_directory=True)  # reused, unwritten
+        result = run_demo(work, iters=3, overrides=[*REAL_TINY, "train.log_interval=1"])
+        out = capsys.readouterr().out
+        for stage in ("data", "train", "eval", "predict", "export", "render"):
+            assert result["paths"][stage], stage
+            for path in result["paths"][stage]:
+                assert path.exists(), path
+                assert str(path) in out  # every path is printed
+        assert len(result["paths"]["predict"]) == 2
+        assert any(p.suffix == ".png" for p in result["paths"]["render"])
+        assert result["metrics"]["num_samples"] > 0 and "mIoU (points)" in out
+        assert "reusing the synthetic dataroot" in out
+        assert "the demo should end in about" in out and "left" in out
+        assert result["checkpoint"].name == "iter_000003.pth"  # the schedule ran to its end
+        stored = json.loads((work / "eval" / "metrics.json").read_text())
+        metrics.append({k: stored[k] for k in RESULT_KEYS})
+        summary = [line for line in out.splitlines() if line.startswith("mini_val mIoU")]
+    assert metrics[0] == metrics[1]
+    assert torch.get_num_threads() == threads  # the demo's own thread count is not left behind
+    assert len(summary) == 1
+
+
+def test_the_time_estimate_grows_with_the_schedule():
+    assert estimated_seconds(0, 0.5) > 0
+    assert estimated_seconds(480, 0.3) == pytest.approx(
+        2 * estimated_seconds(240, 0.3) - estimated_seconds(0, 0.3)
+    )

@@ -12,8 +12,9 @@ from typer.testing import CliRunner
 from tpvkit.cli import app
 from tpvkit.config import load_config
 from tpvkit.data.geometry import point_voxel_indices, voxel_grid_shape
+from tpvkit.engine.predict import predict
 from tpvkit.errors import TpvkitError
-from tpvkit.outputs.predict import argmax_voxels, predict, select_samples, voxel_size_of
+from tpvkit.outputs.predict import argmax_voxels, select_samples, voxel_size_of
 from tpvkit.outputs.prediction_file import load_prediction, voxel_centers
 
 OVERRIDES = ["data.num_workers=0", "train.device=cpu"]
@@ -177,3 +178,22 @@ def test_cli_predict_export_visualize(tmp_path, tiny):
         assert (tmp_path / "vis" / name).is_file(), name
     bad = runner.invoke(app, args + ["--tokens", "zzz"])
     assert bad.exit_code == 2 and "zzz" in bad.output
+
+
+def test_outputs_import_nothing_from_engine():
+    """outputs/ holds file formats, metrics maths and pictures; the loops live in engine/."""
+    import ast
+    from pathlib import Path
+
+    import tpvkit.outputs
+
+    for path in Path(tpvkit.outputs.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                assert not name.startswith("tpvkit.engine"), f"{path.name} imports {name}"

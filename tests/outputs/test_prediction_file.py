@@ -17,6 +17,7 @@ from tpvkit.outputs.prediction_file import (
     occupancy_from_rule,
     point_voxel_index,
     prediction_to_arrays,
+    safe_file_stem,
     save_prediction,
     voxel_centers,
 )
@@ -157,3 +158,10 @@ def test_lidar_points_rule_matches_a_loop():
     np.testing.assert_array_equal(got, expected)
     idx = point_voxel_index(points, PC_RANGE, VOXEL_SIZE, GRID)
     assert ((idx == -1).all(1) | (idx >= 0).all(1)).all()
+
+
+def test_safe_file_stem_keeps_tokens_and_replaces_path_characters():
+    assert safe_file_stem("3e8750f331d7499e9b5123e9eb70f2e2") == "3e8750f331d7499e9b5123e9eb70f2e2"
+    assert safe_file_stem("a/b\\c d..e") == "a_b_c_d..e"
+    assert safe_file_stem("") == "sample"
+    assert "/" not in safe_file_stem("../../etc/passwd")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
@@ -64,3 +65,38 @@ def load_cli_config(config: str, overrides: list[str] | None) -> Config:
     from tpvkit.config import load_config
 
     return load_config(config, overrides or [])
+
+
+def config_and_checkpoint(
+    first: str, second: str | None, config_option: str | None, overrides: list[str] | None
+) -> tuple[Config | None, Path, list[str]]:
+    """`[CONFIG] CHECKPOINT` (+ --config) -> (config or None, checkpoint, overrides).
+
+    One positional argument is the checkpoint, and the config is the one it stores (None here:
+    the overrides are applied on top of it when it is read); two are CONFIG then CHECKPOINT.
+    A given CONFIG is loaded with the overrides; the checkpoint then checks it.
+    """
+    from tpvkit.errors import TpvkitError
+
+    if second is None:
+        checkpoint, config = Path(first), config_option
+    else:
+        if config_option is not None:
+            raise TpvkitError(
+                f"CONFIG given twice ('{first}' and --config {config_option}): give one"
+            )
+        config, checkpoint = first, Path(second)
+    if config is None:
+        if not checkpoint.is_file() and checkpoint.suffix not in (".pth", ".pt"):
+            from tpvkit.config import resolve_config_path
+
+            try:  # `tpvkit eval tpv_tiny --infos ...`: a config name without a checkpoint
+                resolve_config_path(str(checkpoint))
+            except TpvkitError:
+                pass
+            else:
+                raise TpvkitError(
+                    f"'{checkpoint}' is a config, not a checkpoint: give CHECKPOINT after it"
+                )
+        return None, checkpoint, list(overrides or [])
+    return load_cli_config(config, overrides), checkpoint, []

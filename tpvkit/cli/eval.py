@@ -1,4 +1,4 @@
-"""`tpvkit eval CONFIG CHECKPOINT --infos PATH`: devkit-exact lidarseg mIoU and metrics.json."""
+"""`tpvkit eval [CONFIG] CHECKPOINT --infos PATH`: devkit-exact lidarseg mIoU and metrics.json."""
 
 from __future__ import annotations
 
@@ -6,13 +6,23 @@ from pathlib import Path
 
 import typer
 
-from tpvkit.cli._common import load_cli_config, user_errors
+from tpvkit.cli._common import config_and_checkpoint, user_errors
 
 
 def eval_(
-    config: str = typer.Argument(..., help="YAML file or shipped config name."),
-    checkpoint: Path = typer.Argument(..., help="Checkpoint (.pth) to evaluate."),
+    first: str = typer.Argument(
+        ...,
+        metavar="CONFIG_OR_CHECKPOINT",
+        help="The checkpoint (.pth) alone: its stored config is used. Or CONFIG (YAML file or "
+        "shipped name, checked against the checkpoint), followed by CHECKPOINT.",
+    ),
+    second: str = typer.Argument(
+        None, metavar="CHECKPOINT", show_default=False, help="The checkpoint, after CONFIG."
+    ),
     infos: Path = typer.Option(..., "--infos", help="Info file of the split to evaluate."),
+    config: str = typer.Option(
+        None, "--config", help="CONFIG as an option (instead of the first argument)."
+    ),
     split: str = typer.Option(
         None,
         "--split",
@@ -35,15 +45,23 @@ def eval_(
 ) -> None:
     """nuScenes LiDAR-segmentation evaluation (devkit-exact mIoU), points and voxels.
 
+    tpvkit eval CHECKPOINT --infos PATH: the config stored in the checkpoint.
+
+    tpvkit eval CONFIG CHECKPOINT --infos PATH (or --config): CONFIG, checked against it.
+
+    A public TPVFormer checkpoint stores no config and needs CONFIG.
+
+    A difference in what the weights expect (model.*, image size, mean/std, channel order,
+    voxel convention) is refused with the --set that would match.
+
     Prints the per-class IoU table and writes metrics.json.
 
     On a split without labels (v1.0-test) it only writes the predictions.
     """
     with user_errors():
-        overrides = list(set_ or [])
+        cfg, checkpoint, overrides = config_and_checkpoint(first, second, config, set_)
         if not voxels:
             overrides.append("eval.voxel_metrics=false")
-        cfg = load_cli_config(config, overrides)
         from tpvkit.engine.evaluate import evaluate
 
         evaluate(
@@ -54,4 +72,5 @@ def eval_(
             out_dir=out,
             save_predictions=save_predictions,
             progress=progress,
+            overrides=overrides,
         )

@@ -1,4 +1,4 @@
-"""`tpvkit predict CONFIG CHECKPOINT --infos PATH --out DIR`."""
+"""`tpvkit predict [CONFIG] CHECKPOINT --infos PATH --out DIR`."""
 
 from __future__ import annotations
 
@@ -6,14 +6,24 @@ from pathlib import Path
 
 import typer
 
-from tpvkit.cli._common import load_cli_config, user_errors
+from tpvkit.cli._common import config_and_checkpoint, user_errors
 
 
 def predict(
-    config: str = typer.Argument(..., help="YAML file or shipped config name."),
-    checkpoint: Path = typer.Argument(..., help="Checkpoint (.pth)."),
+    first: str = typer.Argument(
+        ...,
+        metavar="CONFIG_OR_CHECKPOINT",
+        help="The checkpoint (.pth) alone: its stored config is used. Or CONFIG (YAML file or "
+        "shipped name, checked against the checkpoint), followed by CHECKPOINT.",
+    ),
+    second: str = typer.Argument(
+        None, metavar="CHECKPOINT", show_default=False, help="The checkpoint, after CONFIG."
+    ),
     infos: Path = typer.Option(..., "--infos", help="Info file whose samples to predict."),
     out: Path = typer.Option(..., "--out", help="Folder for one .npz per sample."),
+    config: str = typer.Option(
+        None, "--config", help="CONFIG as an option (instead of the first argument)."
+    ),
     tokens: str = typer.Option(
         None, "--tokens", help="Comma-separated sample tokens (default: all)."
     ),
@@ -23,16 +33,23 @@ def predict(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     set_: list[str] = typer.Option(None, "--set", help="Override: dotted.key=value (repeatable)."),
 ) -> None:
-    """Predict semantic voxels (and point labels) per sample into compressed .npz files."""
-    with user_errors():
-        cfg = load_cli_config(config, set_)
-        from tpvkit.outputs.predict import predict as run_predict
+    """Predict semantic voxels (and point labels) per sample into compressed .npz files.
 
+    tpvkit predict CHECKPOINT --infos PATH --out DIR: the config stored in the checkpoint.
+
+    tpvkit predict CONFIG CHECKPOINT ... (or --config): CONFIG, checked against it.
+    """
+    with user_errors():
+        from tpvkit.errors import TpvkitError
+        from tpvkit.utils.io import check_output_dir
+
+        check_output_dir(out, "--out")
         token_list = [t.strip() for t in tokens.split(",") if t.strip()] if tokens else None
         if tokens is not None and not token_list:
-            from tpvkit.errors import TpvkitError
-
             raise TpvkitError("--tokens is empty: give comma-separated sample tokens")
+        cfg, checkpoint, overrides = config_and_checkpoint(first, second, config, set_)
+        from tpvkit.engine.predict import predict as run_predict
+
         paths = run_predict(
             cfg,
             checkpoint,
@@ -41,5 +58,6 @@ def predict(
             tokens=token_list,
             save_confidence=confidence,
             progress=progress,
+            overrides=overrides,
         )
         typer.echo(f"wrote {len(paths)} prediction file(s) to {out}")

@@ -5,9 +5,11 @@ dicts, lists, numbers and strings only. RNG states (tpvkit.utils.rng) are stored
 lists, the config as the plain dict of `tpvkit.config.to_dict`. Files are written through
 `tpvkit.utils.io.atomic_path` so that a crash at any moment leaves the previous checkpoint intact.
 
-`load_model_weights` is what eval and predict call: it accepts a tpvkit checkpoint, a bare state
-dict, or a public TPVFormer checkpoint (mapped with `public_to_tpvkit`), and refuses one that does
-not fit the config with a message naming what differs.
+`apply_model_weights` (through tpvkit.engine.inference.load_for_inference for eval and predict)
+accepts a tpvkit checkpoint, a bare state dict, or a public TPVFormer checkpoint (mapped with
+`public_to_tpvkit`), and refuses one that does not fit the config with a message naming what
+differs. The checkpoint's contract is its stored model.* (less RUNTIME_MODEL_KEYS) and the
+INPUT_CONTRACT_KEYS of data.*.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch import nn
 import tpvkit
 from tpvkit.config import Config, to_dict
 from tpvkit.errors import TpvkitError
+from tpvkit.models.checkpoint_keys import strip_module_prefix
 from tpvkit.utils.io import atomic_path, link_or_copy_atomic
 from tpvkit.utils.rng import capture_rng_state, restore_rng_state
 
@@ -55,6 +58,18 @@ RUNTIME_MODEL_KEYS = frozenset(
         "model.backbone.frozen_stages",
         "model.backbone.norm_eval",
     }
+)
+
+# What the weights expect of their input beyond model.*: the image pipeline (size, padding,
+# normalisation, channel order) and the voxel convention of the labels and outputs. Every other
+# data.* key (paths, batch size, workers, augmentation switches) is runtime and not compared.
+INPUT_CONTRACT_KEYS = (
+    "data.img_size",
+    "data.size_divisor",
+    "data.img_mean",
+    "data.img_std",
+    "data.to_rgb",
+    "data.voxel_convention",
 )
 
 _MAX_LISTED = 5  # names listed in a mismatch message before "... and N more"
@@ -123,7 +138,12 @@ def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
 
 
 def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
-    """torch.load with weights_only=True; clear errors for a missing or unsafe/corrupt file."""
+    """torch.load with weights_only=True; one clear line for a missing, corrupt or unsafe file.
+
+    The messages tell apart a file that is no PyTorch checkpoint at all (random bytes, another
+    format), a PyTorch file cut short (an interrupted copy), and a genuine checkpoint that holds
+    pickled Python objects, which only a trusted file should be given the unsafe load for.
+    """
     path = Path(path)
     if not path.is_file():
         hint = ""
@@ -131,19 +151,64 @@ def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "c
             found = find_resume_checkpoint(path)
             hint = f" (it is a directory; did you mean {found}?)" if found else " (a directory)"
         raise CheckpointError(f"checkpoint not found: {path}{hint}")
+    kind = _torch_file_kind(path)
+    if kind == "other":
+        raise CheckpointError(
+            f"checkpoint {path} is not a PyTorch checkpoint (corrupt or another format): give "
+            "the .pth written by `tpvkit train` or a TPVFormer checkpoint"
+        )
+    if kind == "truncated":
+        raise CheckpointError(
+            f"checkpoint {path} is truncated/corrupt: its zip directory is missing (was it "
+            "copied completely?)"
+        )
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-        text = str(err).splitlines()[0] if str(err) else type(err).__name__
-        if "weights_only" in str(err) or "Unsupported global" in str(err):
+        text = str(err)
+        first = text.splitlines()[0] if text else type(err).__name__
+        if "Unsupported global" in text or "Unsupported class" in text:
             raise CheckpointError(
-                f"checkpoint {path} holds Python objects that a safe load refuses ({text}). "
-                "If you trust the file, re-save its state dict: "
-                "torch.save(torch.load(p, weights_only=False)['state_dict'], 'clean.pth')"
+                f"checkpoint {path} holds pickled Python objects that a safe load refuses "
+                f"({_unsupported_global(text)}). Loading it with weights_only=False runs "
+                "arbitrary code from the file: do that only for a file you trust, and re-save "
+                "its state dict: torch.save(torch.load(p, weights_only=False)['state_dict'], "
+                "'clean.pth')"
+            ) from err
+        if isinstance(err, EOFError) or "Ran out of input" in text or "truncated" in text.lower():
+            raise CheckpointError(
+                f"checkpoint {path} is truncated/corrupt ({first}) (was it copied completely?)"
             ) from err
         raise CheckpointError(
-            f"checkpoint {path} cannot be read ({text}); is it complete?"
+            f"checkpoint {path} cannot be read ({first}): it is corrupt (was it copied "
+            "completely?) or written by an incompatible PyTorch"
         ) from err
+
+
+_ZIP_MAGIC = b"PK\x03\x04"
+# torch.save's legacy (non-zip) format starts with a pickled magic number: protocol 2 opcode.
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+
+
+def _torch_file_kind(path: Path) -> str:
+    """ "zip" (torch >= 1.6), "legacy", "truncated" (a zip cut short) or "other" (not torch)."""
+    import zipfile
+
+    with open(path, "rb") as fh:
+        head = fh.read(len(_LEGACY_MAGIC))
+    if head.startswith(_ZIP_MAGIC):
+        return "zip" if zipfile.is_zipfile(path) else "truncated"
+    if head == _LEGACY_MAGIC:
+        return "legacy"
+    if len(head) < len(_LEGACY_MAGIC) and _LEGACY_MAGIC.startswith(head) and head:
+        return "truncated"
+    return "other"
+
+
+def _unsupported_global(text: str) -> str:
+    """The class torch's refusal names ("argparse.Namespace"), else its first line."""
+    match = re.search(r"Unsupported (?:global|class):? (?:GLOBAL )?([\w.]+)", text)
+    return f"unsupported class {match.group(1)}" if match else text.splitlines()[0]
 
 
 def is_tpvkit_checkpoint(obj: Any) -> bool:
@@ -240,8 +305,62 @@ def config_differences(
     return diffs
 
 
+def contract_differences(stored: Mapping[str, Any], cfg: Config) -> list[tuple[str, Any, Any]]:
+    """config_differences over the checkpoint's input contract: every model.* key that is not
+    runtime (RUNTIME_MODEL_KEYS) and the INPUT_CONTRACT_KEYS of data.*."""
+    diffs = config_differences(stored, cfg, "model")
+    current = _flatten(to_dict(cfg))
+    defaults = _flatten(to_dict(Config()))
+    saved = _flatten(stored)
+    for key in INPUT_CONTRACT_KEYS:
+        old = saved.get(key, defaults.get(key))
+        if not _same(old, current[key]):
+            diffs.append((key, old, current[key]))
+    return diffs
+
+
+def check_contract(stored: Mapping[str, Any], cfg: Config, path: str | Path) -> None:
+    """Refuse `cfg` where it differs from the checkpoint's stored config on the input contract,
+    naming every key, both values and the pasteable `--set` that matches the checkpoint."""
+    diffs = contract_differences(stored, cfg)
+    if diffs:
+        raise CheckpointError(
+            f"checkpoint {path} was trained with a different model config or input contract: "
+            f"{format_config_differences(diffs)}. Use the config it was trained with (leave "
+            f"CONFIG out to use the one it stores), or add: {format_overrides(diffs)}"
+        )
+
+
 def format_config_differences(diffs: list[tuple[str, Any, Any]]) -> str:
     return "; ".join(f"{key} {old!r} (checkpoint) vs {new!r} (config)" for key, old, new in diffs)
+
+
+def override_text(key: str, value: Any) -> str:
+    """`key=value` as `--set` parses it back, without spaces so a shell passes it as printed
+    (`data.img_size=[224,400]`); quoted only where the shell would split or expand it."""
+    import json
+    import shlex
+
+    import yaml
+
+    if isinstance(value, str):
+        # A bare word reads back as the same string; anything else keeps its JSON quotes.
+        plain = yaml.safe_load(value) == value if value else False
+        text = value if plain else json.dumps(value)
+    else:
+        text = json.dumps(value, separators=(",", ":"))
+    item = f"{key}={text}"
+    # Brackets and commas survive an unquoted shell word (no file is named like the pattern).
+    if shlex.quote(item.replace("[", "").replace("]", "")) != item.replace("[", "").replace(
+        "]", ""
+    ):
+        return shlex.quote(item)
+    return item
+
+
+def format_overrides(diffs: list[tuple[str, Any, Any]]) -> str:
+    """`--set k=v` for every difference, with the checkpoint's values (pasteable)."""
+    return " ".join(f"--set {override_text(key, old)}" for key, old, _ in diffs)
 
 
 def config_from_checkpoint(path: str | Path) -> Config:
@@ -256,10 +375,6 @@ def config_from_checkpoint(path: str | Path) -> Config:
 
 # ---------------------------------------------------------------------------------------------
 # Model weights for eval / predict
-
-
-def _strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in state.items()}
 
 
 def _extract_state_dict(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], Any]:
@@ -333,15 +448,8 @@ def apply_model_weights(
     path = Path(path)
     state, stored_cfg = _extract_state_dict(obj, path)
     if check_config and stored_cfg is not None:
-        diffs = config_differences(stored_cfg, cfg)
-        if diffs:
-            overrides = " ".join(f"--set {k}={_yaml_value(old)}" for k, old, _ in diffs)
-            raise CheckpointError(
-                f"checkpoint {path} was trained with a different model config: "
-                f"{format_config_differences(diffs)}. Use the config it was trained with "
-                f"(or add: {overrides})"
-            )
-    state = _strip_prefix(state, "module.")
+        check_contract(stored_cfg, cfg, path)
+    state = strip_module_prefix(state)
     target = unwrap_model(model)
     source = "tpvkit" if is_tpvkit_checkpoint(obj) else "state_dict"
     if _is_public_layout(state, set(target.state_dict())):
@@ -374,10 +482,3 @@ def apply_model_weights(
         "epoch": meta.get("epoch"),
         "tpvkit_version": meta.get("tpvkit_version"),
     }
-
-
-def _yaml_value(value: Any) -> str:
-    """A value spelled the way `--set key=value` parses it back (YAML flow style)."""
-    import yaml
-
-    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()

@@ -5,24 +5,34 @@ Two predictions are scored for every LiDAR point of a split:
   official TPVFormer lidarseg protocol;
 - "voxels": the full voxel volume is decoded, argmaxed, and each point takes the class of the
   voxel it falls in (point_voxel_index), which measures the dense occupancy output.
+
+Both run through the one inference loop (tpvkit.engine.inference) with its LidarSegSink.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from tpvkit.constants import CLASS_NAMES, NUM_CLASSES
-from tpvkit.engine.distributed import select_device, to_device
+from tpvkit.config import Config
+from tpvkit.constants import NUM_CLASSES
+from tpvkit.engine.inference import (
+    InferenceSink,
+    LidarSegSink,
+    SubmissionSink,
+    check_scorable,
+    inference_loader,
+    load_for_inference,
+    run_inference,
+)
 from tpvkit.errors import TpvkitError
-from tpvkit.outputs.metrics import ConfusionMatrix, iou_dict, nan_to_none, predict_classes
 from tpvkit.outputs.submission import SubmissionWriter
-from tpvkit.utils.io import atomic_write_text
+from tpvkit.utils.io import atomic_write_text, check_output_dir
 
 METRICS_FILE = "metrics.json"
 
@@ -53,124 +63,19 @@ def evaluate_model(
     a "_voxel" suffix (None without it); num_samples, num_points, the confusion matrices
     (lists, rows GT) and seconds.
     """
-    if num_classes < NUM_CLASSES:
-        raise TpvkitError(
-            f"model.num_classes is {num_classes}: lidarseg evaluation needs the {NUM_CLASSES} "
-            "classes of tpvkit.constants.CLASS_NAMES"
-        )
-    device = torch.device(device)
-    cm_points = ConfusionMatrix(NUM_CLASSES)
-    cm_voxels = ConfusionMatrix(NUM_CLASSES)
-    writer = (
-        save_predictions
-        if isinstance(save_predictions, SubmissionWriter) or save_predictions is None
-        else SubmissionWriter(save_predictions, split)
-    )
+    check_scorable(num_classes)
     start = time.perf_counter()
-
-    iterator = loader
-    if progress:
-        from tqdm import tqdm
-
-        iterator = tqdm(loader, total=_len_or_none(loader), desc="eval", unit="batch")
-
-    was_training = model.training
-    model.eval()
-    try:
-        num_samples, num_points = _run_batches(
-            model, iterator, device, voxel_metrics, cm_points, cm_voxels, writer
+    scores = LidarSegSink(voxel_metrics)
+    sinks: list[InferenceSink] = [scores]
+    if save_predictions is not None:
+        writer = (
+            save_predictions
+            if isinstance(save_predictions, SubmissionWriter)
+            else SubmissionWriter(save_predictions, split)
         )
-    finally:
-        model.train(was_training)
-
-    totals = torch.tensor([num_samples, num_points], dtype=torch.int64)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        cm_points.all_reduce()
-        cm_voxels.all_reduce()
-        if torch.distributed.get_backend() == "nccl":
-            totals = totals.to(device)
-        torch.distributed.all_reduce(totals)
-        totals = totals.cpu()
-    num_samples, num_points = int(totals[0]), int(totals[1])
-    # A split without labels (v1.0-test) has no point_labels, or labels that are all ignore.
-    has_labels = cm_points.num_points > 0
-    if writer is not None:
-        writer.finish()
-
-    def scores(cm: ConfusionMatrix, enabled: bool) -> tuple[Any, Any, Any, Any]:
-        if not (enabled and has_labels):
-            return None, None, None, None
-        iou = iou_dict(cm.iou_per_class(), CLASS_NAMES)
-        miou, fwiou = nan_to_none(cm.miou()), nan_to_none(cm.freq_weighted_iou())
-        return miou, iou, fwiou, cm.matrix.tolist()
-
-    miou, iou, fwiou, matrix = scores(cm_points, True)
-    miou_v, iou_v, fwiou_v, matrix_v = scores(cm_voxels, voxel_metrics)
-    return {
-        "miou": miou,
-        "iou_per_class": iou,
-        "freq_weighted_iou": fwiou,
-        "miou_voxel": miou_v,
-        "iou_per_class_voxel": iou_v,
-        "freq_weighted_iou_voxel": fwiou_v,
-        "num_samples": num_samples,
-        "num_points": num_points,
-        "num_labelled_points": cm_points.num_points if has_labels else 0,
-        "confusion_matrix": matrix,
-        "confusion_matrix_voxel": matrix_v,
-        "seconds": time.perf_counter() - start,
-    }
-
-
-def _run_batches(
-    model: torch.nn.Module,
-    batches: Iterable[Mapping[str, Any]],
-    device: torch.device,
-    voxel_metrics: bool,
-    cm_points: ConfusionMatrix,
-    cm_voxels: ConfusionMatrix,
-    writer: SubmissionWriter | None,
-) -> tuple[int, int]:
-    """The inference loop of evaluate_model: accumulate both matrices, write predictions;
-    returns the numbers of samples and points seen."""
-    num_samples = total_points = 0
-    with torch.inference_mode():
-        for batch in batches:
-            batch = to_device(batch, device)
-            out = model(
-                batch["img"],
-                batch["lidar2img"],
-                points=batch["points"],
-                decode_voxels=voxel_metrics,
-            )
-            point_pred = predict_classes(out["point_logits"][:, :NUM_CLASSES]).cpu()  # (B, Nmax)
-            voxel_pred = None
-            if voxel_metrics:
-                voxel_pred = predict_classes(out["voxel_logits"][:, :NUM_CLASSES])  # (B, X, Y, Z)
-            num_points = batch["num_points"].cpu()
-            labels = batch.get("point_labels")
-            labels = labels.cpu() if labels is not None else None
-            for b in range(point_pred.shape[0]):
-                n = int(num_points[b])
-                pred_b = point_pred[b, :n]
-                if labels is not None:
-                    cm_points.update(labels[b, :n], pred_b)
-                if voxel_pred is not None and labels is not None:
-                    idx = batch["point_voxel_index"][b, :n]  # (n, 3) voxel (x, y, z)
-                    vox_b = voxel_pred[b, idx[:, 0], idx[:, 1], idx[:, 2]].cpu()
-                    cm_voxels.update(labels[b, :n], vox_b)
-                if writer is not None:
-                    writer.add(batch["lidar_tokens"][b], pred_b, num_points=n)
-                total_points += n
-            num_samples += point_pred.shape[0]
-    return num_samples, total_points
-
-
-def _len_or_none(loader: Any) -> int | None:
-    try:
-        return len(loader)
-    except TypeError:
-        return None
+        sinks.append(SubmissionSink(writer))
+    results = run_inference(model, loader, device, sinks, progress=progress, desc="eval")[0]
+    return {**results, "seconds": time.perf_counter() - start}
 
 
 def print_metrics(metrics: Mapping[str, Any], title: str = "") -> None:
@@ -189,29 +94,37 @@ def print_metrics(metrics: Mapping[str, Any], title: str = "") -> None:
 
 
 def evaluate(
-    cfg: Any,
+    cfg: Config | None,
     checkpoint: str | Path,
     infos: str | Path,
     split: str | None = None,
     out_dir: str | Path | None = None,
     save_predictions: str | Path | None = None,
     progress: bool = True,
+    overrides: Sequence[str] = (),
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on the samples of an info file; print the table, write metrics.json.
 
-    `cfg` is a tpvkit.config.Config; `split` names the split in metrics.json and in the
-    submission layout (default: the info file's own split); `out_dir` defaults to the
-    checkpoint's folder. Returns the metrics dict that was written.
+    `cfg` None takes the config stored in the checkpoint; a given one is checked against it
+    (tpvkit.engine.inference.load_for_inference); `overrides` apply on top. `split` names the
+    split in metrics.json and in the submission layout (default: the info file's own split);
+    `out_dir` defaults to the checkpoint's folder. Every output path is checked before the
+    model is built. Returns the metrics dict that was written.
     """
-    from tpvkit.data.dataset import LidarSegDataset, build_dataloader
     from tpvkit.data.infos import load_infos
-    from tpvkit.engine.checkpoint import load_model_weights
-    from tpvkit.models.tpvformer import build_model
 
     checkpoint = Path(checkpoint)
     infos = Path(infos)
-    if not checkpoint.is_file():
-        raise TpvkitError(f"checkpoint not found: {checkpoint} (give the .pth written by train)")
+    out_dir = Path(out_dir) if out_dir is not None else checkpoint.parent
+    check_output_dir(out_dir, "--out")
+    if save_predictions is not None:
+        check_output_dir(save_predictions, "--save-predictions")
+    if (out_dir / METRICS_FILE).is_dir():
+        raise TpvkitError(f"--out {out_dir}: {out_dir / METRICS_FILE} is a folder; move it away")
+    loaded = load_for_inference(checkpoint, cfg, overrides, device)
+    cfg = loaded.cfg
+    check_scorable(cfg.model.num_classes)
     info_set = load_infos(infos, dataroot=cfg.data.dataroot or None)
     split = split or info_set.split
     if not split:
@@ -222,25 +135,11 @@ def evaluate(
             "split with samples"
         )
     labelled = any(sample.get("lidarseg_path") for sample in info_set)
-    out_dir = Path(out_dir) if out_dir is not None else checkpoint.parent
-    device = select_device(cfg.train.device)
-
-    model = build_model(cfg.model)
-    load_model_weights(model, checkpoint, cfg)
-    model.to(device)
-
-    dataset = LidarSegDataset(info_set, cfg.data, cfg.model, train=False)
-    loader = build_dataloader(
-        dataset,
-        batch_size=cfg.eval.batch_size,
-        num_workers=cfg.data.num_workers,
-        shuffle=False,
-        pin_memory=device.type == "cuda",
-    )
+    loader = inference_loader(cfg, info_set, loaded.device)
     results = evaluate_model(
-        model,
+        loaded.model,
         loader,
-        device,
+        loaded.device,
         num_classes=cfg.model.num_classes,
         voxel_metrics=cfg.eval.voxel_metrics and labelled,  # nothing to score without labels
         save_predictions=save_predictions,
@@ -260,8 +159,9 @@ def evaluate(
         "num_labelled_points": results["num_labelled_points"],
         "checkpoint": str(checkpoint.resolve()),
         "config": cfg.name,
+        "config_from": loaded.config_from,
         "infos": str(infos.resolve()),
-        "device": str(device),
+        "device": str(loaded.device),
         "seconds": round(results["seconds"], 3),
         "confusion_matrix": results["confusion_matrix"],
         "confusion_matrix_voxel": results["confusion_matrix_voxel"],

@@ -1,28 +1,33 @@
-"""`tpvkit predict`: run a trained model over the samples of an info file and write one
-prediction file (.npz, see prediction_file.py) per sample; also the ground-truth record of a
-sample, through the same dataset pipeline, for export and pictures.
+"""Prediction records (.npz, see prediction_file.py) from a model's outputs for one sample, and
+the ground-truth record of a sample through the same dataset pipeline, for export and pictures.
+
+The loop that runs the model is tpvkit.engine.predict (through tpvkit.engine.inference); this
+module holds only what a prediction file contains.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from tpvkit.config import Config, ModelConfig
 from tpvkit.constants import CAMERA_ORDER, EMPTY_CLASS_NAME, IGNORE_INDEX
 from tpvkit.errors import TpvkitError
 from tpvkit.outputs.prediction_file import (
     Prediction,
     default_class_names,
     default_palette,
-    save_prediction,
 )
 
+if TYPE_CHECKING:
+    from tpvkit.data.infos import InfoSet
 
-def voxel_size_of(model_cfg: Any, voxel_convention: str) -> np.ndarray:
+
+def voxel_size_of(model_cfg: ModelConfig, voxel_convention: str) -> np.ndarray:
     """(3,) float64 metres per voxel of the model's output grid, as the dataset voxelises."""
     from tpvkit.data.geometry import voxel_grid_shape, voxel_size
 
@@ -33,7 +38,7 @@ def voxel_size_of(model_cfg: Any, voxel_convention: str) -> np.ndarray:
     return voxel_size(model_cfg.point_cloud_range, grid, voxel_convention)
 
 
-def select_samples(info_set: Any, tokens: Sequence[str] | None, where: str) -> list[int]:
+def select_samples(info_set: InfoSet, tokens: Sequence[str] | None, where: str) -> list[int]:
     """Indices of the chosen sample tokens (all when None), in the given order."""
     if tokens is None:
         return list(range(len(info_set)))
@@ -50,7 +55,7 @@ def select_samples(info_set: Any, tokens: Sequence[str] | None, where: str) -> l
     return [index[t] for t in tokens]
 
 
-def camera_fields(info_set: Any, sample: dict[str, Any]) -> dict[str, Any]:
+def camera_fields(info_set: InfoSet, sample: dict[str, Any]) -> dict[str, Any]:
     """The cam_* keys of a prediction file: names, absolute image paths, the 4x4 lidar2img of
     the original image size and that size (H, W), in CAMERA_ORDER."""
     from PIL import Image
@@ -137,7 +142,7 @@ def argmax_voxels(voxel_logits: torch.Tensor, chunk: int = 8) -> tuple[torch.Ten
     return torch.cat(labels), torch.cat(confidence)
 
 
-def _base_fields(cfg: Any, info_set: Any, sample: dict[str, Any]) -> dict[str, Any]:
+def _base_fields(cfg: Config, info_set: InfoSet, sample: dict[str, Any]) -> dict[str, Any]:
     class_names = default_class_names(cfg.model.num_classes)
     return {
         "point_cloud_range": np.asarray(cfg.model.point_cloud_range, dtype=np.float64),
@@ -153,107 +158,55 @@ def _base_fields(cfg: Any, info_set: Any, sample: dict[str, Any]) -> dict[str, A
     }
 
 
-def predict(
-    cfg: Any,
-    checkpoint: str | Path,
-    infos: str | Path,
-    out_dir: str | Path,
-    tokens: Sequence[str] | None = None,
+def build_prediction(
+    cfg: Config,
+    info_set: InfoSet,
+    sample: dict[str, Any],
+    *,
+    voxel_logits: torch.Tensor,
+    point_logits: torch.Tensor,
+    points: np.ndarray,
+    point_voxel_index: np.ndarray,
+    gt_point_labels: np.ndarray | None = None,
+    gt_voxel_labels: np.ndarray | None = None,
     save_confidence: bool = False,
-    progress: bool = True,
-) -> list[Path]:
-    """Predict every sample of `infos` (or the chosen `tokens`) into <out_dir>/<token>.npz.
+) -> Prediction:
+    """The prediction record of one sample from the model's outputs for it.
 
-    `cfg` is a tpvkit.config.Config matching the checkpoint; the device follows
-    cfg.train.device ("auto": a GPU when one is visible). Voxels are decoded in chunks of
-    cfg.model.head.voxel_chunk inside the model; the class is the argmax over real classes.
-    Returns the written paths, in sample order.
+    `voxel_logits` (C, X, Y, Z) and `point_logits` (C, n) of the n points (N, 3) of the cloud,
+    whose voxels the dataset gives as `point_voxel_index` (n, 3). The class is the argmax over
+    the real classes; occupancy follows the "empty" class when the model has one, else the
+    voxels holding a LiDAR point. The ground truth (labels (n,), voxels (X, Y, Z)) is stored
+    when given.
     """
-    from tqdm import tqdm
-
-    from tpvkit.data.dataset import LidarSegDataset, collate_batch
-    from tpvkit.data.infos import InfoSet, load_infos
-    from tpvkit.engine.checkpoint import load_model_weights
-    from tpvkit.engine.distributed import select_device
-    from tpvkit.models.tpvformer import build_model
     from tpvkit.outputs.metrics import predict_classes
 
-    checkpoint, infos, out_dir = Path(checkpoint), Path(infos), Path(out_dir)
-    if not checkpoint.is_file():
-        raise TpvkitError(f"checkpoint not found: {checkpoint} (give the .pth written by train)")
-    info_set = load_infos(infos)
-    chosen = select_samples(info_set, tokens, str(infos))
-    if not chosen:
-        raise TpvkitError(f"{infos} holds no samples: nothing to predict")
-    subset = InfoSet(**{**info_set.__dict__, "samples": [info_set[i] for i in chosen]})
-
-    device = select_device(cfg.train.device)
-    model = build_model(cfg.model)
-    load_model_weights(model, checkpoint, cfg)
-    model.to(device).eval()
-
-    dataset = LidarSegDataset(subset, cfg.data, cfg.model, train=False)
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=1,
-        shuffle=False,
-        num_workers=cfg.data.num_workers,
-        collate_fn=collate_batch,
-        pin_memory=device.type == "cuda",
-    )
     class_names = default_class_names(cfg.model.num_classes)
     empty_label = class_names.index(EMPTY_CLASS_NAME) if EMPTY_CLASS_NAME in class_names else -1
     pc_range = np.asarray(cfg.model.point_cloud_range, dtype=np.float64)
-
-    written: list[Path] = []
-    bar = tqdm(loader, total=len(dataset), desc="predict", unit="sample", disable=not progress)
-    with torch.inference_mode():
-        for i, batch in enumerate(bar):
-            sample = subset[i]
-            out = model(
-                batch["img"].to(device),
-                batch["lidar2img"].to(device),
-                points=batch["points"].to(device),
-                decode_voxels=True,
-            )
-            n = int(batch["num_points"][0])
-            voxels, confidence = argmax_voxels(out["voxel_logits"][0])
-            voxels_np = voxels.cpu().numpy()
-            point_labels = predict_classes(out["point_logits"][0, :, :n], class_dim=0)
-            points = batch["points"][0, :n].numpy()
-            voxel_index = batch["point_voxel_index"][0, :n].numpy()
-            has_gt = bool(sample.get("lidarseg_path"))
-            observed = _in_range_occupancy(voxel_index, points, pc_range, voxels_np.shape)
-            if empty_label >= 0:
-                rule, occupied = "empty_class", voxels_np != empty_label
-            else:
-                rule, occupied = "lidar_points", observed
-            pred = Prediction(
-                voxels=voxels_np,
-                occupied=occupied,
-                empty_label=empty_label,
-                occupancy_rule=rule,
-                points=points.astype(np.float32),
-                point_labels=point_labels.cpu().numpy().astype(np.uint8),
-                gt_point_labels=(
-                    batch["point_labels"][0, :n].numpy().astype(np.uint8) if has_gt else None
-                ),
-                gt_voxels=(
-                    _displayable_gt(batch["voxel_labels"][0].numpy(), observed) if has_gt else None
-                ),
-                voxel_confidence=confidence.cpu().numpy() if save_confidence else None,
-                **_base_fields(cfg, subset, sample),
-            )
-            written.append(save_prediction(pred, out_dir / f"{_file_stem(pred.token)}.npz"))
-    return written
+    voxels, confidence = argmax_voxels(voxel_logits)
+    voxels_np = voxels.cpu().numpy()
+    point_labels = predict_classes(point_logits, class_dim=0)  # (n,)
+    observed = _in_range_occupancy(point_voxel_index, points, pc_range, voxels_np.shape)
+    if empty_label >= 0:
+        rule, occupied = "empty_class", voxels_np != empty_label
+    else:
+        rule, occupied = "lidar_points", observed
+    return Prediction(
+        voxels=voxels_np,
+        occupied=occupied,
+        empty_label=empty_label,
+        occupancy_rule=rule,
+        points=points.astype(np.float32),
+        point_labels=point_labels.cpu().numpy().astype(np.uint8),
+        gt_point_labels=None if gt_point_labels is None else gt_point_labels.astype(np.uint8),
+        gt_voxels=None if gt_voxel_labels is None else _displayable_gt(gt_voxel_labels, observed),
+        voxel_confidence=confidence.cpu().numpy() if save_confidence else None,
+        **_base_fields(cfg, info_set, sample),
+    )
 
 
-def _file_stem(token: str) -> str:
-    stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in token)
-    return stem or "sample"
-
-
-def ground_truth_record(cfg: Any, infos: str | Path, token: str) -> Prediction:
+def ground_truth_record(cfg: Config, infos: str | Path, token: str) -> Prediction:
     """The ground truth of one sample as a prediction record: the dataset's majority-vote voxel
     labels (occupied where a labelled point inside the range lies) and the labelled points.
 

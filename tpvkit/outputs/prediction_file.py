@@ -64,6 +64,12 @@ OPTIONAL_KEYS: tuple[str, ...] = (
 )
 
 
+def safe_file_stem(token: str) -> str:
+    """A file name stem for a sample token: letters, digits and "-_." kept, the rest "_"."""
+    stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in token)
+    return stem or "sample"
+
+
 def default_class_names(num_classes: int) -> tuple[str, ...]:
     """The class list of a model with `num_classes` outputs (17 lidarseg or 18 occupancy)."""
     if num_classes == len(CLASS_NAMES):
