@@ -188,13 +188,23 @@ def point_voxel_indices(
     pts = np.asarray(points_xyz, dtype=np.float64).reshape(-1, 3)
     lo = np.asarray(point_cloud_range[:3], dtype=np.float64)
     hi = np.asarray(point_cloud_range[3:], dtype=np.float64)
-    grid_arr = np.asarray(grid, dtype=np.int64)
     if convention == "tpvformer":
         pts = np.clip(pts, lo, hi)
-    idx = np.floor((pts - lo) / size)
+    idx, _ = voxel_index_of(pts, lo, size, grid)
+    return np.clip(idx, 0, np.asarray(grid, dtype=np.int64) - 1)
+
+
+def voxel_index_of(
+    points_xyz: np.ndarray, grid_min: np.ndarray, size: np.ndarray, grid: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The one voxel-index formula: (N, 3) xyz -> ((N, 3) int64 floor((p - min) / size), (N,)
+    bool inside the grid). Cell i spans [min + i * size, min + (i + 1) * size)."""
+    pts = np.asarray(points_xyz, dtype=np.float64).reshape(-1, 3)
+    idx = np.floor((pts - np.asarray(grid_min, np.float64)) / np.asarray(size, np.float64))
     # NaN coordinates (never in real sweeps) would make the cast undefined; send them to 0.
-    idx = np.nan_to_num(idx, nan=0.0, posinf=0.0, neginf=0.0)
-    return np.clip(idx, 0, grid_arr - 1).astype(np.int64)
+    idx = np.nan_to_num(idx, nan=0.0, posinf=0.0, neginf=0.0).astype(np.int64)
+    inside = np.all((idx >= 0) & (idx < np.asarray(grid, dtype=np.int64)), axis=1)
+    return idx, inside
 
 
 def voxel_majority_labels(

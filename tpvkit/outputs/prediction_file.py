@@ -200,9 +200,10 @@ def point_voxel_index(
     grid_shape: tuple[int, ...],
 ) -> np.ndarray:
     """(N, 3) xyz -> (N, 3) int64 voxel index; rows of -1 for points outside the grid."""
+    from tpvkit.data.geometry import voxel_index_of
+
     pc_min = np.asarray(point_cloud_range, dtype=np.float64)[:3]
-    idx = np.floor((np.asarray(points, np.float64)[:, :3] - pc_min) / voxel_size).astype(np.int64)
-    inside = np.all((idx >= 0) & (idx < np.asarray(grid_shape)), axis=1)
+    idx, inside = voxel_index_of(np.asarray(points)[:, :3], pc_min, voxel_size, grid_shape)
     idx[~inside] = -1
     return idx
 

@@ -19,6 +19,7 @@ from tpvkit.outputs.export import resolve_excluded
 from tpvkit.outputs.prediction_file import (
     Prediction,
     load_prediction,
+    safe_file_stem,
     voxel_centers,
 )
 from tpvkit.outputs.render import frame_box, look_at_camera, render_voxels
@@ -583,7 +584,7 @@ def visualize(
     for item in items:
         pred = item if isinstance(item, Prediction) else load_prediction(item)
         preds.append(pred)
-        target = out_dir if len(items) == 1 else out_dir / _safe_name(pred.token)
+        target = out_dir if len(items) == 1 else out_dir / safe_file_stem(pred.token)
         written += visualize_prediction(
             pred, target, views, view, exclude, ground_truth_points, mirror_back
         )
@@ -594,11 +595,6 @@ def visualize(
 
         written += write_video(preds, out_dir, view, exclude, video_fps, turntable_steps)
     return written
-
-
-def _safe_name(token: str) -> str:
-    name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in token)
-    return name or "sample"
 
 
 __all__ = [
