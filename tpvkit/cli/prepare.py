@@ -57,9 +57,15 @@ def nuscenes(
     dataroot: Path = typer.Option(..., "--dataroot", help="nuScenes dataroot."),
     version: str = typer.Option(..., "--version", help="v1.0-mini | v1.0-trainval | v1.0-test"),
     out: Path = typer.Option(..., "--out", help="Folder for the info files (one per split)."),
+    occ3d: Path | None = typer.Option(
+        None,
+        "--occ3d",
+        help="Occ3D-nuScenes 'gts' folder (<scene>/<token>/labels.npz): link and validate "
+        "every sample's dense occupancy labels.",
+    ),
 ) -> None:
     """Build tpvkit info files (JSON) for every split of a nuScenes version with the devkit."""
     with user_errors():
         from tpvkit.data.infos import prepare_nuscenes_infos
 
-        prepare_nuscenes_infos(dataroot, version, out)
+        prepare_nuscenes_infos(dataroot, version, out, occ3d=occ3d)

@@ -248,3 +248,40 @@ def scene_ray_origins(samples: Sequence[Mapping[str, Any]]) -> list[np.ndarray]:
         for j, i in enumerate(indices):
             out[i] = ray_origins(scene, j)
     return out
+
+
+def dataset_targets(
+    sample: Mapping[str, Any], info_set: Any, origins: np.ndarray
+) -> dict[str, Any]:
+    """The Dataset's dense-occupancy entries of one sample that links Occ3D labels:
+    occ_semantics int64 (X, Y, Z) 0..17, occ_mask_camera / occ_mask_lidar bool (X, Y, Z),
+    ray_origins float64 (T, 3) (ego frame, RayIoU)."""
+    import torch
+
+    labels = read_labels(info_set.resolve(sample[INFO_FIELD]))
+    return {
+        "occ_semantics": torch.from_numpy(labels.semantics.astype(np.int64)),
+        "occ_mask_camera": torch.from_numpy(labels.mask_camera),
+        "occ_mask_lidar": torch.from_numpy(labels.mask_lidar),
+        "ray_origins": torch.from_numpy(np.asarray(origins, dtype=np.float64)),
+    }
+
+
+def collate_targets(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Batch the entries of dataset_targets (ray_origins stays a list: T differs per frame)."""
+    import torch
+
+    have = [("occ_semantics" in s) for s in samples]
+    if not any(have):
+        return {}
+    if not all(have):
+        raise TpvkitError(
+            "a batch mixes samples with and without Occ3D labels: link labels to every "
+            "sample of the info file (`tpvkit prepare nuscenes --occ3d GTDIR`)"
+        )
+    return {
+        "occ_semantics": torch.stack([s["occ_semantics"] for s in samples]).long(),
+        "occ_mask_camera": torch.stack([s["occ_mask_camera"] for s in samples]),
+        "occ_mask_lidar": torch.stack([s["occ_mask_lidar"] for s in samples]),
+        "ray_origins": [s["ray_origins"] for s in samples],
+    }
