@@ -162,7 +162,7 @@ def traverse_first_hit(
         return dist, index
     o, vol, v = o[sel], vol[sel], start[sel]
     r = end_vox[sel].to(dev, torch.float64) - o
-    d = r / r.norm(dim=1, keepdim=True)
+    d = r / _length(r)[:, None]
     step = torch.where(d >= 0, 1, -1).long()
     nonzero = d != 0
     safe = torch.where(nonzero, d, 1.0)
@@ -226,6 +226,18 @@ def traverse_first_hit(
     return dist, index
 
 
+def _length(r: torch.Tensor) -> torch.Tensor:
+    """sqrt(x*x + y*y + z*z) summed left to right, correctly rounded, as dvr.cu computes it.
+
+    torch.norm sums differently, and torch's vectorised CPU sqrt is not always correctly
+    rounded (1 ulp off at times), so on the CPU numpy's IEEE sqrt is used.
+    """
+    sq = r[:, 0] * r[:, 0] + r[:, 1] * r[:, 1] + r[:, 2] * r[:, 2]
+    if sq.device.type == "cpu":
+        return torch.from_numpy(np.sqrt(sq.numpy()))
+    return torch.sqrt(sq)
+
+
 def _traverse_general(
     occupied: torch.Tensor,
     origin_vox: torch.Tensor,
@@ -249,7 +261,7 @@ def _traverse_general(
     size = torch.tensor([X, Y, Z], device=dev)
     o = origin_vox.to(dev, torch.float64)
     r = end_vox.to(dev, torch.float64) - o
-    d = r / r.norm(dim=1, keepdim=True)
+    d = r / _length(r)[:, None]
     vol = torch.zeros(R, dtype=torch.int64, device=dev) if volume is None else volume.to(dev)
     step = torch.where(d >= 0, 1, -1).long()
     v = torch.trunc(o).long()
