@@ -71,9 +71,7 @@ def semantics_reference(world, ego_to_street, grid: VoxelGrid) -> np.ndarray:
                     n = 0
                     for sub in subs:
                         p = R @ grid.centres(np.array([i, j, k]) + np.array(sub)) + t
-                        n += _inside(
-                            world.kind[m], world.center[m], world.half[m], world.yaw[m], p
-                        )
+                        n += _inside(world.kind[m], world.center[m], world.half[m], world.yaw[m], p)
                     if n > best:
                         best = n
                         out[i, j, k] = SURFACE_OCC_LABEL[world.surface[m]]

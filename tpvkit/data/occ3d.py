@@ -241,7 +241,8 @@ def scene_ray_origins(samples: Sequence[Mapping[str, Any]]) -> list[np.ndarray]:
     file's order taken as time order within a scene, as SparseOcc takes its pkl's order)."""
     by_scene: dict[str, list[int]] = {}
     for i, sample in enumerate(samples):
-        by_scene.setdefault(str(sample.get("scene_name") or sample.get("scene_token")), []).append(i)
+        scene = str(sample.get("scene_name") or sample.get("scene_token"))
+        by_scene.setdefault(scene, []).append(i)
     out: list[np.ndarray] = [np.zeros((0, 3))] * len(samples)
     for indices in by_scene.values():
         scene = [samples[i] for i in indices]

@@ -235,9 +235,7 @@ def frame_labels(
     dirs_ego = (pts / np.maximum(rng_m, 1e-9)[:, None]) @ (
         street_to_ego[:3, :3] @ lidar_to_street[:3, :3]
     ).T
-    mask_lidar = mark_rays(
-        grid, np.broadcast_to(lidar_origin, pts.shape), dirs_ego, max_dist=rng_m
-    )
+    mask_lidar = mark_rays(grid, np.broadcast_to(lidar_origin, pts.shape), dirs_ego, max_dist=rng_m)
     occupied = semantics != OCC3D_FREE
     mask_camera = np.zeros(grid.shape, dtype=bool)
     for view in cameras:

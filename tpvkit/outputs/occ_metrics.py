@@ -307,8 +307,19 @@ def _traverse_general(
             if n_alive == 0:
                 break
             if n_alive * 4 < 3 * alive.numel():
-                ids, v, t_max, t_delta, step = ids[alive], v[alive], t_max[alive], t_delta[alive], step[alive]
-                base, was_inside, last_d, last_v = base[alive], was_inside[alive], last_d[alive], last_v[alive]
+                ids, v, t_max, t_delta, step = (
+                    ids[alive],
+                    v[alive],
+                    t_max[alive],
+                    t_delta[alive],
+                    step[alive],
+                )
+                base, was_inside, last_d, last_v = (
+                    base[alive],
+                    was_inside[alive],
+                    last_d[alive],
+                    last_v[alive],
+                )
                 axis = axis[alive]
                 alive = torch.ones(ids.numel(), dtype=torch.bool, device=dev)
         v.scatter_add_(1, axis, step.gather(1, axis))
