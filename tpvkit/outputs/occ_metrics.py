@@ -11,8 +11,9 @@ Every rule is written down in docs/occupancy.md. Scores are fractions (papers pr
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,21 @@ def _none_if_nan(value: float) -> float | None:
     return None if math.isnan(value) else float(value)
 
 
+@contextlib.contextmanager
+def _single_thread(device: torch.device) -> Iterator[None]:
+    """One intra-op thread for the walk on the CPU: its hundreds of small elementwise steps
+    gain nothing from threads, and on a busy machine waiting threads cost 10-100x."""
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 # ---------------------------------------------------------------------------------------------
 # mIoU
 
@@ -67,6 +83,10 @@ class OccupancyConfusion:
         mask: np.ndarray | torch.Tensor | None = None,
     ) -> None:
         """Add one or more frames: gt, pred (..., X, Y, Z) class ids; mask bool, same shape."""
+        with _single_thread(torch.as_tensor(gt).device):
+            self._update(gt, pred, mask)
+
+    def _update(self, gt, pred, mask) -> None:  # noqa: ANN001 (see update)
         g, p = _flat_int(gt), _flat_int(pred).to(_flat_int(gt).device)
         if g.shape != p.shape:
             raise ValueError(f"{g.numel()} ground-truth voxels but {p.numel()} predicted")
@@ -362,9 +382,10 @@ def render_rays(
     occupied = semantics != free_label  # dvr: label < free -> 1, == free -> 0
     o_rep = origin_vox.repeat_interleave(R, dim=0)  # (T * R, 3)
     vol = torch.arange(V, device=dev).repeat_interleave(T * R)
-    dist, index = traverse_first_hit(
-        occupied, o_rep.repeat(V, 1).double(), end_vox.repeat(V, 1).double(), vol
-    )
+    with _single_thread(dev):
+        dist, index = traverse_first_hit(
+            occupied, o_rep.repeat(V, 1).double(), end_vox.repeat(V, 1).double(), vol
+        )
     flat_sem = semantics.reshape(V, -1)
     X, Y, Z = semantics.shape[1:]
     lin = (index[:, 0] * Y + index[:, 1]) * Z + index[:, 2]
