@@ -62,15 +62,17 @@ def test_metrics_sink_of_perfect_predictions():
     assert "free" not in res["iou_per_class"]
 
 
+def _pred(gt: torch.Tensor, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(10 + seed)
+    p = gt.clone()
+    p[torch.rand(gt.shape, generator=g) < 0.05] = 4
+    p[:, :, 3] = torch.where(p[:, :, 3] == FREE, 13, p[:, :, 3])
+    return p
+
+
 def test_metrics_sink_equals_the_metrics_over_the_split():
     gts = [_scene(s) for s in range(3)]
-    preds = []
-    for s, gt in enumerate(gts):
-        g = torch.Generator().manual_seed(10 + s)
-        p = gt.clone()
-        p[torch.rand(gt.shape, generator=g) < 0.05] = 4
-        p[:, :, 3] = torch.where(p[:, :, 3] == FREE, 13, p[:, :, 3])
-        preds.append(p)
+    preds = [_pred(gt, s) for s, gt in enumerate(gts)]
     sink = OccupancyMetricsSink()
     sink.add(_batch(gts[:2]), _logits(torch.stack(preds[:2])))  # batches of 2 and 1
     sink.add(_batch(gts[2:]), _logits(torch.stack(preds[2:])))
@@ -175,3 +177,58 @@ def test_loss_selection_and_model_checks():
     cfg.train.loss = "occ3d"
     with pytest.raises(TpvkitError, match="num_classes=18"):
         build_loss(cfg)
+
+
+DDP_SCRIPT = """
+import json, sys
+import torch.distributed as dist
+from test_occupancy import _batch, _logits, _pred, _scene
+from tpvkit.engine.occupancy import OccupancyMetricsSink
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+sink = OccupancyMetricsSink()
+gt = _scene(rank)
+sink.add(_batch([gt]), _logits(_pred(gt, rank)[None]))
+with open(f"{sys.argv[1]}/rank{rank}.json", "w") as f:
+    json.dump(sink.finish(), f)
+dist.destroy_process_group()
+"""
+
+
+def test_metrics_sink_sums_over_ddp_ranks(tmp_path):
+    """Two gloo ranks with one frame each report the metrics of both frames."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    script = tmp_path / "sink_ddp.py"
+    script.write_text(DDP_SCRIPT)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(here), str(here.parent.parent), env.get("PYTHONPATH", "")]
+    )
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node",
+           "2", "--master_addr", "127.0.0.1", "--master_port", str(port), str(script),
+           str(tmp_path)]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    single = OccupancyMetricsSink()
+    for s in (0, 1):
+        gt = _scene(s)
+        single.add(_batch([gt]), _logits(_pred(gt, s)[None]))
+    expected = single.finish()
+    for res in ranks:
+        assert res["num_samples"] == 2
+        for key in ("miou", "miou_nomask", "rayiou", "rayiou_1", "rayiou_4", "num_rays"):
+            assert res[key] == pytest.approx(expected[key]), key
