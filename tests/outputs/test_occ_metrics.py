@@ -16,6 +16,7 @@ from tpvkit.outputs.occ_metrics import (
     lidar_ray_directions,
     render_rays,
     traverse_first_hit,
+    traverse_shared,
 )
 
 FREE = 17
@@ -203,6 +204,11 @@ def test_traversal_matches_the_literal_dvr_transcription(seed):
         assert dist[r].item() == ref_d, r
         assert tuple(index[r].tolist()) == ref_v, r
         assert dist_g[r].item() == ref_d and tuple(index_g[r].tolist()) == ref_v, r
+    # one walk for both volumes gives each volume's own walk
+    dist_s, index_s = traverse_shared(occ, o, e)
+    for k in range(2):
+        dist_k, index_k = traverse_first_hit(occ, o, e, torch.full((R,), k))
+        assert torch.equal(dist_s[k], dist_k) and torch.equal(index_s[k], index_k)
 
 
 def test_traversal_matches_brute_force_marching():

@@ -192,7 +192,9 @@ class LidarSegDataset(torch.utils.data.Dataset):
 
     Items: img float32 (6, 3, Hp, Wp), lidar2img float32 (6, 4, 4), points float32 (N, 3),
     point_labels int64 (N,), point_voxel_index int64 (N, 3), voxel_labels int64 (X, Y, Z),
-    token, lidar_token. Every point of the sweep is kept, in file order.
+    token, lidar_token. Every point of the sweep is kept, in file order. When the info file
+    links Occ3D labels: occ_semantics, occ_mask_camera, occ_mask_lidar, ray_origins
+    (tpvkit.data.occ3d.dataset_targets; docs/occupancy.md).
     """
 
     def __init__(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -19,10 +19,12 @@ from torch import nn
 
 from tpvkit.config import Config
 from tpvkit.data.occ3d import OCC3D_CLASS_NAMES, OCC3D_FREE, OCC3D_GRID, OCC3D_NUM_CLASSES
-from tpvkit.engine.train import LossFn
 from tpvkit.errors import TpvkitError
 from tpvkit.outputs.occ_metrics import OccupancyConfusion, RayIoU
 from tpvkit.utils.io import atomic_write_bytes, check_output_dir
+
+if TYPE_CHECKING:  # engine.train will import this module to pick the loss: no import cycle
+    from tpvkit.engine.train import LossFn
 
 OCC_BATCH_KEYS: tuple[str, ...] = ("occ_semantics", "occ_mask_camera", "ray_origins")
 

@@ -246,6 +246,105 @@ def traverse_first_hit(
     return dist, index
 
 
+def traverse_shared(
+    occupied: torch.Tensor,
+    origin_vox: torch.Tensor,
+    end_vox: torch.Tensor,
+    max_steps: int = MAX_TRAVERSAL_STEPS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """traverse_first_hit of every ray in every volume, walking each ray once.
+
+    occupied (V, X, Y, Z) bool; origin_vox, end_vox (R, 3). The voxel sequence of a ray does
+    not depend on the volume, so one walk serves all V volumes (RayIoU's ground truth and
+    prediction): the arithmetic is that of traverse_first_hit, step for step, and the cost
+    is that of the longest of the V walks instead of their sum. Returns dist (V, R) float64
+    and index (V, R, 3) int64 with traverse_first_hit's meaning.
+    """
+    dev = occupied.device
+    V, X, Y, Z = occupied.shape
+    R = origin_vox.shape[0]
+    o = origin_vox.to(dev, torch.float64)
+    start = torch.trunc(o).long()
+    size = torch.tensor([X, Y, Z], device=dev)
+    starts_inside = ((start >= 0) & (start < size)).all(dim=1)
+    dist = torch.full((V, R), -1.0, dtype=torch.float64, device=dev)
+    index = torch.zeros(V, R, 3, dtype=torch.int64, device=dev)
+    if not bool(starts_inside.all()):  # rare: the literal loop, one ray per volume
+        out = torch.nonzero(~starts_inside).squeeze(1)
+        vol = torch.arange(V, device=dev).repeat_interleave(out.numel())
+        d_out, i_out = _traverse_general(
+            occupied, o[out].repeat(V, 1), end_vox[out].to(dev).repeat(V, 1), vol, max_steps
+        )
+        dist[:, out] = d_out.reshape(V, -1)
+        index[:, out] = i_out.reshape(V, -1, 3)
+    sel = torch.nonzero(starts_inside).squeeze(1)
+    if sel.numel() == 0:
+        return dist, index
+    o, v = o[sel], start[sel]
+    r = end_vox[sel].to(dev, torch.float64) - o
+    d = r / _length(r)[:, None]
+    step = torch.where(d >= 0, 1, -1).long()
+    nonzero = d != 0
+    safe = torch.where(nonzero, d, 1.0)
+    inf = torch.tensor(float("inf"), dtype=torch.float64, device=dev)
+    t_max = torch.where(nonzero, (v.double() + (step > 0).double() - o) / safe, inf)
+    t_delta = torch.where(nonzero, step.double() / safe, inf)
+
+    code = torch.full((V, X + 2, Y + 2, Z + 2), 2, dtype=torch.uint8, device=dev)
+    code[:, 1:-1, 1:-1, 1:-1] = occupied.to(torch.uint8)
+    code = code.reshape(-1)
+    py, px = Z + 2, (Y + 2) * (Z + 2)
+    vol_offset = torch.arange(V, device=dev) * ((X + 2) * px)  # (V,)
+    flat = (v[:, 0] + 1) * px + (v[:, 1] + 1) * py + (v[:, 2] + 1)
+    tx, ty, tz = t_max.unbind(1)
+    dtx, dty, dtz = t_delta.unbind(1)
+    sx, sy, sz = step[:, 0] * px, step[:, 1] * py, step[:, 2]
+
+    n = sel.numel()
+    ids = torch.arange(n, device=dev)
+    res_d = torch.full((V, n), -1.0, dtype=torch.float64, device=dev)
+    res_flat = torch.zeros(V, n, dtype=torch.int64, device=dev)
+    alive = torch.ones(n, V, dtype=torch.bool, device=dev)  # (ray, volume) walks still open
+    prev_flat, prev_leave = flat, torch.full((n,), -1.0, dtype=torch.float64, device=dev)
+    for _ in range(max_steps + 1):
+        c = code[flat[:, None] + vol_offset[None, :]]  # (n, V)
+        cx = (tx < ty) & (tx < tz)
+        cy = ~cx & (ty < tz)
+        cz = ~(cx | cy)
+        leave = torch.where(cx, tx, torch.where(cy, ty, tz))
+        hit = alive & (c == 1)
+        left = alive & (c == 2)
+        finished = hit | left
+        if bool(finished.any()):
+            rows, cols = torch.nonzero(hit, as_tuple=True)
+            res_d[cols, ids[rows]] = leave[rows]
+            res_flat[cols, ids[rows]] = flat[rows]
+            rows, cols = torch.nonzero(left, as_tuple=True)
+            res_d[cols, ids[rows]] = prev_leave[rows]
+            res_flat[cols, ids[rows]] = prev_flat[rows]
+            alive &= ~finished
+            ray_alive = alive.any(dim=1)
+            n_alive = int(ray_alive.sum())
+            if n_alive == 0:
+                break
+            if 4 * n_alive < 3 * ray_alive.numel():  # drop finished rays in batches
+                k = torch.nonzero(ray_alive).squeeze(1)
+                ids, flat, leave, alive = ids[k], flat[k], leave[k], alive[k]
+                tx, ty, tz, dtx, dty, dtz = tx[k], ty[k], tz[k], dtx[k], dty[k], dtz[k]
+                sx, sy, sz, cx, cy, cz = sx[k], sy[k], sz[k], cx[k], cy[k], cz[k]
+            else:  # finished rays wait for the next compaction in place: freeze them
+                sx, sy, sz = (t.masked_fill(~ray_alive, 0) for t in (sx, sy, sz))
+        prev_flat, prev_leave = flat, leave
+        flat = flat + torch.where(cx, sx, torch.where(cy, sy, sz))
+        tx = torch.where(cx, tx + dtx, tx)
+        ty = torch.where(cy, ty + dty, ty)
+        tz = torch.where(cz, tz + dtz, tz)
+    rem = res_flat
+    idx = torch.stack([rem // px - 1, (rem % px) // py - 1, rem % py - 1], dim=-1)  # (V, n, 3)
+    dist[:, sel], index[:, sel] = res_d, idx
+    return dist, index
+
+
 def _length(r: torch.Tensor) -> torch.Tensor:
     """sqrt(x*x + y*y + z*z) summed left to right, correctly rounded, as dvr.cu computes it.
 
@@ -381,15 +480,13 @@ def render_rays(
     end_vox = end_vox.float().reshape(-1, 3)
     occupied = semantics != free_label  # dvr: label < free -> 1, == free -> 0
     o_rep = origin_vox.repeat_interleave(R, dim=0)  # (T * R, 3)
-    vol = torch.arange(V, device=dev).repeat_interleave(T * R)
     with _single_thread(dev):
-        dist, index = traverse_first_hit(
-            occupied, o_rep.repeat(V, 1).double(), end_vox.repeat(V, 1).double(), vol
-        )
-    flat_sem = semantics.reshape(V, -1)
+        dist, index = traverse_shared(occupied, o_rep.double(), end_vox.double())
+    dist, index = dist.reshape(-1), index.reshape(-1, 3)  # (V * T * R)
+    vol = torch.arange(V, device=dev).repeat_interleave(T * R)
     X, Y, Z = semantics.shape[1:]
     lin = (index[:, 0] * Y + index[:, 1]) * Z + index[:, 2]
-    labels = flat_sem.reshape(-1)[vol * (X * Y * Z) + lin].long()
+    labels = semantics.reshape(-1)[vol * (X * Y * Z) + lin].long()
     # dvr stores the distance in a float32 tensor, then pred_dist *= 0.4 (float32)
     depth = dist.float() * torch.tensor(voxel_size, dtype=torch.float32)
     return labels.reshape(V, T * R), depth.reshape(V, T * R)
