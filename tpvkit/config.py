@@ -92,6 +92,9 @@ class ModelConfig:
     num_classes: int = NUM_CLASSES
     point_cloud_range: list[float] = field(default_factory=lambda: list(POINT_CLOUD_RANGE))
     checkpoint_activations: bool = False
+    # The frame of point_cloud_range and the output grid, i.e. the frame lidar2img maps from:
+    # "lidar" (LIDAR_TOP, the lidarseg models) or "ego" (ego frame of the key frame, Occ3D).
+    grid_frame: str = "lidar"
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     neck: NeckConfig = field(default_factory=NeckConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -138,6 +141,13 @@ class TrainConfig:
     amp: str = "none"  # "none" | "bf16" | "fp16" (GPU only)
     lovasz_weight: float = 1.0
     ce_weight: float = 1.0
+    # Which loss trains the model (tpvkit.engine.occupancy.build_loss): "lidarseg" (Lovasz on
+    # points + CE on point-voted voxels), "occ3d" (CE + Lovasz on dense Occ3D voxel labels) or
+    # "tpv_occupancy" (the public occupancy recipe: CE + Lovasz on point-voted voxels, free = 17
+    # where no point falls).
+    loss: str = "lidarseg"
+    # Voxels the "occ3d" loss sees: "camera" (inside mask_camera only) or "all".
+    occ_loss_mask: str = "camera"
     log_interval: int = 10
     val_interval: int = 0  # iterations between validations; 0 = at the end of every epoch
     ckpt_interval: int = 0  # iterations between checkpoints; 0 = at the end of every epoch
@@ -404,6 +414,9 @@ def validate(cfg: Config) -> None:
     _choice(cfg.data.voxel_convention, ("exact", "tpvformer"), "data.voxel_convention")
     _choice(cfg.train.amp, ("none", "bf16", "fp16"), "train.amp")
     _choice(cfg.train.device, ("auto", "cpu", "cuda"), "train.device")
+    _choice(m.grid_frame, ("lidar", "ego"), "model.grid_frame")
+    _choice(cfg.train.loss, ("lidarseg", "occ3d", "tpv_occupancy"), "train.loss")
+    _choice(cfg.train.occ_loss_mask, ("camera", "all"), "train.occ_loss_mask")
     if m.backbone.depth not in (18, 34, 50, 101):
         raise ConfigError(f"model.backbone.depth: {m.backbone.depth} is not one of 18, 34, 50, 101")
     if len(m.backbone.dcn_stages) != 4:

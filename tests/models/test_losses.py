@@ -8,7 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tpvkit.models.losses import lovasz_softmax, masked_cross_entropy, occupancy_loss
+from tpvkit.models.losses import (
+    dense_voxel_loss,
+    fill_unobserved_voxels,
+    lovasz_softmax,
+    masked_cross_entropy,
+    occupancy_loss,
+)
 
 
 def jaccard_loss_of_set(mistakes: frozenset[int], fg: list[int]) -> float:
@@ -162,3 +168,42 @@ def test_lovasz_softmax_gradient_matches_brute_force(seed):
         grads.append(x.grad)
     assert torch.allclose(grads[0], grads[1], atol=1e-12)
     assert grads[0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_dense_voxel_loss_matches_references(seed):
+    g = torch.Generator().manual_seed(seed)
+    C = 4
+    logits = torch.randn(1, C, 2, 1, 3, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, C, (1, 2, 1, 3), generator=g)
+    mask = torch.ones(1, 2, 1, 3, dtype=torch.bool)
+    mask[0, 1, 0, 2] = False
+    terms = dense_voxel_loss(logits, labels, mask, lovasz_weight=0.5, ce_weight=2.0)
+    flat_logits = logits.movedim(1, -1).reshape(-1, C)[mask.reshape(-1)]
+    flat_labels = labels.reshape(-1)[mask.reshape(-1)]
+    ce = -sum(
+        float(flat_logits[i, flat_labels[i]] - torch.logsumexp(flat_logits[i], 0))
+        for i in range(len(flat_labels))
+    ) / len(flat_labels)
+    assert terms["loss_ce"].item() == pytest.approx(ce, rel=1e-6)
+    lov = lovasz_softmax_reference(flat_logits.softmax(1), flat_labels, ignore=-1)
+    assert terms["loss_lovasz"].item() == pytest.approx(lov, rel=1e-6)
+    assert terms["loss"].item() == pytest.approx(2.0 * ce + 0.5 * lov, rel=1e-6)
+    # no mask: every voxel; an empty mask: zero with a gradient path
+    assert dense_voxel_loss(logits, labels)["loss_ce"].item() != pytest.approx(ce)
+    empty = dense_voxel_loss(logits.requires_grad_(), labels, torch.zeros_like(mask))
+    empty["loss"].backward()
+    assert empty["loss"].item() == 0.0
+
+
+def test_fill_unobserved_voxels():
+    voxel_labels = torch.tensor([[[[0, 3], [0, 0]], [[5, 0], [0, 0]]]])  # (1, 2, 2, 2)
+    index = torch.tensor([[[0, 0, 1], [1, 0, 0], [1, 1, 1], [0, 1, 0]]])
+    mask = torch.tensor([[True, True, True, False]])  # the last point is padding
+    out = fill_unobserved_voxels(voxel_labels, index, mask, 17)
+    expected = torch.full((1, 2, 2, 2), 17)
+    for n in range(3):
+        x, y, z = index[0, n].tolist()
+        expected[0, x, y, z] = voxel_labels[0, x, y, z]
+    assert torch.equal(out, expected)
+    assert out[0, 1, 1, 1].item() == 0  # a voxel of label-0 points stays 0 (ignored)

@@ -62,6 +62,12 @@ def nuscenes(
         "--overwrite",
         help="Write into a non-empty --out, replacing its info files (other files are kept).",
     ),
+    occ3d: Path | None = typer.Option(
+        None,
+        "--occ3d",
+        help="Occ3D-nuScenes 'gts' folder (<scene>/<token>/labels.npz): link and validate "
+        "every sample's dense occupancy labels.",
+    ),
 ) -> None:
     """Build tpvkit info files (JSON) for every split of a nuScenes version with the devkit.
 
@@ -70,4 +76,4 @@ def nuscenes(
     with user_errors():
         from tpvkit.data.infos import prepare_nuscenes_infos
 
-        prepare_nuscenes_infos(dataroot, version, out, overwrite=overwrite)
+        prepare_nuscenes_infos(dataroot, version, out, overwrite=overwrite, occ3d=occ3d)

@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from tpvkit.config import DataConfig, ModelConfig
 from tpvkit.constants import CAMERA_ORDER, LABEL_MAP_32_TO_16
-from tpvkit.data import geometry
+from tpvkit.data import geometry, occ3d
 from tpvkit.data.infos import InfoSet, load_infos
 from tpvkit.errors import TpvkitError
 
@@ -206,7 +206,9 @@ class LidarSegDataset(torch.utils.data.Dataset):
 
     Items: img float32 (6, 3, Hp, Wp), lidar2img float32 (6, 4, 4), points float32 (N, 3),
     point_labels int64 (N,), point_voxel_index int64 (N, 3), voxel_labels int64 (X, Y, Z),
-    token, lidar_token. Every point of the sweep is kept, in file order.
+    token, lidar_token. Every point of the sweep is kept, in file order. When the info file
+    links Occ3D labels: occ_semantics, occ_mask_camera, occ_mask_lidar, ray_origins
+    (tpvkit.data.occ3d.dataset_targets; docs/occupancy.md).
     """
 
     def __init__(
@@ -248,6 +250,11 @@ class LidarSegDataset(torch.utils.data.Dataset):
         )
         self.voxel_convention = data_cfg.voxel_convention
         self.voxel_label_ignore = voxel_label_ignore
+        # the frame of the model's grid; "ego": lidar2img and points move to the ego frame
+        self.grid_frame = getattr(model_cfg, "grid_frame", "lidar")
+        self.ray_origins = None  # per sample, when the info file links Occ3D labels
+        if any(s.get(occ3d.INFO_FIELD) for s in self.infos.samples):
+            self.ray_origins = occ3d.scene_ray_origins(self.infos.samples)
 
     def __len__(self) -> int:
         return len(self.infos)
@@ -303,6 +310,11 @@ class LidarSegDataset(torch.utils.data.Dataset):
 
         points = read_points(self.infos.resolve(sample["lidar_path"]))
         xyz = np.ascontiguousarray(points[:, :3])
+        if self.grid_frame == "ego":
+            xyz = np.ascontiguousarray(occ3d.lidar_to_frame(xyz, sample, "ego"))
+            lidar2imgs = list(
+                occ3d.ego2img_from_lidar2img(np.stack(lidar2imgs), occ3d.lidar2ego_matrix(sample))
+            )
         if sample.get("lidarseg_path"):
             lidar_path = self.infos.resolve(sample["lidar_path"])
             labels = read_labels(
@@ -316,7 +328,7 @@ class LidarSegDataset(torch.utils.data.Dataset):
         voxel_labels = geometry.voxel_majority_labels(
             voxel_index, labels, self.grid, ignore_index=self.voxel_label_ignore
         )
-        return {
+        item = {
             "img": img_t,
             "lidar2img": torch.from_numpy(np.stack(lidar2imgs)).float(),  # (6, 4, 4)
             "points": torch.from_numpy(xyz),  # (N, 3)
@@ -326,6 +338,9 @@ class LidarSegDataset(torch.utils.data.Dataset):
             "token": sample["token"],
             "lidar_token": sample.get("lidar_token") or "",
         }
+        if self.ray_origins is not None and sample.get(occ3d.INFO_FIELD):
+            item.update(occ3d.dataset_targets(sample, self.infos, self.ray_origins[index]))
+        return item
 
 
 def collate_batch(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -356,6 +371,7 @@ def collate_batch(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "voxel_labels": torch.stack([s["voxel_labels"] for s in samples]).long(),
         "tokens": [s["token"] for s in samples],
         "lidar_tokens": [s["lidar_token"] for s in samples],
+        **occ3d.collate_targets(samples),
     }
 
 

@@ -179,20 +179,35 @@ def build_split_infos(nusc: Any, split: str) -> tuple[list[dict[str, Any]], list
     return samples, [name for name in wanted if name not in present]
 
 
+def link_occ3d_labels(
+    built: dict[str, list[dict[str, Any]]], gt_dir: str | Path, dataroot: Path
+) -> None:
+    """`--occ3d GTDIR`: check the Occ3D gts folder for every sample of every split (missing,
+    wrong shape/dtype, values out of range name the file) and set each record's occ3d_path."""
+    from tpvkit.data import occ3d
+
+    for samples in built.values():
+        occ3d.link_samples(samples, gt_dir, dataroot)
+    total = sum(len(s) for s in built.values())
+    print(f"linked Occ3D labels of {total} samples from {Path(gt_dir)}")
+
+
 def prepare_nuscenes_infos(
     dataroot: str | Path,
     version: str,
     out_dir: str | Path,
     progress: bool = True,
     overwrite: bool = False,
+    occ3d: str | Path | None = None,
 ) -> list[Path]:
     """Build and write `tpvkit_infos_<split>.json` for every split of `version`.
 
     An existing non-empty `out_dir` is refused unless `overwrite` (then the info files in it
     are replaced; other files there are kept). The dataroot is validated first and every split
     is built in memory before the first file is written, and the files appear together (each
-    written to a temporary file, then all renamed), so on any error nothing is written.
-    Returns the written paths.
+    written to a temporary file, then all renamed), so on any error nothing is written. With
+    `occ3d` (an Occ3D-nuScenes gts folder) every sample is linked to its dense labels (field
+    occ3d_path). Returns the written paths.
     """
     from tqdm import tqdm
 
@@ -232,6 +247,8 @@ def prepare_nuscenes_infos(
                     "official evaluation of this split needs all of them"
                 )
             built[split] = samples
+    if occ3d is not None:
+        link_occ3d_labels(built, occ3d, dataroot)
 
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     written = []
@@ -495,6 +512,8 @@ def sample_files(sample: dict[str, Any]) -> list[str]:
     files = [sample["lidar_path"]]
     if sample.get("lidarseg_path"):
         files.append(sample["lidarseg_path"])
+    if sample.get("occ3d_path"):
+        files.append(sample["occ3d_path"])
     files.extend(sample["cams"][cam]["img_path"] for cam in CAMERA_ORDER)
     return files
 

@@ -31,12 +31,15 @@ from tpvkit.data.geometry import (
     pose_matrix,
     quaternion_to_matrix,
 )
+from tpvkit.data.occ3d import label_relpath, write_labels
+from tpvkit.data.synthetic_occ import CameraView, frame_labels
 from tpvkit.data.synthetic_render import RIG, render_camera, scaled_intrinsic, scan_lidar
 from tpvkit.data.synthetic_world import World, build_street_world
 from tpvkit.errors import TpvkitError
 from tpvkit.utils.io import check_output_dir
 
 VERSION = "v1.0-mini"
+OCC3D_DIR = "gts"  # Occ3D-format ground truth: gts/<scene_name>/<sample_token>/labels.npz
 
 # Real v1.0-mini scene names, so create_splits_scenes() finds them. Ordered so that any count
 # >= 2 has both splits, >= 3 has all of mini_val (the official evaluation needs every scene of
@@ -317,6 +320,7 @@ def _scene_tables(opts: SyntheticOptions, index: int, root: Path) -> dict[str, l
                 "scene_token": token(seed, name, "scene"),
             }
         )
+        views: list[CameraView] = []  # for the Occ3D ground truth of this key frame
         for channel in (*CAMERA_ORDER, LIDAR_CHANNEL):
             is_lidar = channel == LIDAR_CHANNEL
             ts = t_sample + RIG[channel].time_offset_us
@@ -347,6 +351,9 @@ def _scene_tables(opts: SyntheticOptions, index: int, root: Path) -> dict[str, l
                 )
                 label_file = f"lidarseg/{VERSION}/{sd_tok}_lidarseg.bin"
                 labels.tofile(root / label_file)
+                ego_to_street = street_from_global @ _record_pose(ego)
+                occ = frame_labels(world, ego_to_street, sensor_to_street, points, views)
+                write_labels(root / OCC3D_DIR / label_relpath(name, sample_tokens[i]), occ)
                 tables["lidarseg"].append(
                     {"token": sd_tok, "sample_data_token": sd_tok, "filename": label_file}
                 )
@@ -354,6 +361,7 @@ def _scene_tables(opts: SyntheticOptions, index: int, root: Path) -> dict[str, l
                 filename = f"samples/{channel}/{logfile}__{channel}__{ts}.jpg"
                 K = np.asarray(calib[channel]["camera_intrinsic"])
                 img, _ = render_camera(world, sensor_to_street, K, w, h, render_rng)
+                views.append(CameraView(K, sensor_to_street, w, h))
                 Image.fromarray(img).save(root / filename, format="JPEG", quality=90)
             tables["sample_data"].append(
                 {
@@ -570,5 +578,5 @@ def generate_synthetic(
     if write_infos:
         from tpvkit.data.infos import prepare_nuscenes_infos
 
-        prepare_nuscenes_infos(out, VERSION, out / "infos", progress=False)
+        prepare_nuscenes_infos(out, VERSION, out / "infos", progress=False, occ3d=out / OCC3D_DIR)
     return out

@@ -106,3 +106,60 @@ def occupancy_loss(
     if "loss_ce" in terms:
         total = total + ce_weight * terms["loss_ce"]
     return {"loss": total, **terms}
+
+
+def dense_voxel_loss(
+    voxel_logits: torch.Tensor,
+    voxel_labels: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    lovasz_weight: float = 1.0,
+    ce_weight: float = 1.0,
+    ignore_index: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Cross-entropy + Lovasz-softmax over dense voxel labels (Occ3D-style occupancy).
+
+    voxel_logits (B, C, X, Y, Z), voxel_labels (B, X, Y, Z) in [0, C) (free space is a class
+    of its own); mask (B, X, Y, Z) bool selects the supervised voxels (e.g. mask_camera), None
+    supervises every voxel. `ignore_index` (None: none) drops a label from both terms. Both
+    terms average over the selected voxels of the whole batch; the Lovasz term over the classes
+    present among them. Returns {"loss", "loss_ce", "loss_lovasz"}.
+    """
+    C = voxel_logits.shape[1]
+    logits = voxel_logits.float().movedim(1, -1).reshape(-1, C)  # (P, C)
+    labels = voxel_labels.reshape(-1).long()
+    keep = torch.ones_like(labels, dtype=torch.bool)
+    if mask is not None:
+        keep &= mask.reshape(-1).to(torch.bool)
+    if ignore_index is not None:
+        keep &= labels != ignore_index
+    logits, labels = logits[keep], labels[keep]
+    if labels.numel() == 0:  # nothing supervised in this batch: a zero with a gradient path
+        zero = voxel_logits.float().sum() * 0.0
+        return {"loss": zero, "loss_ce": zero, "loss_lovasz": zero}
+    loss_ce = F.cross_entropy(logits, labels)
+    loss_lovasz = lovasz_softmax(logits.softmax(dim=1), labels, ignore_index=None)
+    total = ce_weight * loss_ce + lovasz_weight * loss_lovasz
+    return {"loss": total, "loss_ce": loss_ce, "loss_lovasz": loss_lovasz}
+
+
+def fill_unobserved_voxels(
+    voxel_labels: torch.Tensor,
+    point_voxel_index: torch.Tensor,
+    point_mask: torch.Tensor,
+    fill_label: int,
+) -> torch.Tensor:
+    """Point-voted voxel labels with `fill_label` where no point falls (the public occupancy
+    recipe's fill_label = 17, "empty"): (B, X, Y, Z) int64.
+
+    voxel_labels (B, X, Y, Z) majority votes (0 where no point), point_voxel_index (B, N, 3)
+    int64, point_mask (B, N) bool (real points, not padding).
+    """
+    B, X, Y, Z = voxel_labels.shape
+    has_point = torch.zeros(B, X * Y * Z, dtype=torch.bool, device=voxel_labels.device)
+    idx = point_voxel_index.long()
+    flat = (idx[..., 0] * Y + idx[..., 1]) * Z + idx[..., 2]  # (B, N)
+    for b in range(B):
+        has_point[b, flat[b][point_mask[b]]] = True
+    filled = voxel_labels.reshape(B, -1).long().clone()
+    filled[~has_point] = fill_label
+    return filled.reshape(B, X, Y, Z)
