@@ -10,6 +10,7 @@ from __future__ import annotations
 import typer
 
 from tpvkit.cli import demo, export, predict, prepare, train, visualize
+from tpvkit.cli import deploy as deploy_cmd
 from tpvkit.cli import eval as eval_cmd
 
 app = typer.Typer(
@@ -26,6 +27,7 @@ app.command("predict")(predict.predict)
 app.command("export")(export.export)
 app.command("visualize")(visualize.visualize)
 app.command("demo")(demo.demo)
+app.command("deploy")(deploy_cmd.deploy)
 
 
 @app.callback()
