@@ -12,6 +12,7 @@ classes (the ignore class is never predicted, as tpvkit.outputs.metrics.predict_
 from __future__ import annotations
 
 import contextlib
+import types
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -21,6 +22,7 @@ from tpvkit.config import Config
 from tpvkit.constants import IGNORE_INDEX
 from tpvkit.errors import TpvkitError
 from tpvkit.models.tpvformer import TPVFormer
+from tpvkit.ops.dcn import ModulatedDeformConv2dPack, deform_columns
 
 # --outputs spelling -> the graph output it adds.
 OUTPUT_CHOICES: dict[str, str] = {
@@ -70,10 +72,13 @@ def export_mode(model: TPVFormer) -> Iterator[TPVFormer]:
     same model then serves as the PyTorch reference of the check."""
     modules = [m for m in model.modules() if hasattr(m, "msda_backend")]
     saved = (model.training, model.encoder.dense_camera_hits, [m.msda_backend for m in modules])
+    dcns = [m for m in model.modules() if isinstance(m, ModulatedDeformConv2dPack)]
     model.eval()
     model.encoder.dense_camera_hits = True
     for m in modules:
         m.msda_backend = EXPORT_MSDA_BACKEND
+    for m in dcns:  # an instance attribute shadows the class's forward until deleted
+        m.forward = types.MethodType(dcn_export_forward, m)
     try:
         yield model
     finally:
@@ -81,6 +86,31 @@ def export_mode(model: TPVFormer) -> Iterator[TPVFormer]:
         model.encoder.dense_camera_hits = saved[1]
         for m, backend in zip(modules, saved[2], strict=True):
             m.msda_backend = backend
+        for m in dcns:
+            del m.forward
+
+
+def dcn_export_forward(self: ModulatedDeformConv2dPack, x: torch.Tensor) -> torch.Tensor:
+    """ModulatedDeformConv2dPack.forward without its autograd.Function (which the exporter
+    cannot look into): the same columns (deform_columns: GridSample), matmul and bias."""
+    out = self.conv_offset(x)  # (B, 3*G*K, Ho, Wo)
+    o1, o2, mask = torch.chunk(out, 3, dim=1)
+    offset = torch.cat((o1, o2), dim=1)
+    dtype = torch.promote_types(x.dtype, torch.float32)  # as the op: sampling in >= float32
+    cols = deform_columns(
+        x.to(dtype),
+        offset.to(dtype),
+        torch.sigmoid(mask).to(dtype),
+        self.kernel_size,
+        self.stride,
+        self.padding,
+        self.dilation,
+        self.deform_groups,
+    )  # (B, C*K, Ho*Wo)
+    y = torch.matmul(self.weight.to(dtype).flatten(1), cols)
+    if self.bias is not None:
+        y = y + self.bias.to(dtype)[:, None]
+    return y.view(*y.shape[:2], *offset.shape[-2:]).to(x.dtype)
 
 
 class InferenceGraph(nn.Module):
