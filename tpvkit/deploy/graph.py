@@ -20,6 +20,7 @@ from torch import nn
 
 from tpvkit.config import Config
 from tpvkit.constants import IGNORE_INDEX
+from tpvkit.deploy.msda import msda_export
 from tpvkit.errors import TpvkitError
 from tpvkit.models.tpvformer import TPVFormer
 from tpvkit.ops.dcn import ModulatedDeformConv2dPack, deform_columns
@@ -31,8 +32,8 @@ OUTPUT_CHOICES: dict[str, str] = {
     "argmax": "voxel_argmax",
 }
 DEFAULT_OUTPUTS: tuple[str, ...] = ("points", "voxels")
-# The MSDA backend traced into the graph: F.grid_sample becomes the standard GridSample op.
-EXPORT_MSDA_BACKEND = "grid_sample"
+# The MSDA traced into the graph: chunked F.grid_sample, i.e. the standard GridSample op.
+EXPORT_MSDA_BACKEND = msda_export
 
 
 def parse_outputs(spec: str | Sequence[str]) -> tuple[str, ...]:
@@ -67,9 +68,9 @@ def output_names(outputs: Sequence[str]) -> list[str]:
 @contextlib.contextmanager
 def export_mode(model: TPVFormer) -> Iterator[TPVFormer]:
     """Switch a model, for the duration, to the configuration the exporter traces: eval mode,
-    dense camera slots (no shape depends on the calibration's values) and the grid_sample MSDA
-    backend (F.grid_sample -> GridSample). Restores the previous settings afterwards, so the
-    same model then serves as the PyTorch reference of the check."""
+    dense camera slots (no shape depends on the calibration's values), the chunked GridSample
+    MSDA (tpvkit.deploy.msda) and DCN layers without their autograd.Function. Restores the
+    previous settings afterwards, so the same model then serves as the check's reference."""
     modules = [m for m in model.modules() if hasattr(m, "msda_backend")]
     saved = (model.training, model.encoder.dense_camera_hits, [m.msda_backend for m in modules])
     dcns = [m for m in model.modules() if isinstance(m, ModulatedDeformConv2dPack)]

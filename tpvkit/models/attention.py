@@ -11,7 +11,7 @@ without changing its result.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -47,20 +47,25 @@ def _msda_fp32(
     level_start_index: torch.Tensor,
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
-    backend: str,
+    backend: str | Callable[..., torch.Tensor],
 ) -> torch.Tensor:
     """The MSDA op in float32 whatever the autocast state (the public code forces fp32 here:
-    the weighted sums over hundreds of samples lose too much in half precision)."""
+    the weighted sums over hundreds of samples lose too much in half precision). `backend` is
+    a name of tpvkit.ops.msda, or a function with the op's signature (tpvkit.deploy's export
+    form)."""
     out_dtype = value.dtype
+    args = (
+        value.float(),
+        spatial_shapes,
+        level_start_index,
+        sampling_locations.float(),
+        attention_weights.float(),
+    )
     with torch.autocast(device_type=value.device.type, enabled=False):
-        out = multi_scale_deformable_attn(
-            value.float(),
-            spatial_shapes,
-            level_start_index,
-            sampling_locations.float(),
-            attention_weights.float(),
-            backend=backend,
-        )
+        if callable(backend):
+            out = backend(*args)
+        else:
+            out = multi_scale_deformable_attn(*args, backend=backend)
     return out.to(out_dtype)
 
 
