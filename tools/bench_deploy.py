@@ -30,7 +30,17 @@ SHAPES: dict[str, list[str]] = {
     "tpv_tiny": [],
     "bev_tiny": [],
     "tpv_lidarseg_base": ["data.img_size=[224,400]"],
+    # The Base architecture on 50x50x8 planes at 112x200: a Base-shaped point that fits memory
+    # beside other jobs (ONNX Runtime at the full Base shape needs more than ~11 GB free).
+    "base_50x50_112x200": [
+        "model.tpv_h=50",
+        "model.tpv_w=50",
+        "model.tpv_z=8",
+        "data.img_size=[112,200]",
+    ],
 }
+# Shapes that are a shipped config under overrides.
+CONFIG_OF = {"base_50x50_112x200": "tpv_lidarseg_base"}
 DEFAULT_CONFIGS = ["tpv_tiny", "tpv_lidarseg_base"]
 ENGINES = ["pytorch", "pytorch-export", "onnxruntime"]
 
@@ -38,7 +48,7 @@ ENGINES = ["pytorch", "pytorch-export", "onnxruntime"]
 def _config(name: str):
     from tpvkit.config import load_config
 
-    return load_config(name, SHAPES.get(name, []))
+    return load_config(CONFIG_OF.get(name, name), SHAPES.get(name, []))
 
 
 def _inputs(cfg, points: int):
@@ -127,7 +137,10 @@ def _child(args: list[str]) -> dict | None:
         [sys.executable, __file__, *args], capture_output=True, text=True, env=dict(os.environ)
     )
     if proc.returncode != 0:
-        print(f"{' '.join(args)}: failed\n{proc.stderr[-3000:]}", file=sys.stderr)
+        why = f"exit status {proc.returncode}" + (
+            " (killed: out of memory?)" if proc.returncode < 0 else ""
+        )
+        print(f"{' '.join(args)}: failed, {why}\n{proc.stderr[-3000:]}", file=sys.stderr)
         return None
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
