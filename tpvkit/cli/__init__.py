@@ -10,6 +10,7 @@ from __future__ import annotations
 import typer
 
 from tpvkit.cli import demo, export, predict, prepare, train, view, visualize
+from tpvkit.cli import deploy as deploy_cmd
 from tpvkit.cli import eval as eval_cmd
 
 app = typer.Typer(
@@ -27,6 +28,7 @@ app.command("export")(export.export)
 app.command("visualize")(visualize.visualize)
 app.command("view")(view.view)
 app.command("demo")(demo.demo)
+app.command("deploy")(deploy_cmd.deploy)
 
 
 @app.callback()

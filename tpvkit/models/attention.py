@@ -11,7 +11,7 @@ without changing its result.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -47,20 +47,25 @@ def _msda_fp32(
     level_start_index: torch.Tensor,
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
-    backend: str,
+    backend: str | Callable[..., torch.Tensor],
 ) -> torch.Tensor:
     """The MSDA op in float32 whatever the autocast state (the public code forces fp32 here:
-    the weighted sums over hundreds of samples lose too much in half precision)."""
+    the weighted sums over hundreds of samples lose too much in half precision). `backend` is
+    a name of tpvkit.ops.msda, or a function with the op's signature (tpvkit.deploy's export
+    form)."""
     out_dtype = value.dtype
+    args = (
+        value.float(),
+        spatial_shapes,
+        level_start_index,
+        sampling_locations.float(),
+        attention_weights.float(),
+    )
     with torch.autocast(device_type=value.device.type, enabled=False):
-        out = multi_scale_deformable_attn(
-            value.float(),
-            spatial_shapes,
-            level_start_index,
-            sampling_locations.float(),
-            attention_weights.float(),
-            backend=backend,
-        )
+        if callable(backend):
+            out = backend(*args)
+        else:
+            out = multi_scale_deformable_attn(*args, backend=backend)
     return out.to(out_dtype)
 
 
@@ -312,12 +317,14 @@ class CameraHits:
     point at query 0 of their sample and are masked by `valid`); valid (B, N_cam, M) bool;
     count (B, Q) float: the number of cameras seeing each query, clamped to >= 1;
     reference_points (B * N_cam, M, D, 2): the slot's pillar points in normalised pixels.
+    dense: M = Q and slot j of every camera is query j (gather_camera_hits_dense).
     """
 
     index: torch.Tensor
     valid: torch.Tensor
     count: torch.Tensor
     reference_points: torch.Tensor
+    dense: bool = False
 
     @property
     def num_slots(self) -> int:
@@ -348,6 +355,26 @@ def gather_camera_hits(uv: torch.Tensor, valid: torch.Tensor) -> CameraHits:
     ref = uv.reshape(b * n * q, d, 2)[(packed + cam_index).flatten()].view(b * n, m, d, 2)
     count = hit.sum(1).clamp(min=1).to(uv.dtype)  # (B, Q)
     return CameraHits(index=flat_index, valid=slot_valid, count=count, reference_points=ref)
+
+
+def gather_camera_hits_dense(uv: torch.Tensor, valid: torch.Tensor) -> CameraHits:
+    """`gather_camera_hits` with M = Q: every query is a slot of every camera.
+
+    The packed variant sizes its slots by the data (the largest per-camera hit count), which a
+    traced or exported graph would freeze for all later inputs; here every shape depends on
+    the shapes of `uv` only, so an ONNX export stays correct for any calibration. The result
+    is the same: `valid` masks the queries a camera does not see and `count` is unchanged.
+    Costs N_cam / (fraction of queries each camera sees) times the packed variant's work.
+    """
+    b, n, q, d, _ = uv.shape
+    hit = valid.any(-1)  # (B, N, Q)
+    query_ids = torch.arange(q, device=uv.device).view(1, 1, q)
+    sample_offset = (torch.arange(b, device=uv.device) * q).view(b, 1, 1)
+    flat_index = (query_ids + sample_offset).expand(b, n, q).flatten()
+    # Masked slots read at (0, 0) rather than at their (possibly far-out) projections.
+    ref = torch.where(hit[..., None, None], uv, torch.zeros_like(uv)).reshape(b * n, q, d, 2)
+    count = hit.sum(1).clamp(min=1).to(uv.dtype)  # (B, Q)
+    return CameraHits(index=flat_index, valid=hit, count=count, reference_points=ref, dense=True)
 
 
 class ImageCrossAttention(nn.Module):
@@ -484,9 +511,14 @@ class ImageCrossAttention(nn.Module):
             m, k = hit.num_slots, self.multipliers[i]
             o = o.view(bn, m, k, c).sum(2)  # merge the sub-queries of a query
             o = o * hit.valid.reshape(bn, m, 1).to(o.dtype)  # padding slots add nothing
-            slots = q.new_zeros(q.shape[0] * q.shape[1], c).index_add(
-                0, hit.index, o.reshape(-1, c).to(q.dtype)
-            )
+            if hit.dense:
+                # Slot j of every camera is query j: a sum over cameras, no scatter (which the
+                # ONNX exporter turns into a ScatterElements that drops repeated indices).
+                slots = o.view(b, bn // b, m, c).sum(1).to(q.dtype)
+            else:
+                slots = q.new_zeros(q.shape[0] * q.shape[1], c).index_add(
+                    0, hit.index, o.reshape(-1, c).to(q.dtype)
+                )
             slots = slots.view(b, -1, c) / hit.count.unsqueeze(-1).to(q.dtype)
             results.append(q + self.dropout(self.output_proj(slots)))
         return results

@@ -22,6 +22,7 @@ from tpvkit.models.attention import (
     HWSelfAttention,
     ImageCrossAttention,
     gather_camera_hits,
+    gather_camera_hits_dense,
 )
 from tpvkit.models.geometry import (
     PLANES,
@@ -208,6 +209,9 @@ class TPVEncoder(nn.Module):
         self.shapes = {p: plane_shape(p, cfg.tpv_h, cfg.tpv_w, cfg.tpv_z) for p in self.planes}
         self.hw_self = enc.cvha_mode == "hw_self" and cfg.mode == "tpv"
         self.checkpoint_activations = cfg.checkpoint_activations
+        # True: every query is a camera slot (gather_camera_hits_dense), so no shape depends on
+        # the calibration's values; the ONNX exporter (tpvkit.deploy) sets it.
+        self.dense_camera_hits = False
         dim = cfg.dim
 
         self.tpv_queries = nn.ModuleDict(
@@ -300,7 +304,8 @@ class TPVEncoder(nn.Module):
             q, d, _ = pts.shape
             uv, valid = project_to_cameras(pts.reshape(-1, 3), lidar2img, img_hw)
             b, n = uv.shape[:2]
-            hits.append(gather_camera_hits(uv.view(b, n, q, d, 2), valid.view(b, n, q, d)))
+            gather = gather_camera_hits_dense if self.dense_camera_hits else gather_camera_hits
+            hits.append(gather(uv.view(b, n, q, d, 2), valid.view(b, n, q, d)))
         return hits
 
     def forward(

@@ -1,0 +1,60 @@
+"""What an exported file says about itself: ONNX metadata_props with the full tpvkit config
+(JSON), the I/O contract and the export settings, and the way back to a Config."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+import tpvkit
+from tpvkit.config import Config, from_dict, to_dict
+from tpvkit.deploy.graph import input_names, output_names, padded_img_hw
+from tpvkit.errors import TpvkitError
+
+METADATA_FORMAT = "tpvkit-onnx"
+METADATA_FORMAT_VERSION = 1
+
+
+def build_metadata(
+    cfg: Config, outputs: Sequence[str], *, opset: int, fp16: bool, grid: Sequence[int]
+) -> dict[str, str]:
+    """key -> string value, every key prefixed "tpvkit."; "tpvkit.config" is the JSON config."""
+    hp, wp = padded_img_hw(cfg)
+    return {
+        "tpvkit.format": METADATA_FORMAT,
+        "tpvkit.format_version": str(METADATA_FORMAT_VERSION),
+        "tpvkit.version": tpvkit.__version__,
+        "tpvkit.torch_version": str(torch.__version__),
+        "tpvkit.config": json.dumps(to_dict(cfg), sort_keys=True),
+        "tpvkit.inputs": json.dumps(input_names(outputs)),
+        "tpvkit.outputs": json.dumps(output_names(outputs)),
+        "tpvkit.img_hw": json.dumps([hp, wp]),
+        "tpvkit.grid": json.dumps([int(v) for v in grid]),
+        "tpvkit.num_cams": str(cfg.model.encoder.num_cams),
+        "tpvkit.num_classes": str(cfg.model.num_classes),
+        "tpvkit.opset": str(opset),
+        "tpvkit.fp16": json.dumps(bool(fp16)),
+    }
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The tpvkit metadata of an exported file (without loading its weights into memory)."""
+    import onnx
+
+    path = Path(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # protobuf's DecodeError and friends
+        raise TpvkitError(f"{path} is not a readable ONNX file ({err})") from err
+    props = {p.key: p.value for p in model.metadata_props}
+    if props.get("tpvkit.format") != METADATA_FORMAT:
+        raise TpvkitError(f"{path} was not written by `tpvkit deploy` (no tpvkit metadata)")
+    return props
+
+
+def config_from_onnx(path: str | Path) -> Config:
+    """The config an exported file was made from."""
+    return from_dict(json.loads(read_metadata(path)["tpvkit.config"]))
