@@ -66,6 +66,9 @@ class EncoderConfig:
     num_cams: int = 6
     num_levels: int = 4
     msda_backend: str = "auto"  # see tpvkit.ops.msda.available_backends()
+    # Image cross-attention computes offsets once per query and skips sub-queries whose samples
+    # all miss the images (same result, less work); False: the straightforward formulation.
+    compact_ica: bool = True
 
 
 @dataclass
@@ -88,7 +91,8 @@ class ModelConfig:
     tpv_z: int = 16
     num_classes: int = NUM_CLASSES
     point_cloud_range: list[float] = field(default_factory=lambda: list(POINT_CLOUD_RANGE))
-    checkpoint_activations: bool = False
+    checkpoint_activations: bool = False  # recompute each encoder layer / ResNet block in backward
+    channels_last: bool = False  # backbone convolutions in channels-last memory format
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     neck: NeckConfig = field(default_factory=NeckConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)

@@ -49,6 +49,8 @@ PUBLIC_PREFIXES = (
 RUNTIME_MODEL_KEYS = frozenset(
     {
         "model.checkpoint_activations",
+        "model.channels_last",
+        "model.encoder.compact_ica",
         "model.encoder.dropout",
         "model.encoder.msda_backend",
         "model.head.voxel_chunk",
