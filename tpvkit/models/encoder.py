@@ -167,6 +167,7 @@ class TPVLayer(nn.Module):
                 num_anchors=[enc.num_points_in_pillar[i] for i in idx],
                 dropout=enc.dropout,
                 msda_backend=enc.msda_backend,
+                compact=enc.compact_ica,
             )
             self.ica_norm = nn.LayerNorm(dim)
         self.ffn = FFN(dim, enc.ffn_dim, enc.dropout)
