@@ -66,9 +66,10 @@ class EncoderConfig:
     num_cams: int = 6
     num_levels: int = 4
     msda_backend: str = "auto"  # see tpvkit.ops.msda.available_backends()
-    # Image cross-attention computes offsets once per query and skips sub-queries whose samples
-    # all miss the images (same result, less work); False: the straightforward formulation.
-    compact_ica: bool = True
+    # Same result with less work: image cross-attention projects each query once and skips the
+    # sub-queries whose samples all miss the images, cross-view attention builds its sampling
+    # locations in fewer passes. False: the straightforward formulation (tests, benchmarks).
+    fast_path: bool = True
 
 
 @dataclass
