@@ -9,7 +9,7 @@ inference path (point queries only, no voxel volume) and the full voxel decoding
     python tools/bench_model.py                       # tpv_tiny, bev_tiny, tpv_small, base (scaled)
     python tools/bench_model.py --configs tpv_tiny tpv_lidarseg_base --img-scale 0.5
 
-`--compare` times today's formulation (model.encoder.compact_ica=false) against the default
+`--compare` times today's formulation (model.encoder.fast_path=false) against the default
 one at the lidarseg Base shapes of issue 10 (six 224x400 images, 20 000 points), interleaved
 old/new in separate processes, with a per-part profile of each and the largest difference of
 their point logits:
@@ -144,7 +144,7 @@ def run_compare_child(path: str, points: int, threads: int, logits_file: str) ->
     torch.set_num_threads(threads)
     cfg = load_config("tpv_lidarseg_base")
     cfg.data.img_size = [224, 400]
-    cfg.model.encoder.compact_ica = path == "new"
+    cfg.model.encoder.fast_path = path == "new"
     h, w = cfg.data.img_size
     div = cfg.data.size_divisor
     hp, wp = -(-h // div) * div, -(-w // div) * div

@@ -216,7 +216,7 @@ def test_compact_image_cross_attention_gives_the_same_encoder() -> None:
     results = []
     for compact in (False, True):
         torch.manual_seed(0)
-        cfg = small_cfg(compact_ica=compact, num_hcab=2)
+        cfg = small_cfg(fast_path=compact, num_hcab=2)
         enc = TPVEncoder(cfg)
         with torch.no_grad():  # non-zero offset / weight layers, so sampling is not trivial
             for p in enc.parameters():
@@ -225,5 +225,8 @@ def test_compact_image_cross_attention_gives_the_same_encoder() -> None:
         out = enc(feats, ring_lidar2img(), IMG_HW)
         sum((q * q).sum() for q in out).backward()
         results.append([*out, *(f.grad for f in feats), *(p.grad for p in enc.parameters())])
+    # float32 throughout: the two orders of summation agree to rounding, relative to each
+    # tensor's scale (outputs, input gradients and every parameter gradient).
     for a, b in zip(*results, strict=True):
-        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), (a - b).abs().max()
+        err = (a - b).abs().max().item() / max(1.0, b.abs().max().item())
+        assert err < 1e-5, err

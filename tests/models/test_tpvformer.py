@@ -145,7 +145,7 @@ def test_fast_settings_keep_the_point_logits() -> None:
     cfg, img, l2i, points = tiny_batch("tpv_tiny", n_points=200)
     logits = []
     for compact, channels_last in ((False, False), (True, False), (True, True)):
-        cfg.encoder.compact_ica, cfg.channels_last = compact, channels_last
+        cfg.encoder.fast_path, cfg.channels_last = compact, channels_last
         torch.manual_seed(0)
         model = build_model(cfg).eval()
         with torch.no_grad():

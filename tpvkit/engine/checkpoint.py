@@ -50,7 +50,7 @@ RUNTIME_MODEL_KEYS = frozenset(
     {
         "model.checkpoint_activations",
         "model.channels_last",
-        "model.encoder.compact_ica",
+        "model.encoder.fast_path",
         "model.encoder.dropout",
         "model.encoder.msda_backend",
         "model.head.voxel_chunk",
