@@ -6,8 +6,12 @@ Default shapes are the Base model's hw-plane image cross-attention (6 cameras fo
 batch, 8 heads x 16 channels, 4 FPN levels of a 928x1600 input at strides 8/16/32/64, 8 points
 per level), divided by --scale so that a run fits a few CPU cores in well under a minute.
 
+The candidate is `--backend` (default "auto": "pytorch" on CPU, "triton" on CUDA when triton
+is installed); the baseline is always "grid_sample", the old formulation, timed in the same run.
+
     python tools/bench_msda.py                 # CPU, one thread, scale 3
-    python tools/bench_msda.py --scale 1 --device cuda
+    python tools/bench_msda.py --scale 1 --device cuda                     # triton vs grid_sample
+    python tools/bench_msda.py --scale 1 --device cuda --backend pytorch
     python tools/bench_msda.py --points 64 --queries 1600   # a zh/wz-plane-like case
 """
 

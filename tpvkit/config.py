@@ -69,6 +69,10 @@ class EncoderConfig:
     num_cams: int = 6
     num_levels: int = 4
     msda_backend: str = "auto"  # see tpvkit.ops.msda.available_backends()
+    # Same result with less work: image cross-attention projects each query once and skips the
+    # sub-queries whose samples all miss the images, cross-view attention builds its sampling
+    # locations in fewer passes. False: the straightforward formulation (tests, benchmarks).
+    fast_path: bool = True
 
 
 @dataclass
@@ -91,7 +95,8 @@ class ModelConfig:
     tpv_z: int = 16
     num_classes: int = NUM_CLASSES
     point_cloud_range: list[float] = field(default_factory=lambda: list(POINT_CLOUD_RANGE))
-    checkpoint_activations: bool = False
+    checkpoint_activations: bool = False  # recompute each encoder layer / ResNet block in backward
+    channels_last: bool = False  # backbone convolutions in channels-last memory format
     # The frame of point_cloud_range and the output grid, i.e. the frame lidar2img maps from:
     # "lidar" (LIDAR_TOP, the lidarseg models) or "ego" (ego frame of the key frame, Occ3D).
     grid_frame: str = "lidar"

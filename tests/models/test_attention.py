@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from tpvkit.models.attention import (
@@ -115,11 +116,14 @@ def _ica_reference(ica, queries, value, shapes, uv, valid):
     return outs
 
 
-def test_image_cross_attention_matches_reference() -> None:
+@pytest.mark.parametrize("compact", [True, False])
+def test_image_cross_attention_matches_reference(compact: bool) -> None:
     torch.manual_seed(0)
     C, H, L = 8, 2, 2
     shapes = [(5, 7), (3, 4)]
-    ica = ImageCrossAttention(C, H, L, num_points=[2, 4, 4], num_anchors=[1, 2, 2], dropout=0.0)
+    ica = ImageCrossAttention(
+        C, H, L, num_points=[2, 4, 4], num_anchors=[1, 2, 2], dropout=0.0, compact=compact
+    )
     _randomise(ica)
     B, N = 2, 2
     plane_q = [5, 3, 4]
@@ -137,6 +141,37 @@ def test_image_cross_attention_matches_reference() -> None:
     for o, r in zip(out, ref, strict=True):
         assert torch.allclose(o.double(), r, atol=1e-4), (o.double() - r).abs().max()
     assert torch.allclose(out[1][:, 0], queries[1][:, 0] + ica.output_proj.bias, atol=1e-6)
+
+
+def test_compact_image_cross_attention_equals_the_straightforward_one() -> None:
+    # Reference points spread far outside the images: many sub-queries miss every level and
+    # are skipped by the compact path; values and every gradient must not change.
+    torch.manual_seed(3)
+    C, H, L = 8, 2, 3
+    shapes = [(6, 9), (3, 5), (1, 2)]
+    B, N, plane_q, anchors = 2, 3, [7, 4, 5], [2, 4, 4]
+    queries = [torch.randn(B, q, C) for q in plane_q]
+    value = torch.randn(B * N, sum(h * w for h, w in shapes), C)
+    uv = [torch.rand(B, N, q, d, 2) * 6 - 2.5 for q, d in zip(plane_q, anchors, strict=True)]
+    valid = [torch.rand(B, N, q, d) < 0.6 for q, d in zip(plane_q, anchors, strict=True)]
+    hits = [gather_camera_hits(u, m) for u, m in zip(uv, valid, strict=True)]
+    spatial = torch.tensor(shapes)
+    starts = torch.tensor([0, 54, 69])
+    results = []
+    for compact in (False, True):
+        torch.manual_seed(0)
+        ica = ImageCrossAttention(
+            C, H, L, num_points=[4, 8, 8], num_anchors=anchors, dropout=0.0, compact=compact
+        )
+        _randomise(ica)
+        leaves = [t.clone().requires_grad_() for t in (*queries, value)]
+        out = ica(leaves[:3], leaves[3], spatial, starts, hits)
+        g = torch.Generator().manual_seed(5)
+        sum((o * torch.randn(o.shape, generator=g)).sum() for o in out).backward()
+        grads = [t.grad for t in leaves] + [p.grad for p in ica.parameters()]
+        results.append([o.detach() for o in out] + grads)
+    for a, b in zip(*results, strict=True):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), (a - b).abs().max()
 
 
 def test_image_cross_attention_without_any_hit() -> None:

@@ -186,3 +186,47 @@ def test_public_initialisation() -> None:
     bound = math.sqrt(6 / (30 + 16))
     w = enc.tpv_queries["hw"].weight
     assert w.abs().max() <= bound and w.std() > bound / 4
+
+
+def _saved_bytes(enc: TPVEncoder, cfg: ModelConfig) -> int:
+    """Bytes of the tensors autograd keeps for backward outside checkpointed regions."""
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    feats = [f.requires_grad_() for f in features(cfg)]
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = enc(feats, ring_lidar2img(), IMG_HW)
+    sum(q.sum() for q in out).backward()
+    return total
+
+
+def test_activation_checkpointing_keeps_less_for_backward() -> None:
+    cfg, cfg_ckpt = small_cfg(num_hcab=2, num_hab=2), small_cfg(num_hcab=2, num_hab=2)
+    cfg_ckpt.checkpoint_activations = True
+    plain, ckpt = _saved_bytes(TPVEncoder(cfg), cfg), _saved_bytes(TPVEncoder(cfg_ckpt), cfg_ckpt)
+    # Only the layer inputs survive the forward; everything inside a layer is recomputed.
+    assert ckpt < plain / 4, (ckpt, plain)
+
+
+def test_compact_image_cross_attention_gives_the_same_encoder() -> None:
+    results = []
+    for compact in (False, True):
+        torch.manual_seed(0)
+        cfg = small_cfg(fast_path=compact, num_hcab=2)
+        enc = TPVEncoder(cfg)
+        with torch.no_grad():  # non-zero offset / weight layers, so sampling is not trivial
+            for p in enc.parameters():
+                p.add_(torch.randn(p.shape) * 0.2)
+        feats = [f.requires_grad_() for f in features(cfg)]
+        out = enc(feats, ring_lidar2img(), IMG_HW)
+        sum((q * q).sum() for q in out).backward()
+        results.append([*out, *(f.grad for f in feats), *(p.grad for p in enc.parameters())])
+    # float32 throughout: the two orders of summation agree to rounding, relative to each
+    # tensor's scale (outputs, input gradients and every parameter gradient).
+    for a, b in zip(*results, strict=True):
+        err = (a - b).abs().max().item() / max(1.0, b.abs().max().item())
+        assert err < 1e-5, err

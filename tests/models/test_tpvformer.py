@@ -137,3 +137,18 @@ def test_every_shipped_config_builds(name: str) -> None:
     model = _meta_model(name)
     assert model.grid[0] * model.grid[1] * model.grid[2] > 0
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_fast_settings_keep_the_point_logits() -> None:
+    """compact image cross-attention and the channels-last backbone against the straightforward
+    formulation, same weights and inputs: the same point logits."""
+    cfg, img, l2i, points = tiny_batch("tpv_tiny", n_points=200)
+    logits = []
+    for compact, channels_last in ((False, False), (True, False), (True, True)):
+        cfg.encoder.fast_path, cfg.channels_last = compact, channels_last
+        torch.manual_seed(0)
+        model = build_model(cfg).eval()
+        with torch.no_grad():
+            logits.append(model(img, l2i, points, decode_voxels=False)["point_logits"])
+    for other in logits[1:]:
+        assert torch.allclose(other, logits[0], atol=1e-5), (other - logits[0]).abs().max()

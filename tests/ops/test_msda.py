@@ -12,13 +12,18 @@ from tpvkit.errors import TpvkitError
 from tpvkit.ops import msda
 from tpvkit.ops.msda import (
     available_backends,
+    embedding_bag,
+    mmcv_kernel,
     multi_scale_deformable_attn,
     resolve_backend,
+    triton_kernel,
 )
 
 # Levels of different aspect ratios, including a single pixel and a single row.
 SHAPES = [(5, 7), (3, 2), (1, 1), (1, 4)]
-FAST_BACKENDS = [n for n, ok in available_backends("cpu").items() if ok and n != "reference"]
+FAST_BACKENDS = [
+    n for n, ok in available_backends("cpu").items() if ok and n not in ("reference", "triton")
+]
 
 
 def level_tensors(shapes: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,8 +187,8 @@ def test_pytorch_backend_passes_gradcheck():
 def test_pytorch_backend_chunking_does_not_change_results(monkeypatch, budget):
     # Budgets (in gathered scalars) small enough to split queries of one head, heads of one
     # batch element, or group whole batch elements.
-    monkeypatch.setitem(msda._CHUNK_ELEMS, "cpu", budget * 4 * 4)
-    monkeypatch.setattr(msda, "_MIN_SAMPLES_PER_PIXEL", 0)
+    monkeypatch.setitem(embedding_bag._CHUNK_ELEMS, "cpu", budget * 4 * 4)
+    monkeypatch.setattr(embedding_bag, "_MIN_SAMPLES_PER_PIXEL", 0)
     inputs = make_inputs(q=7, n_points=2)
     assert_all_close(run("pytorch", inputs), run("reference", inputs), tol=1e-10)
 
@@ -191,7 +196,7 @@ def test_pytorch_backend_chunking_does_not_change_results(monkeypatch, budget):
 def test_chunks_cover_every_batch_head_and_query_once():
     for b, q, n_heads, per_query, budget in [(3, 5, 4, 6, 7), (2, 9, 3, 2, 40), (4, 2, 2, 3, 500)]:
         seen = torch.zeros(b, n_heads, q, dtype=torch.long)
-        for c in msda._chunks(b, q, n_heads, per_query, budget):
+        for c in embedding_bag._chunks(b, q, n_heads, per_query, budget):
             assert c.b1 - c.b0 == 1 or (c.h0, c.h1, c.q0, c.q1) == (0, n_heads, 0, q)
             seen[c.b0 : c.b1, c.h0 : c.h1, c.q0 : c.q1] += 1
         assert bool((seen == 1).all())
@@ -201,7 +206,7 @@ def test_dense_corner_dots_path_matches_the_sparse_one(monkeypatch):
     # CUDA tensors take the gather + bmm path; exercise it on CPU.
     inputs = make_inputs(seed=2)
     sparse = run("pytorch", inputs)
-    monkeypatch.setattr(msda, "_SPARSE_DOTS_ON_CPU", False)
+    monkeypatch.setattr(embedding_bag, "_SPARSE_DOTS_ON_CPU", False)
     assert_all_close(run("pytorch", inputs), sparse, tol=1e-12)
 
 
@@ -282,14 +287,32 @@ def test_unknown_backend_names_the_valid_ones(no_env):
         resolve_backend("cuda_fast")
 
 
-def test_triton_is_a_documented_unavailable_slot(no_env):
-    assert available_backends()["triton"] is False
-    with pytest.raises(TpvkitError, match="triton.*not implemented.*pytorch"):
+def test_triton_needs_cuda_or_the_interpreter(no_env, monkeypatch):
+    # The kernels themselves are tested under Triton's interpreter in test_msda_triton.py.
+    monkeypatch.setattr(triton_kernel, "_TRITON_INSTALLED", True)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert available_backends("cpu")["triton"] is False
+    assert available_backends("cuda")["triton"] is True
+    with pytest.raises(TpvkitError, match="triton.*needs CUDA tensors.*use 'pytorch'"):
         multi_scale_deformable_attn(*make_inputs(), backend="triton")
+    monkeypatch.setattr(triton_kernel, "_TRITON_INSTALLED", False)
+    assert available_backends("cuda")["triton"] is False
+    with pytest.raises(TpvkitError, match="pip install triton"):
+        resolve_backend("triton", "cuda")
+
+
+def test_auto_prefers_triton_then_mmcv_then_pytorch_on_cuda(no_env, monkeypatch):
+    monkeypatch.setattr(mmcv_kernel, "_load_mmcv", lambda: object())
+    monkeypatch.setattr(triton_kernel, "_TRITON_INSTALLED", True)
+    assert resolve_backend("auto", "cuda") == "triton"
+    assert resolve_backend("auto", "cpu") == "pytorch"
+    monkeypatch.setattr(triton_kernel, "_TRITON_INSTALLED", False)
+    assert resolve_backend("auto", "cuda") == "mmcv"
 
 
 def test_auto_is_pytorch_on_cpu_and_without_mmcv(no_env, monkeypatch):
-    monkeypatch.setattr(msda, "_load_mmcv", lambda: None)
+    monkeypatch.setattr(mmcv_kernel, "_load_mmcv", lambda: None)
+    monkeypatch.setattr(triton_kernel, "_TRITON_INSTALLED", False)
     assert resolve_backend("auto", "cpu") == "pytorch"
     assert resolve_backend("auto", "cuda") == "pytorch"
     assert available_backends("cuda")["mmcv"] is False
@@ -300,12 +323,12 @@ def test_auto_is_pytorch_on_cpu_and_without_mmcv(no_env, monkeypatch):
 
 
 def test_missing_mmcv_is_detected_lazily(monkeypatch):
-    msda._load_mmcv.cache_clear()
+    mmcv_kernel._load_mmcv.cache_clear()
     monkeypatch.setitem(sys.modules, "mmcv", None)  # makes `import mmcv...` raise ImportError
     try:
-        assert msda._load_mmcv() is None
+        assert mmcv_kernel._load_mmcv() is None
     finally:
-        msda._load_mmcv.cache_clear()
+        mmcv_kernel._load_mmcv.cache_clear()
 
 
 def test_auto_prefers_mmcv_for_cuda_tensors_when_it_imports(no_env, monkeypatch):
@@ -315,7 +338,8 @@ def test_auto_prefers_mmcv_for_cuda_tensors_when_it_imports(no_env, monkeypatch)
         calls.append((value.dtype, loc.dtype, attn.dtype, im2col_step, value.shape[0]))
         return torch.zeros(value.shape[0], loc.shape[1], value.shape[2] * value.shape[3])
 
-    monkeypatch.setattr(msda, "_load_mmcv", lambda: fake_mmcv)
+    monkeypatch.setattr(mmcv_kernel, "_load_mmcv", lambda: fake_mmcv)
+    monkeypatch.setattr(triton_kernel, "_TRITON_INSTALLED", False)
     assert resolve_backend("auto", "cuda") == "mmcv"
     assert resolve_backend("auto", "cpu") == "pytorch"
     assert available_backends("cuda")["mmcv"] and not available_backends("cpu")["mmcv"]

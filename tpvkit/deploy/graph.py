@@ -68,13 +68,19 @@ def output_names(outputs: Sequence[str]) -> list[str]:
 @contextlib.contextmanager
 def export_mode(model: TPVFormer) -> Iterator[TPVFormer]:
     """Switch a model, for the duration, to the configuration the exporter traces: eval mode,
-    dense camera slots (no shape depends on the calibration's values), the chunked GridSample
-    MSDA (tpvkit.deploy.msda) and DCN layers without their autograd.Function. Restores the
+    dense camera slots (no shape depends on the calibration's values), the plain image
+    cross-attention (its compact form picks sub-queries with data-dependent shapes), the
+    chunked GridSample MSDA (tpvkit.deploy.msda) and DCN layers without their
+    autograd.Function. Restores the
     previous settings afterwards, so the same model then serves as the check's reference."""
     modules = [m for m in model.modules() if hasattr(m, "msda_backend")]
     saved = (model.training, model.encoder.dense_camera_hits, [m.msda_backend for m in modules])
     dcns = [m for m in model.modules() if isinstance(m, ModulatedDeformConv2dPack)]
+    compact = [m for m in model.modules() if hasattr(m, "compact")]
+    saved_compact = [m.compact for m in compact]
     model.eval()
+    for m in compact:
+        m.compact = False
     model.encoder.dense_camera_hits = True
     for m in modules:
         m.msda_backend = EXPORT_MSDA_BACKEND
@@ -89,6 +95,8 @@ def export_mode(model: TPVFormer) -> Iterator[TPVFormer]:
             m.msda_backend = backend
         for m in dcns:
             del m.forward
+        for m, value in zip(compact, saved_compact, strict=True):
+            m.compact = value
 
 
 def dcn_export_forward(self: ModulatedDeformConv2dPack, x: torch.Tensor) -> torch.Tensor:

@@ -52,6 +52,8 @@ PUBLIC_PREFIXES = (
 RUNTIME_MODEL_KEYS = frozenset(
     {
         "model.checkpoint_activations",
+        "model.channels_last",
+        "model.encoder.fast_path",
         "model.encoder.dropout",
         "model.encoder.msda_backend",
         "model.head.voxel_chunk",

@@ -111,6 +111,7 @@ class CrossViewHybridAttention(nn.Module):
     points of a plane times a softmax over the L planes of one extra logit per plane, whose
     bias is initialised to 10 on the query's own plane. Values are value_proj(query + pos) per
     plane; the residual is the query without its positional encoding.
+    `fast` (the default) builds the sampling locations in fewer passes (see _locations).
     """
 
     def __init__(
@@ -122,6 +123,7 @@ class CrossViewHybridAttention(nn.Module):
         num_points: int,
         dropout: float = 0.1,
         msda_backend: str = "auto",
+        fast: bool = True,
     ) -> None:
         super().__init__()
         if num_points % num_anchors:
@@ -133,6 +135,7 @@ class CrossViewHybridAttention(nn.Module):
         self.num_anchors, self.num_points = num_anchors, num_points
         self.plane_sizes = [r * c for r, c in plane_shapes]
         self.msda_backend = msda_backend
+        self.fast = fast  # see _locations; False: the straightforward formulation
         L, P = self.num_levels, num_points
         self.sampling_offsets = nn.ModuleList(
             nn.Linear(dim, num_heads * L * P * 2) for _ in range(L)
@@ -186,9 +189,7 @@ class CrossViewHybridAttention(nn.Module):
         ):
             b, n, _ = q.shape
             offsets.append(lin_off(q).view(b, n, H, L, P, 2))
-            logits = lin_w(q).view(b, n, H, L, P + 1)
-            w = logits[..., :P].softmax(-1) * logits[..., P:].softmax(-2)
-            weights.append(w)
+            weights.append(self._weights(q, lin_w))
         return torch.cat(offsets, 1), torch.cat(weights, 1)
 
     def forward(
@@ -205,11 +206,18 @@ class CrossViewHybridAttention(nn.Module):
         value = torch.cat([proj(q) for proj, q in zip(self.value_proj, q_pos, strict=True)], dim=1)
         num_value = value.shape[1]
         value = value.view(b, num_value, H, self.dim // H)
-        offsets, weights = self.sampling(q_pos)
-        norm = _offset_normalizer(self.spatial_shapes).to(offsets.device)
-        offsets = (offsets.float() / norm[:, None, :]).view(b, num_value, H, L, A, P // A, 2)
-        ref = reference_points.to(offsets.dtype)[None, :, None, :, :, None, :]
-        locations = (ref + offsets).view(b, num_value, H, L, P, 2)
+        if self.fast:
+            locations = self._locations(q_pos, reference_points)
+            weights = torch.cat(
+                [self._weights(q, w) for q, w in zip(q_pos, self.attention_weights, strict=True)],
+                dim=1,
+            )
+        else:  # the straightforward formulation
+            offsets, weights = self.sampling(q_pos)
+            norm = _offset_normalizer(self.spatial_shapes).to(offsets.device)
+            offsets = (offsets.float() / norm[:, None, :]).view(b, num_value, H, L, A, P // A, 2)
+            ref = reference_points.to(offsets.dtype)[None, :, None, :, :, None, :]
+            locations = (ref + offsets).view(b, num_value, H, L, P, 2)
         out = _msda_fp32(
             value,
             self.spatial_shapes,
@@ -223,6 +231,39 @@ class CrossViewHybridAttention(nn.Module):
             q + self.dropout(proj(o))
             for q, proj, o in zip(queries, self.output_proj, outs, strict=True)
         ]
+
+    def _weights(self, q: torch.Tensor, lin_w: nn.Linear) -> torch.Tensor:
+        """(B, Q_p, nH, L, P): softmax over a plane's points times softmax over the planes."""
+        b, n, _ = q.shape
+        H, L, P = self.num_heads, self.num_levels, self.num_points
+        logits = lin_w(q).view(b, n, H, L, P + 1)
+        return logits[..., :P].softmax(-1) * logits[..., P:].softmax(-2)
+
+    def _locations(
+        self, q_pos: Sequence[torch.Tensor], reference_points: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, Q, nH, L, P, 2) normalised sampling locations = anchor + offset / level size.
+
+        Equal to `sampling`'s offsets divided by the level sizes plus the anchors, with fewer
+        passes over the largest tensor of the layer: the division is folded into the offset
+        layer's weights (a (L*P*2, C) rescale per call) and the anchors, expanded to one
+        contiguous row per query, are added in place with broadcasting over heads only (a
+        broadcast over the trailing (P / A, 2) dims is several times slower on CPU)."""
+        H, L, P, A = self.num_heads, self.num_levels, self.num_points, self.num_anchors
+        size = _offset_normalizer(self.spatial_shapes).to(self.sampling_offsets[0].weight.device)
+        inv = (1.0 / size)[:, None, :].expand(L, P, 2).reshape(1, L * P * 2).expand(H, -1)
+        inv = inv.reshape(-1)  # (H * L * P * 2,) per output of an offset layer
+        anchors = reference_points.float()[:, :, :, None, :].expand(-1, L, A, P // A, 2)
+        anchors = anchors.reshape(1, -1, 1, L * P * 2)  # (1, Q, 1, L*P*2), contiguous
+        parts, start = [], 0
+        for q, lin_off in zip(q_pos, self.sampling_offsets, strict=True):
+            b, n, _ = q.shape
+            weight = lin_off.weight * inv[:, None].to(lin_off.weight.dtype)
+            bias = lin_off.bias * inv.to(lin_off.bias.dtype)
+            off = torch.nn.functional.linear(q, weight, bias).float().view(b, n, H, L * P * 2)
+            parts.append(off.add_(anchors[:, start : start + n]))
+            start += n
+        return torch.cat(parts, dim=1).view(b, -1, H, L, P, 2)
 
 
 class HWSelfAttention(nn.Module):
@@ -402,6 +443,7 @@ class ImageCrossAttention(nn.Module):
         num_anchors: Sequence[int],
         dropout: float = 0.1,
         msda_backend: str = "auto",
+        compact: bool = True,
     ) -> None:
         super().__init__()
         base_points, base_anchors = num_points[0], num_anchors[0]
@@ -423,6 +465,7 @@ class ImageCrossAttention(nn.Module):
         self.num_points, self.num_anchors = list(num_points), list(num_anchors)
         self.base_points, self.base_anchors = base_points, base_anchors
         self.msda_backend = msda_backend
+        self.compact = compact
         self.sampling_offsets = nn.ModuleList(
             nn.Linear(dim, num_heads * num_levels * p * 2) for p in num_points
         )
@@ -468,7 +511,12 @@ class ImageCrossAttention(nn.Module):
         hits: Sequence[CameraHits],
     ) -> list[torch.Tensor]:
         """queries: per plane (B, Q_p, C); value (B * N_cam, S, C) flattened image features
-        (index b * N_cam + n); hits: per plane, from gather_camera_hits. Returns per plane."""
+        (index b * N_cam + n); hits: per plane, from gather_camera_hits. Returns per plane.
+
+        `compact` (the default) gives the same result with less work, see _forward_compact;
+        otherwise every (camera, slot) projects its query and all sub-queries are sampled."""
+        if self.compact:
+            return self._forward_compact(queries, value, spatial_shapes, level_start_index, hits)
         b = queries[0].shape[0]
         bn, num_value, c = value.shape
         H, L = self.num_heads, self.num_levels
@@ -520,5 +568,91 @@ class ImageCrossAttention(nn.Module):
                     0, hit.index, o.reshape(-1, c).to(q.dtype)
                 )
             slots = slots.view(b, -1, c) / hit.count.unsqueeze(-1).to(q.dtype)
+            results.append(q + self.dropout(self.output_proj(slots)))
+        return results
+
+    def _forward_compact(
+        self,
+        queries: Sequence[torch.Tensor],
+        value: torch.Tensor,
+        spatial_shapes: torch.Tensor,
+        level_start_index: torch.Tensor,
+        hits: Sequence[CameraHits],
+    ) -> list[torch.Tensor]:
+        """The same result as the straightforward forward, computed with less work:
+        - offsets (already divided by the level sizes) and softmaxed weights are a function of
+          the query alone: computed once per query, not once per (camera, slot);
+        - a sub-query whose samples all miss every level adds exactly zero, to the output and
+          to every gradient. A cheap, conservative test (the box spanned by its offsets around
+          each anchor, against each level's extent) finds the sub-queries that may touch an
+          image; only their locations are built and sampled, one op call per camera, and
+          their results are added straight into their queries (at the Base shapes about half
+          of the sub-queries are left out, and the full (camera, slot) location tensor, the
+          largest temporary of the straightforward form, is never built).
+        """
+        b = queries[0].shape[0]
+        bn, num_value, c = value.shape
+        H, L = self.num_heads, self.num_levels
+        P0, D0 = self.base_points, self.base_anchors
+        v = self.value_proj(value).view(bn, num_value, H, c // H)
+        size = _offset_normalizer(spatial_shapes).to(value.device)  # (L, 2) (W_l, H_l)
+        # A normalised coordinate u touches level l when -1 <= u * W_l - 0.5 <= W_l; the margin
+        # keeps the test conservative under rounding (a kept sub-query only costs time).
+        lo = (-0.5 / size - 1e-4)[:, None, :]  # (L, 1, 2)
+        hi = ((size + 0.5) / size + 1e-4)[:, None, :]
+
+        per_query, picked = [], []  # per plane: (offsets, weights); per (plane, cam): picks
+        for i, (q, hit) in enumerate(zip(queries, hits, strict=True)):
+            m, k = hit.num_slots, self.multipliers[i]
+            flat = q.reshape(-1, c)
+            nq = flat.shape[0]
+            off = self.sampling_offsets[i](flat).float().view(nq, H, L, k, P0, 2)
+            off = (off / size[None, None, :, None, None, :]).permute(0, 3, 1, 2, 4, 5)
+            off = off.contiguous()  # (nq, k, H, L, P0, 2): one row block per sub-query
+            w = self.attention_weights[i](flat).view(nq, H, L * self.num_points[i]).softmax(-1)
+            w = w.view(nq, H, L, k, P0).permute(0, 3, 1, 2, 4).contiguous()  # (nq, k, H, L, P0)
+            per_query.append((off, w))
+            with torch.no_grad():
+                grouped = off.view(nq, k, H, L, D0, P0 // D0, 2)
+                box_min = grouped.amin(dim=(2, 5))  # (nq, k, L, D0, 2)
+                box_max = grouped.amax(dim=(2, 5))
+                qidx = hit.index.view(bn, m)
+                ref = hit.reference_points.view(bn, m, k, 1, D0, 2).float()
+                touch = (ref + box_max[qidx] >= lo) & (ref + box_min[qidx] <= hi)
+                touch = touch.all(-1).flatten(3).any(-1) & hit.valid.view(bn, m, 1)  # (bn, m, k)
+            for cam in range(bn):
+                slot, sub = touch[cam].nonzero().unbind(1)
+                query = qidx[cam].index_select(0, slot)
+                anchors = hit.reference_points[cam].view(m, k, D0, 2)[slot, sub].float()
+                picked.append((i, cam, query, query * k + sub, anchors))
+
+        sums = [q.new_zeros(q.shape[0] * q.shape[1], c) for q in queries]
+        for cam in range(bn):
+            parts = [p for p in picked if p[1] == cam and p[2].numel() > 0]
+            if not parts:
+                continue
+            locations, weights = [], []
+            for i, _, _, sub_ids, anchors in parts:
+                off, w = per_query[i]
+                rows = off.view(-1, H, L, D0, P0 // D0, 2).index_select(0, sub_ids)
+                rows = rows + anchors.view(-1, 1, 1, D0, 1, 2)
+                locations.append(rows.view(-1, H, L, P0, 2))
+                weights.append(w.view(-1, H, L, P0).index_select(0, sub_ids))
+            out = _msda_fp32(
+                v[cam : cam + 1],
+                spatial_shapes,
+                level_start_index,
+                torch.cat(locations)[None],
+                torch.cat(weights)[None],
+                self.msda_backend,
+            )[0]
+            for (i, _, query, _, _), o in zip(
+                parts, out.split([p[2].numel() for p in parts]), strict=True
+            ):
+                sums[i] = sums[i].index_add(0, query, o.to(sums[i].dtype))
+
+        results = []
+        for q, hit, total in zip(queries, hits, sums, strict=True):
+            slots = total.view(b, -1, c) / hit.count.unsqueeze(-1).to(q.dtype)
             results.append(q + self.dropout(self.output_proj(slots)))
         return results

@@ -154,6 +154,7 @@ class TPVLayer(nn.Module):
                 num_points=enc.cvha_num_points,
                 dropout=enc.dropout,
                 msda_backend=enc.msda_backend,
+                fast=enc.fast_path,
             )
         self.cvha_norm = nn.LayerNorm(dim)
         self.image_cross_attn: ImageCrossAttention | None = None
@@ -168,6 +169,7 @@ class TPVLayer(nn.Module):
                 num_anchors=[enc.num_points_in_pillar[i] for i in idx],
                 dropout=enc.dropout,
                 msda_backend=enc.msda_backend,
+                compact=enc.fast_path,
             )
             self.ica_norm = nn.LayerNorm(dim)
         self.ffn = FFN(dim, enc.ffn_dim, enc.dropout)

@@ -24,7 +24,11 @@ class TPVFormer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.backbone = ResNet(cfg.backbone, with_cp=cfg.checkpoint_activations)
+        self.backbone = ResNet(
+            cfg.backbone,
+            with_cp=cfg.checkpoint_activations,
+            channels_last=cfg.channels_last,
+        )
         self.neck = FPN(list(self.backbone.out_channels), cfg.dim, cfg.neck.num_outs)
         self.encoder = TPVEncoder(cfg)
         self.head = TPVHead(cfg)

@@ -1,39 +1,17 @@
-"""Multi-scale deformable attention (MSDA): one op, several interchangeable backends.
-
-The op is mmcv's `multi_scale_deformable_attn` (Deformable DETR): every (batch, query, head)
-takes a weighted sum of bilinear samples of its head's value maps over L levels x P points.
-Sampling is bilinear with zero padding and align_corners=False: pixel i of a level of width W
-covers [i, i + 1) in pixel units and a normalised x in [0, 1] maps to pixel x * W - 0.5.
-
-Backends (`backend=` argument, or the TPVKIT_MSDA_BACKEND environment variable for "auto"):
-- "pytorch": the default; fused gathers and scatters through `F.embedding_bag` in a custom
-  autograd function (see `_EmbeddingBagMSDA`). Pure PyTorch, CPU and CUDA, deterministic.
-- "grid_sample": the straightforward formulation (per-level `F.grid_sample`, stack, weight,
-  sum), kept as the baseline of tools/bench_msda.py.
-- "reference": explicit Python loops over levels, points and the four bilinear corners with
-  bounds checks; slow, float64-friendly, for tests.
-- "mmcv": mmcv's compiled CUDA kernel, used when mmcv with its extension imports and the tensors
-  are on CUDA (detected lazily, never at import time).
-- "triton": reserved slot; not implemented yet.
-"auto" picks "mmcv" for CUDA tensors when it is available, else "pytorch".
-"""
+"""The "pytorch" MSDA backend: a zero-bordered value table, fused `F.embedding_bag` gathers in
+the forward and sort-grouped `embedding_bag` scatters in the backward (see _EmbeddingBagMSDA).
+Pure PyTorch, CPU and CUDA, deterministic."""
 
 from __future__ import annotations
 
-import functools
-import os
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from tpvkit.errors import TpvkitError
-
-ENV_VAR = "TPVKIT_MSDA_BACKEND"
-BACKENDS: tuple[str, ...] = ("pytorch", "grid_sample", "reference", "mmcv", "triton")
+from tpvkit.ops.msda._common import compute_dtype, empty_or_zero
 
 # Samples (query x head x level x point) handled at once by the "pytorch" backend, in units of
 # gathered scalars (4 corners x D channels per sample): a chunk's temporaries (~50 bytes per
@@ -41,144 +19,6 @@ BACKENDS: tuple[str, ...] = ("pytorch", "grid_sample", "reference", "mmcv", "tri
 # Python overhead per chunk is noise. 2**23 was the fastest on CPU in a sweep of 2**21..2**24.
 _CHUNK_ELEMS = {"cpu": 1 << 23, "cuda": 1 << 25}
 _MIN_SAMPLES_PER_PIXEL = 8  # see _chunk_budget
-
-
-# --------------------------------------------------------------------------------------------
-# Public entry points
-# --------------------------------------------------------------------------------------------
-
-
-def multi_scale_deformable_attn(
-    value: torch.Tensor,
-    spatial_shapes: torch.Tensor,
-    level_start_index: torch.Tensor,
-    sampling_locations: torch.Tensor,
-    attention_weights: torch.Tensor,
-    backend: str = "auto",
-) -> torch.Tensor:
-    """Weighted bilinear samples of multi-level value maps.
-
-    Args:
-        value: (B, S, n_heads, D), S = sum of H_l * W_l, levels stored row-major one after the
-            other as `level_start_index` says.
-        spatial_shapes: (L, 2) int64 (H_l, W_l).
-        level_start_index: (L,) int64, the exclusive cumulative sum of H_l * W_l.
-        sampling_locations: (B, Q, n_heads, L, P, 2) normalised (x, y); outside [0, 1] reads 0.
-        attention_weights: (B, Q, n_heads, L, P), used as given (no softmax here).
-        backend: a name of BACKENDS or "auto".
-
-    Returns:
-        (B, Q, n_heads * D) in value's dtype.
-    """
-    shapes = _check_inputs(
-        value, spatial_shapes, level_start_index, sampling_locations, attention_weights
-    )
-    name = resolve_backend(backend, value.device)
-    if name == "mmcv":
-        return msda_mmcv(
-            value, spatial_shapes, level_start_index, sampling_locations, attention_weights
-        )
-    return _SHAPE_IMPLS[name](value, shapes, sampling_locations, attention_weights)
-
-
-def available_backends(device: torch.device | str = "cpu") -> dict[str, bool]:
-    """Every backend name -> whether it can run on tensors of `device` in this environment."""
-    device = torch.device(device)
-    return {
-        "pytorch": True,
-        "grid_sample": True,
-        "reference": True,
-        "mmcv": device.type == "cuda" and _load_mmcv() is not None,
-        "triton": False,
-    }
-
-
-def resolve_backend(backend: str = "auto", device: torch.device | str = "cpu") -> str:
-    """The backend that `multi_scale_deformable_attn(..., backend=backend)` runs on `device`.
-
-    "auto" first looks at the TPVKIT_MSDA_BACKEND environment variable (so a whole run can be
-    switched without touching configs), then prefers mmcv on CUDA, then "pytorch". An explicit
-    name is honoured or refused with a TpvkitError, never silently replaced.
-    """
-    device = torch.device(device)
-    source = "backend"
-    if backend == "auto":
-        forced = os.environ.get(ENV_VAR, "").strip()
-        if forced and forced != "auto":
-            backend, source = forced, f"the {ENV_VAR} environment variable"
-        elif device.type == "cuda" and _load_mmcv() is not None:
-            return "mmcv"
-        else:
-            return "pytorch"
-    if backend not in BACKENDS:
-        raise TpvkitError(
-            f"unknown MSDA backend {backend!r} (from {source}); valid names: "
-            f"{', '.join(('auto',) + BACKENDS)}"
-        )
-    if backend == "triton":
-        raise TpvkitError(
-            "the 'triton' MSDA backend is not implemented yet; use backend='pytorch' "
-            f"(model.encoder.msda_backend or {ENV_VAR})"
-        )
-    if backend == "mmcv":
-        if device.type != "cuda":
-            raise TpvkitError(
-                f"the 'mmcv' MSDA backend (from {source}) needs CUDA tensors, got {device}; "
-                "use 'pytorch' or 'auto'"
-            )
-        if _load_mmcv() is None:
-            raise TpvkitError(
-                f"the 'mmcv' MSDA backend (from {source}) needs mmcv with its compiled ops "
-                "(mmcv.ops.multi_scale_deform_attn), which does not import here; install "
-                "mmcv-full or use 'pytorch'"
-            )
-    return backend
-
-
-# --------------------------------------------------------------------------------------------
-# Input checks and level layout
-# --------------------------------------------------------------------------------------------
-
-
-def _check_inputs(
-    value: torch.Tensor,
-    spatial_shapes: torch.Tensor,
-    level_start_index: torch.Tensor,
-    sampling_locations: torch.Tensor,
-    attention_weights: torch.Tensor,
-) -> list[tuple[int, int]]:
-    """Shape checks shared by every backend; returns [(H_l, W_l)] as Python ints."""
-    if value.dim() != 4:
-        raise ValueError(f"value must be (B, S, n_heads, D), got {tuple(value.shape)}")
-    b, s, n_heads, _ = value.shape
-    if sampling_locations.dim() != 6 or sampling_locations.shape[-1] != 2:
-        raise ValueError(
-            "sampling_locations must be (B, Q, n_heads, L, P, 2), got "
-            f"{tuple(sampling_locations.shape)}"
-        )
-    _, q, _, n_levels, n_points, _ = sampling_locations.shape
-    if sampling_locations.shape[0] != b or sampling_locations.shape[2] != n_heads:
-        raise ValueError(
-            f"sampling_locations {tuple(sampling_locations.shape)} does not match value "
-            f"{tuple(value.shape)} in batch or heads"
-        )
-    if tuple(attention_weights.shape) != (b, q, n_heads, n_levels, n_points):
-        raise ValueError(
-            f"attention_weights must be {(b, q, n_heads, n_levels, n_points)}, got "
-            f"{tuple(attention_weights.shape)}"
-        )
-    # One host sync for the level sizes: every backend needs them as Python ints.
-    shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
-    if len(shapes) != n_levels:
-        raise ValueError(f"spatial_shapes has {len(shapes)} levels, sampling uses {n_levels}")
-    starts = [int(x) for x in level_start_index.tolist()]
-    expected = [sum(h * w for h, w in shapes[:lvl]) for lvl in range(n_levels)]
-    if starts != expected or sum(h * w for h, w in shapes) != s:
-        raise ValueError(
-            f"level_start_index {starts} / value length {s} do not match spatial_shapes "
-            f"{shapes} (expected starts {expected}, length {sum(h * w for h, w in shapes)})"
-        )
-    return shapes
 
 
 # The zero ring around every level, in pixels. Two pixels: after clamping a pixel coordinate
@@ -223,11 +63,6 @@ def _padded_table(value: torch.Tensor, layout: _PaddedLayout, dtype: torch.dtype
         interior = layout.padded_level(table, lvl)[:, _PAD : _PAD + h, _PAD : _PAD + w]
         interior.view(b, n_heads, h, w, d).copy_(level)
     return table.view(-1, d)
-
-
-# --------------------------------------------------------------------------------------------
-# "pytorch" backend: embedding_bag gathers and sort-grouped scatters
-# --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -616,12 +451,6 @@ def _chunk_budget(device: torch.device, d: int, layout: _PaddedLayout) -> int:
     return max(1, elems // (4 * d), _MIN_SAMPLES_PER_PIXEL * layout.padded_size)
 
 
-def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    """float64 if any input is, else float32: half/bfloat16 inputs are upcast because pixel
-    coordinates like 199.37 and sums of 4*L*P products need more than 8-11 mantissa bits."""
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
-
-
 def msda_pytorch(
     value: torch.Tensor,
     shapes: list[tuple[int, int]],
@@ -633,158 +462,10 @@ def msda_pytorch(
     b, _, n_heads, d = value.shape
     q = sampling_locations.shape[1]
     if value.numel() == 0 or sampling_locations.numel() == 0:
-        return _empty_or_zero(value, q, n_heads, d, sampling_locations, attention_weights)
-    cdt = _compute_dtype(value, sampling_locations, attention_weights)
+        return empty_or_zero(value, q, n_heads, d, sampling_locations, attention_weights)
+    cdt = compute_dtype(value, sampling_locations, attention_weights)
     # The function picks its own precision; autocast must not re-cast its matmuls.
     with torch.autocast(device_type=value.device.type, enabled=False):
         return _EmbeddingBagMSDA.apply(
             value, sampling_locations, attention_weights, _PaddedLayout.of(shapes), cdt
         )
-
-
-def _empty_or_zero(
-    value: torch.Tensor,
-    q: int,
-    n_heads: int,
-    d: int,
-    sampling_locations: torch.Tensor,
-    attention_weights: torch.Tensor,
-) -> torch.Tensor:
-    """Degenerate sizes (no batch, queries, pixels or points): zeros connected to the graph."""
-    zero = value.sum() * 0 + sampling_locations.sum() * 0 + attention_weights.sum() * 0
-    return value.new_zeros(value.shape[0], q, n_heads * d) + zero.to(value.dtype)
-
-
-# --------------------------------------------------------------------------------------------
-# "grid_sample" backend: the straightforward formulation (benchmark baseline)
-# --------------------------------------------------------------------------------------------
-
-
-def msda_grid_sample(
-    value: torch.Tensor,
-    shapes: list[tuple[int, int]],
-    sampling_locations: torch.Tensor,
-    attention_weights: torch.Tensor,
-) -> torch.Tensor:
-    """Per-level F.grid_sample, stack, multiply by the weights, sum (mmcv's pytorch version).
-    Computes in value's dtype."""
-    b, _, n_heads, d = value.shape
-    _, q, _, n_levels, n_points, _ = sampling_locations.shape
-    grids = 2 * sampling_locations.to(value.dtype) - 1  # grid_sample wants [-1, 1]
-    sampled = []
-    values = value.split([h * w for h, w in shapes], dim=1)
-    for lvl, (h, w) in enumerate(shapes):
-        v = values[lvl].flatten(2).transpose(1, 2).reshape(b * n_heads, d, h, w)
-        grid = grids[:, :, :, lvl].transpose(1, 2).flatten(0, 1)  # (B*nH, Q, P, 2)
-        sampled.append(
-            F.grid_sample(v, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        )  # (B*nH, D, Q, P)
-    weights = attention_weights.to(value.dtype).transpose(1, 2)
-    weights = weights.reshape(b * n_heads, 1, q, n_levels * n_points)
-    out = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1)  # (B*nH, D, Q)
-    return out.view(b, n_heads * d, q).transpose(1, 2).contiguous()
-
-
-# --------------------------------------------------------------------------------------------
-# "reference" backend: explicit loops, for tests
-# --------------------------------------------------------------------------------------------
-
-
-def msda_reference(
-    value: torch.Tensor,
-    shapes: list[tuple[int, int]],
-    sampling_locations: torch.Tensor,
-    attention_weights: torch.Tensor,
-) -> torch.Tensor:
-    """Python loops over levels, points and the four corners, with explicit bounds checks.
-
-    Computes in the promoted dtype of the inputs (give it float64). The corner weights are
-    (1 - fx) / fx with fx = x - floor(x), so at exact pixel positions the derivative is the
-    one-sided one of grid_sample and mmcv.
-    """
-    dt = torch.promote_types(
-        torch.promote_types(value.dtype, sampling_locations.dtype), attention_weights.dtype
-    )
-    value, loc, attn = value.to(dt), sampling_locations.to(dt), attention_weights.to(dt)
-    b, _, n_heads, d = value.shape
-    _, q, _, _, n_points, _ = loc.shape
-    batch_idx = torch.arange(b, device=value.device).view(b, 1, 1)
-    head_idx = torch.arange(n_heads, device=value.device).view(1, 1, n_heads)
-    out = value.new_zeros(b, q, n_heads, d)
-    start = 0
-    for lvl, (h, w) in enumerate(shapes):
-        level = value[:, start : start + h * w].view(b, h, w, n_heads, d)
-        start += h * w
-        for p in range(n_points):
-            x = loc[:, :, :, lvl, p, 0] * w - 0.5  # (B, Q, nH) in pixel units
-            y = loc[:, :, :, lvl, p, 1] * h - 0.5
-            x0, y0 = x.detach().floor(), y.detach().floor()
-            fx, fy = x - x0, y - y0
-            for dy in (0, 1):
-                for dx in (0, 1):
-                    xi, yi = (x0 + dx).long(), (y0 + dy).long()
-                    valid = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
-                    corner = level[
-                        batch_idx.expand_as(xi),
-                        yi.clamp(0, h - 1),
-                        xi.clamp(0, w - 1),
-                        head_idx.expand_as(xi),
-                    ]  # (B, Q, nH, D)
-                    bilinear = (fx if dx else 1 - fx) * (fy if dy else 1 - fy)
-                    weight = torch.where(valid, bilinear * attn[:, :, :, lvl, p], 0.0)
-                    out = out + weight.unsqueeze(-1) * corner
-    return out.reshape(b, q, n_heads * d)
-
-
-# --------------------------------------------------------------------------------------------
-# "mmcv" backend: the compiled CUDA kernel, when present
-# --------------------------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=1)
-def _load_mmcv() -> Callable[..., torch.Tensor] | None:
-    """mmcv's MultiScaleDeformableAttnFunction.apply if mmcv and its compiled ops import."""
-    try:
-        from mmcv.ops.multi_scale_deform_attn import (  # type: ignore[import-not-found]
-            MultiScaleDeformableAttnFunction,
-        )
-    except Exception:  # ImportError, or mmcv-lite failing to load its missing _ext
-        return None
-    return MultiScaleDeformableAttnFunction.apply
-
-
-def msda_mmcv(
-    value: torch.Tensor,
-    spatial_shapes: torch.Tensor,
-    level_start_index: torch.Tensor,
-    sampling_locations: torch.Tensor,
-    attention_weights: torch.Tensor,
-) -> torch.Tensor:
-    """mmcv's CUDA kernel. Half/bfloat16 are upcast to float32 (its backward accumulates with
-    atomics in the input dtype); returns value's dtype."""
-    fn = _load_mmcv()
-    if fn is None:
-        raise TpvkitError("mmcv's multi-scale deformable attention op is not importable")
-    cdt = _compute_dtype(value, sampling_locations, attention_weights)
-    b = value.shape[0]
-    # The kernel processes im2col_step batch elements at a time and needs it to divide B.
-    step = max((k for k in range(1, min(b, 64) + 1) if b % k == 0), default=1)
-    out = fn(
-        value.to(cdt).contiguous(),
-        spatial_shapes.to(device=value.device, dtype=torch.long).contiguous(),
-        level_start_index.to(device=value.device, dtype=torch.long).contiguous(),
-        sampling_locations.to(cdt).contiguous(),
-        attention_weights.to(cdt).contiguous(),
-        step,
-    )
-    return out.to(value.dtype)
-
-
-_SHAPE_IMPLS: dict[
-    str,
-    Callable[[torch.Tensor, list[tuple[int, int]], torch.Tensor, torch.Tensor], torch.Tensor],
-] = {
-    "pytorch": msda_pytorch,
-    "grid_sample": msda_grid_sample,
-    "reference": msda_reference,
-}
