@@ -43,6 +43,8 @@ def test_demo_runs_every_stage_and_repeats_its_metrics(tmp_path, synthetic_root,
                 assert str(path) in out  # every path is printed
         assert len(result["paths"]["predict"]) == 2
         assert any(p.suffix == ".png" for p in result["paths"]["render"])
+        (page,) = [p for p in result["paths"]["render"] if p.suffix == ".html"]  # the viewer
+        assert "<canvas" in page.read_text()
         assert result["metrics"]["num_samples"] > 0 and "mIoU (points)" in out
         assert "reusing the synthetic dataroot" in out
         assert "the demo should end in about" in out and "left" in out

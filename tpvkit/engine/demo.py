@@ -1,9 +1,10 @@
 """`tpvkit demo`: the whole workflow, end to end, on the built-in synthetic data set.
 
 synthetic dataroot + info files -> train tpv_tiny for a fixed schedule -> evaluate on mini_val
-(the per-class table) -> predict two samples -> export them to PLY -> render pictures, eval and
-predict through the one inference path (tpvkit.engine.inference). Every stage prints what it
-wrote; a summary lists all paths and the metrics at the end.
+(the per-class table) -> predict two samples -> export them to PLY -> render pictures and write
+the offline 3D viewer page. Eval and predict run through the one inference path
+(tpvkit.engine.inference). Every stage prints what it wrote; a summary lists all paths and the
+metrics at the end.
 
 The result does not depend on machine load: a fixed iteration count whose warm-up + cosine
 schedule always completes, fixed seeds, data order, worker count and CPU threads, so two runs
@@ -262,7 +263,7 @@ def _run_stages(
         log(f"wrote {result.path} ({result.num_items} voxels)")
 
     # 5. Render ---------------------------------------------------------------------------
-    progress("5/5 render pictures")
+    progress("5/5 render pictures and the 3D viewer")
     (visualize,) = _stage_import("render", "tpvkit.outputs.visualize", ["visualize"])
     paths["render"] = []
     for npz in predictions:
@@ -270,6 +271,10 @@ def _run_stages(
         paths["render"].extend(Path(p) for p in written)
         for p in written:
             log(f"wrote {p}")
+    (write_viewer,) = _stage_import("view", "tpvkit.outputs.view", ["write_viewer"])
+    viewer = write_viewer(predictions, work_dir / "view" / "scene.html")
+    paths["render"].append(Path(viewer.path))
+    log(f"wrote {viewer.path} ({viewer.size_bytes / 1e6:.1f} MB; open it in a browser, offline)")
 
     seconds = time.monotonic() - start
     _banner(f"demo finished in {_clock(seconds)} (min:s; estimated {_clock(eta)} + data)")
