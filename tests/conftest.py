@@ -4,9 +4,15 @@ breaking anything)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# OpenMP threads that spin while waiting starve each other when the suite's subprocesses and
+# DataLoader workers share 2 cores (see tpvkit/cli/demo.py); read when torch loads, so set here,
+# before any test module imports torch.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 SYNTHETIC_SCENES = 3
 SYNTHETIC_SAMPLES_PER_SCENE = 2

@@ -82,6 +82,7 @@ def _cameras(b: int, n: int, yaw0: float) -> torch.Tensor:
 @pytest.mark.parametrize(
     ("mode", "cvha_mode"), [("tpv", "full"), ("tpv", "hw_self"), ("bev", "full")]
 )
+@pytest.mark.slow
 def test_dense_encoder_equals_packed(mode: str, cvha_mode: str) -> None:
     cfg = _cfg(mode, cvha_mode)
     torch.manual_seed(0)

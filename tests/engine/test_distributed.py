@@ -104,6 +104,7 @@ TOY_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_two_rank_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
     from train_helpers import toy_ddp_run, train_records
 
@@ -139,6 +140,7 @@ def _val_records(work_dir: Path) -> list[dict]:
 # -- DDP of the real model through the CLI --------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_under_torchrun_matches_one_process_on_the_real_model(tmp_path, synthetic_infos):
     from train_helpers import REAL_TINY, info_subset, real_config
 

@@ -259,6 +259,7 @@ def test_tpvkit_miou_equals_the_devkit_lidarseg_eval(cli_run: dict, synthetic_ro
             assert metrics["iou_per_class"][name] == pytest.approx(value, abs=1e-9), name
 
 
+@pytest.mark.slow
 def test_split_without_labels_only_writes_a_valid_submission(
     checkpoint: Path, synthetic_root: Path, synthetic_infos: dict[str, Path], tmp_path: Path
 ) -> None:

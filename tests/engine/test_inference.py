@@ -177,6 +177,7 @@ def _one_line_error(output: str) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_eval_and_predict_run_from_a_checkpoint_alone(tiny, synthetic_infos, tmp_path) -> None:
     _, path = tiny
     val = str(synthetic_infos["mini_val"])

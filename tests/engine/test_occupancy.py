@@ -196,6 +196,7 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.slow
 def test_metrics_sink_sums_over_ddp_ranks(tmp_path):
     """Two gloo ranks with one frame each report the metrics of both frames."""
     import json

@@ -85,6 +85,7 @@ def test_resume_refuses_a_different_model_config(tmp_path):
         train(cfg, tmp_path, resume=True, parts=toy_parts())
 
 
+@pytest.mark.slow
 def test_real_model_resume_with_augmentation_matches_an_uninterrupted_run(
     tmp_path, synthetic_infos
 ):

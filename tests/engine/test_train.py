@@ -105,6 +105,7 @@ def test_missing_info_file_names_it_and_the_prepare_command(tmp_path):
 # -- the real model on the synthetic data set ---------------------------------------------------
 
 
+@pytest.mark.slow
 def test_tiny_model_overfits_one_sample(tmp_path, synthetic_infos):
     infos = info_subset(synthetic_infos["mini_train"], tmp_path / "one.json", [0])
     n = 45  # ~9x lower by then (Lovasz 0.94 -> 0.4, CE 2.9 -> 0.05); ~0.7 s/step on 2 cores

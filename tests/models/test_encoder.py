@@ -102,6 +102,7 @@ def test_flattened_features_order_and_embeddings() -> None:
 @pytest.mark.parametrize(
     ("mode", "cvha_mode"), [("tpv", "full"), ("bev", "full"), ("tpv", "hw_self")]
 )
+@pytest.mark.slow
 def test_batch_samples_are_independent(mode: str, cvha_mode: str) -> None:
     """A batch of two samples with different cameras equals the two samples run alone."""
     torch.manual_seed(0)
@@ -157,6 +158,7 @@ def test_visibility_drives_image_cross_attention() -> None:
     assert not torch.allclose(seen[0], blind[0])
 
 
+@pytest.mark.slow
 def test_activation_checkpointing_same_result() -> None:
     torch.manual_seed(0)
     cfg = small_cfg()
@@ -212,6 +214,7 @@ def test_activation_checkpointing_keeps_less_for_backward() -> None:
     assert ckpt < plain / 4, (ckpt, plain)
 
 
+@pytest.mark.slow
 def test_compact_image_cross_attention_gives_the_same_encoder() -> None:
     results = []
     for compact in (False, True):

@@ -59,6 +59,7 @@ def _unzero_residual_norms(model: TPVFormer) -> None:
                 m.weight.add_(0.5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["tpv_tiny", "bev_tiny"])
 def test_tiny_forward_backward(name: str) -> None:
     torch.manual_seed(0)
@@ -87,6 +88,7 @@ def test_tiny_forward_backward(name: str) -> None:
     assert not missing, missing
 
 
+@pytest.mark.slow
 def test_lidarseg_inference_path() -> None:
     """decode_voxels=False gives the same point logits and no voxel logits."""
     torch.manual_seed(0)
@@ -139,6 +141,7 @@ def test_every_shipped_config_builds(name: str) -> None:
     assert sum(p.numel() for p in model.parameters()) > 0
 
 
+@pytest.mark.slow
 def test_fast_settings_keep_the_point_logits() -> None:
     """compact image cross-attention and the channels-last backbone against the straightforward
     formulation, same weights and inputs: the same point logits."""

@@ -128,6 +128,7 @@ def test_zero_offsets_unit_mask_equal_conv2d():
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_gradcheck_tiny_float64():
     x, offset, mask, weight, bias = _case(3, 1, 2, 2, 4, 4, 1, 1, 1, 1, 1.2)
     inputs = tuple(t.requires_grad_() for t in (x, offset, mask, weight, bias))

@@ -28,6 +28,7 @@ interpreted = pytest.mark.skipif(not INTERPRETED, reason="runs in the interprete
 SHAPES = [(5, 7), (3, 2), (1, 1), (1, 4)]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(INTERPRETED or not HAVE_TRITON, reason="the subprocess itself / no triton")
 def test_triton_backend_under_the_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1")

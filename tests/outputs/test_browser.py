@@ -23,6 +23,8 @@ from tpvkit.outputs.export import resolve_excluded
 from tpvkit.outputs.view import ground_truth_voxels, write_viewer
 from tpvkit.outputs.visualize import FREE_BEV, bev_image
 
+pytestmark = pytest.mark.slow  # a real browser: seconds per test
+
 CHROMIUM_ARGS = [
     "--no-sandbox",  # CI runs as root
     "--disable-gpu",  # WebGL then runs on SwiftShader, in software
