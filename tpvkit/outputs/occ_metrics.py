@@ -364,16 +364,8 @@ def _traverse_general(
     volume: torch.Tensor | None = None,
     max_steps: int = MAX_TRAVERSAL_STEPS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """First occupied voxel along each ray, in voxel units, as dvr.cu's test-mode render.
-
-    occupied (V, X, Y, Z) bool; origin_vox, end_vox (R, 3) float64 ray start and a point on
-    the ray (voxel coordinates: (p - range_min) / voxel_size); volume (R,) index into V.
-    Start voxel int() of the origin (truncation), Amanatides-Woo steps with ties going to y
-    over x and z over both; a voxel's distance is where the ray LEAVES it. Returns
-    (dist (R,) float64: leaving distance of the first occupied voxel, else of the last voxel
-    inside the grid, -1 for a ray that never enters; index (R, 3) int64 of that voxel, 0 when
-    it never enters).
-    """
+    """`traverse_first_hit` for any ray, also one that starts outside the grid (same contract);
+    the walk checks the grid bounds at every step."""
     R = origin_vox.shape[0]
     dev = occupied.device
     V, X, Y, Z = occupied.shape
