@@ -364,8 +364,8 @@ def _traverse_general(
     volume: torch.Tensor | None = None,
     max_steps: int = MAX_TRAVERSAL_STEPS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`traverse_first_hit` for any ray, also one that starts outside the grid (same contract);
-    the walk checks the grid bounds at every step."""
+    """`traverse_first_hit` for any ray, also one that starts outside the grid (same contract):
+    the literal transcription of dvr's loop, with its bounds test at every step."""
     R = origin_vox.shape[0]
     dev = occupied.device
     V, X, Y, Z = occupied.shape
