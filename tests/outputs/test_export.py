@@ -193,3 +193,51 @@ def test_ground_truth_export_uses_the_dataset_voxelisation(tmp_path, synthetic_i
         app, ["export", "--infos", str(infos), "--token", "nope", "--out", str(out)]
     )
     assert unknown.exit_code == 2 and "sample tokens" in unknown.output
+
+
+# ---------------------------------------------------------------------------------------------
+# Dense occupancy (Occ3D): ego-frame records, free space hidden
+
+
+def _occ3d_record():
+    """An ego-frame record with dense ground truth: 17 free, class 0 'others' is matter."""
+    pred = make_prediction(occupancy=True, with_points=False)
+    gt = np.full(pred.voxels.shape, 17, dtype=np.uint8)
+    gt[:, :, 0] = 11
+    gt[5, 0, 1] = 0  # "others": real matter in Occ3D
+    gt[2, 2, 1] = 4
+    pred.frame = "ego"
+    pred.gt_voxels = gt
+    pred.gt_mask_camera = np.zeros(gt.shape, bool)
+    pred.gt_mask_camera[:3] = True
+    return pred
+
+
+def test_dense_ground_truth_hides_free_space_and_keeps_others():
+    from tpvkit.outputs.export import gt_occupied, select_items
+
+    pred = _occ3d_record()
+    occupied = gt_occupied(pred)
+    assert occupied.sum() == 6 * 5 + 2  # the floor, the "others" voxel, the car
+    xyz, labels = select_items(pred, "gt_voxels", exclude=["empty"])
+    assert sorted(labels.tolist()) == sorted([11] * 30 + [0, 4])
+    assert 17 not in select_items(pred, "gt_voxels", exclude=[])[1]  # free never exported
+
+
+def test_ego_record_exports_in_both_frames(tmp_path):
+    pred = _occ3d_record()
+    ego = export_ply(pred, tmp_path / "ego.ply", frame="ego", source="gt_voxels")
+    lidar = export_ply(pred, tmp_path / "lidar.ply", frame="lidar", source="gt_voxels")
+    assert ego.num_items == lidar.num_items == 31  # default: 'noise' (others) hidden too
+    v_ego = PlyData.read(str(tmp_path / "ego.ply"))["vertex"]
+    v_lidar = PlyData.read(str(tmp_path / "lidar.ply"))["vertex"]
+    p_ego = np.stack([v_ego["x"], v_ego["y"], v_ego["z"]], 1).astype(np.float64)
+    p_lidar = np.stack([v_lidar["x"], v_lidar["y"], v_lidar["z"]], 1).astype(np.float64)
+    # the grid is in the ego frame: "ego" writes the centres as they are, "lidar" maps them
+    # back through inv(lidar2ego), so lidar2ego @ lidar == ego
+    T = pred.lidar2ego
+    np.testing.assert_allclose(p_lidar @ T[:3, :3].T + T[:3, 3], p_ego, atol=1e-5)
+    first = pred.point_cloud_range[:3] + 0.5 * pred.voxel_size  # voxel (0, 0, 0), the floor
+    assert np.isclose(p_ego, first, atol=1e-6).all(axis=1).any()
+    cubes = export_ply(pred, tmp_path / "c.ply", mode="cubes", frame="lidar", source="gt_voxels")
+    assert cubes.num_faces == 6 * 31

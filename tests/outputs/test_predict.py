@@ -197,3 +197,19 @@ def test_outputs_import_nothing_from_engine():
                 names = [node.module]
             for name in names:
                 assert not name.startswith("tpvkit.engine"), f"{path.name} imports {name}"
+
+
+def test_argmax_over_all_classes_for_occ3d_models():
+    """Occ3D models train class 0 ('others'): exclude_ignore=False may predict it, with the
+    softmax over all classes as its confidence (a loop reference in float64)."""
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(18, 5, 3, 2, generator=gen)
+    logits[0, 1, 1, 1] = 9.0  # class 0 wins here
+    labels, conf = argmax_voxels(logits, chunk=2, exclude_ignore=False)
+    for idx in np.ndindex(5, 3, 2):
+        column = logits[(slice(None), *idx)].double()
+        assert int(labels[idx]) == int(column.argmax())
+        expected = float(torch.softmax(column, 0).max())
+        assert abs(float(conf[idx]) - expected) < 1e-3
+    assert int(labels[1, 1, 1]) == 0
+    assert int(argmax_voxels(logits, exclude_ignore=True)[0][1, 1, 1]) != 0

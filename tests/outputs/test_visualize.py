@@ -237,3 +237,46 @@ def test_cli_video_options(tmp_path):
     assert "video.mp4" in result.output and (tmp_path / "v" / "video.gif").is_file()
     bad = CliRunner().invoke(app, args + ["--video-fps", "0"])
     assert bad.exit_code == 2 and "--video-fps" in bad.output
+
+
+# ---------------------------------------------------------------------------------------------
+# Dense occupancy: the camera-mask region marked
+
+
+def test_fade_unseen_dims_exactly_the_columns_whose_top_voxel_no_camera_saw():
+    from tpvkit.outputs.visualize import FREE_BEV, UNSEEN_FADE, fade_unseen
+
+    labels = np.zeros((3, 2, 2), dtype=np.uint8)
+    visible = np.zeros((3, 2, 2), bool)
+    visible[0, 0, 1] = visible[1, 1, 0] = visible[2, 0, 0] = True
+    mask = np.zeros((3, 2, 2), bool)
+    mask[0, 0, 1] = True  # seen; (1, 1) top voxel unseen; (2, 0) unseen; others empty
+    image = np.full((2, 3, 3), 200, dtype=np.uint8)  # rows: y high -> low, columns x (scale 1)
+    out = fade_unseen(image, labels, visible, mask, scale=1)
+    faded = round((1 - UNSEEN_FADE) * 200 + UNSEEN_FADE * FREE_BEV[0])
+    expected = np.full((2, 3), 200)
+    expected[1 - 1, 1] = faded  # column x=1, y=1 -> row 0
+    expected[1 - 0, 2] = faded  # column x=2, y=0 -> row 1
+    np.testing.assert_array_equal(out[..., 0], expected)
+
+
+def test_occupancy_pictures_mark_the_camera_mask(tmp_path):
+    from tpvkit.outputs.visualize import render_bev, render_voxels_3d
+
+    pred = make_prediction(occupancy=True, with_points=False)
+    gt = np.full(pred.voxels.shape, 17, dtype=np.uint8)
+    gt[:, :, 0] = 11
+    pred.gt_voxels, pred.frame = gt, "ego"
+    pred.gt_mask_camera = np.zeros(gt.shape, bool)
+    pred.gt_mask_camera[:3] = True  # the x < 3 half was seen
+    plain = render_bev(pred, legend=False, scale=4)
+    pred_gt_only = np.asarray(plain)
+    view = ViewOptions(width=160, height=120, supersample=1, edges=False)
+    seen = np.asarray(render_voxels_3d(pred, view, ground_truth=True))
+    pred.gt_mask_camera[:] = True
+    all_seen = np.asarray(render_voxels_3d(pred, view, ground_truth=True))
+    # faded colours only where the mask says unseen: the two renders differ, and the faded one
+    # is lighter (blended towards the white background)
+    differ = np.any(seen != all_seen, axis=-1)
+    assert differ.any() and seen[differ].astype(int).sum() > all_seen[differ].astype(int).sum()
+    assert pred_gt_only.shape[1] > 2 * 6 * 4  # prediction and ground-truth panels

@@ -1,4 +1,5 @@
-"""`tpvkit eval [CONFIG] CHECKPOINT --infos PATH`: devkit-exact lidarseg mIoU and metrics.json."""
+"""`tpvkit eval [CONFIG] CHECKPOINT --infos PATH`: devkit-exact lidarseg mIoU, or for Occ3D
+occupancy models the Occ3D mIoU and RayIoU, and metrics.json."""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ def eval_(
         None,
         "--save-predictions",
         help="Write the official lidarseg submission layout here "
-        "(lidarseg/<split>/<token>_lidarseg.bin + <split>/submission.json).",
+        "(lidarseg/<split>/<token>_lidarseg.bin + <split>/submission.json); for Occ3D "
+        "occupancy models <sample_token>.npz with key 'pred' (uint8 200x200x16).",
     ),
     voxels: bool = typer.Option(
         True, "--voxels/--no-voxels", help="Also score the voxel look-up predictions."
@@ -43,7 +45,9 @@ def eval_(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     set_: list[str] = typer.Option(None, "--set", help="Override: dotted.key=value (repeatable)."),
 ) -> None:
-    """nuScenes LiDAR-segmentation evaluation (devkit-exact mIoU), points and voxels.
+    """nuScenes LiDAR-segmentation evaluation (devkit-exact mIoU), points and voxels; Occ3D
+    occupancy models (model.grid_frame=ego): mIoU inside mask_camera and without it, RayIoU
+    at 1, 2, 4 m, and the lidarseg point scores when the data has lidarseg labels.
 
     tpvkit eval CHECKPOINT --infos PATH: the config stored in the checkpoint.
 

@@ -16,7 +16,9 @@ def export(
     out: Path = typer.Option(..., "--out", help="Output .ply file."),
     mode: str = typer.Option("points", "--mode", help="points: a vertex per voxel; cubes: meshes."),
     ascii: bool = typer.Option(False, "--ascii", help="ASCII PLY instead of binary little-endian."),
-    frame: str = typer.Option("lidar", "--frame", help="lidar | ego"),
+    frame: str = typer.Option(
+        "lidar", "--frame", help="lidar | ego (from the file's own frame through lidar2ego)."
+    ),
     source: str = typer.Option(
         "voxels",
         "--source",

@@ -38,6 +38,8 @@ def predict(
     tpvkit predict CHECKPOINT --infos PATH --out DIR: the config stored in the checkpoint.
 
     tpvkit predict CONFIG CHECKPOINT ... (or --config): CONFIG, checked against it.
+
+    Occ3D occupancy models write ego-frame files with the Occ3D ground truth and masks.
     """
     with user_errors():
         from tpvkit.errors import TpvkitError

@@ -1,12 +1,17 @@
-"""LiDAR-segmentation evaluation: devkit-exact mIoU of point queries and of voxel look-ups.
+"""Evaluation: devkit-exact LiDAR-segmentation mIoU, and for Occ3D occupancy models (an
+ego-frame grid, model.grid_frame = "ego") the Occ3D mIoU and SparseOcc's RayIoU.
 
-Two predictions are scored for every LiDAR point of a split:
+Lidarseg: two predictions are scored for every LiDAR point of a split:
 - "points": the point itself is the query (its features sampled from the three planes), the
   official TPVFormer lidarseg protocol;
 - "voxels": the full voxel volume is decoded, argmaxed, and each point takes the class of the
   voxel it falls in (point_voxel_index), which measures the dense occupancy output.
 
-Both run through the one inference loop (tpvkit.engine.inference) with its LidarSegSink.
+Occupancy: the dense 200x200x16 volume against the Occ3D labels (tpvkit.engine.occupancy);
+the lidarseg point scores come along under "lidarseg" when the split has lidarseg labels.
+
+Everything runs through the one inference loop (tpvkit.engine.inference): one pass feeds
+every sink.
 """
 
 from __future__ import annotations
@@ -46,8 +51,12 @@ def evaluate_model(
     save_predictions: str | Path | SubmissionWriter | None = None,
     progress: bool = True,
     split: str = "val",
+    occupancy: bool = False,
+    occupancy_labels: bool = True,
+    ray_iou: bool = True,
 ) -> dict[str, Any]:
-    """Run `model` over every batch of `loader` and score its predictions for every point.
+    """Run `model` over every batch of `loader` and score its predictions for every point
+    (lidarseg) or, with `occupancy`, its dense Occ3D volume (see occupancy_results).
 
     `loader` yields collate_batch dicts (docs/internals.md). Batches without "point_labels", or
     a split whose labels are all ignore (v1.0-test), give metrics of None; predictions are still
@@ -65,6 +74,18 @@ def evaluate_model(
     """
     check_scorable(num_classes)
     start = time.perf_counter()
+    if occupancy:
+        return _evaluate_occupancy(
+            model,
+            loader,
+            device,
+            voxel_metrics,
+            save_predictions,
+            progress,
+            occupancy_labels,
+            ray_iou,
+            start,
+        )
     scores = LidarSegSink(voxel_metrics)
     sinks: list[InferenceSink] = [scores]
     if save_predictions is not None:
@@ -78,10 +99,106 @@ def evaluate_model(
     return {**results, "seconds": time.perf_counter() - start}
 
 
+# Lidarseg keys that an occupancy evaluation nests under "lidarseg" (the point scores of an
+# ego-frame model: the points are queried in the ego frame, the free logit dropped).
+LIDARSEG_KEYS: tuple[str, ...] = (
+    "miou",
+    "iou_per_class",
+    "miou_voxel",
+    "iou_per_class_voxel",
+    "freq_weighted_iou",
+    "freq_weighted_iou_voxel",
+    "num_points",
+    "num_labelled_points",
+    "confusion_matrix",
+    "confusion_matrix_voxel",
+)
+
+
+def _evaluate_occupancy(
+    model: torch.nn.Module,
+    loader: Iterable[Mapping[str, Any]],
+    device: torch.device | str,
+    voxel_metrics: bool,
+    save_predictions: str | Path | SubmissionWriter | None,
+    progress: bool,
+    occupancy_labels: bool,
+    ray_iou: bool,
+    start: float,
+) -> dict[str, Any]:
+    """One inference pass: Occ3D mIoU + RayIoU, the lidarseg point scores, the pred files."""
+    from tpvkit.engine.occupancy import OccupancyMetricsSink, OccupancyPredictionWriter
+
+    if isinstance(save_predictions, SubmissionWriter):
+        raise TpvkitError(
+            "an occupancy model saves <sample_token>.npz volumes, not a lidarseg submission: "
+            "give --save-predictions a folder"
+        )
+    lidarseg = LidarSegSink(voxel_metrics)
+    sinks: list[InferenceSink] = [lidarseg]
+    occ = OccupancyMetricsSink(ray_iou) if occupancy_labels else None
+    if occ is not None:
+        sinks.append(occ)
+    writer = None
+    if save_predictions is not None:
+        writer = OccupancyPredictionWriter(save_predictions)
+        sinks.append(writer)
+    results = run_inference(model, loader, device, sinks, progress=progress, desc="eval")
+    return occupancy_results(
+        results[0],
+        results[1] if occ is not None else None,
+        results[-1] if writer is not None else None,
+        time.perf_counter() - start,
+    )
+
+
+def occupancy_results(
+    lidarseg: Mapping[str, Any],
+    occ: Mapping[str, Any] | None,
+    written: Mapping[str, Any] | None,
+    seconds: float,
+) -> dict[str, Any]:
+    """The metrics of an occupancy evaluation.
+
+    Top level: "task" = "occupancy"; miou / iou_per_class (Occ3D, inside mask_camera, classes
+    0..16), miou_nomask / iou_per_class_nomask, rayiou, rayiou_1 / _2 / _4 and their per-class
+    dicts, num_rays, the 18 x 18 confusion matrices, num_samples (all None without Occ3D
+    labels). miou_voxel / iou_per_class_voxel are None (the lidarseg voxel look-up lives in
+    "lidarseg"). "lidarseg": the point scores (LIDARSEG_KEYS) when the split has lidarseg
+    labels, else None.
+    """
+    empty: dict[str, Any] = {
+        "miou": None,
+        "iou_per_class": None,
+        "miou_nomask": None,
+        "iou_per_class_nomask": None,
+        "rayiou": None,
+        **{f"rayiou_{t}": None for t in (1, 2, 4)},
+        **{f"rayiou_per_class_{t}": None for t in (1, 2, 4)},
+        "num_rays": 0,
+        "confusion_matrix": None,
+        "confusion_matrix_nomask": None,
+    }
+    out: dict[str, Any] = {"task": "occupancy", **empty, **(dict(occ) if occ else {})}
+    out["num_samples"] = lidarseg["num_samples"]
+    out["miou_voxel"] = None
+    out["iou_per_class_voxel"] = None
+    labelled = lidarseg.get("iou_per_class") is not None
+    out["lidarseg"] = {k: lidarseg[k] for k in LIDARSEG_KEYS} if labelled else None
+    if written is not None:
+        out["predictions_written"] = written["predictions_written"]
+    out["seconds"] = seconds
+    return out
+
+
 def print_metrics(metrics: Mapping[str, Any], title: str = "") -> None:
-    """The per-class table (points, and voxels when scored) with the mIoU row."""
+    """The per-class table (points, and voxels when scored) with the mIoU row; for an
+    occupancy evaluation the Occ3D IoU (camera mask, no mask) and RayIoU per class."""
     from tpvkit.outputs.metrics import print_iou_table
 
+    if metrics.get("task") == "occupancy":
+        _print_occupancy(metrics, title)
+        return
     if metrics.get("iou_per_class") is None:
         print(f"{title}: no ground-truth labels, nothing to score" if title else "no labels")
         return
@@ -91,6 +208,28 @@ def print_metrics(metrics: Mapping[str, Any], title: str = "") -> None:
         columns["voxels"] = metrics["iou_per_class_voxel"]
         mious["voxels"] = metrics["miou_voxel"]
     print_iou_table(columns, mious, title)
+
+
+def _print_occupancy(metrics: Mapping[str, Any], title: str) -> None:
+    from tpvkit.outputs.metrics import print_iou_table
+
+    if metrics.get("iou_per_class") is not None:
+        columns = {
+            "mask_camera": metrics["iou_per_class"],
+            "no mask": metrics["iou_per_class_nomask"],
+        }
+        mious = {"mask_camera": metrics["miou"], "no mask": metrics["miou_nomask"]}
+        for t in (1, 2, 4):
+            if metrics.get(f"rayiou_per_class_{t}") is not None:
+                columns[f"ray@{t}m"] = metrics[f"rayiou_per_class_{t}"]
+                mious[f"ray@{t}m"] = metrics[f"rayiou_{t}"]
+        print_iou_table(columns, mious, f"{title} · Occ3D occupancy" if title else "")
+        if metrics.get("rayiou") is not None:
+            print(f"RayIoU (mean of 1, 2, 4 m): {100 * metrics['rayiou']:.2f}")
+    else:
+        print(f"{title}: no Occ3D labels, no occupancy scores" if title else "no Occ3D labels")
+    if metrics.get("lidarseg") is not None:
+        print_metrics(metrics["lidarseg"], f"{title} · lidarseg points" if title else "")
 
 
 def evaluate(
@@ -135,6 +274,7 @@ def evaluate(
             "split with samples"
         )
     labelled = any(sample.get("lidarseg_path") for sample in info_set)
+    occupancy = is_occupancy_model(cfg)
     loader = inference_loader(cfg, info_set, loaded.device)
     results = evaluate_model(
         loaded.model,
@@ -145,7 +285,20 @@ def evaluate(
         save_predictions=save_predictions,
         progress=progress,
         split=split,
+        occupancy=occupancy,
+        occupancy_labels=occupancy and has_occ3d_labels(info_set, str(infos)),
     )
+    provenance = {
+        "checkpoint": str(checkpoint.resolve()),
+        "config": cfg.name,
+        "config_from": loaded.config_from,
+        "infos": str(infos.resolve()),
+        "device": str(loaded.device),
+        "seconds": round(results["seconds"], 3),
+    }
+    if occupancy:
+        metrics = {**results, "split": split, **provenance}
+        return _report(metrics, cfg.name, split, out_dir, save_predictions, "prediction volumes")
     metrics = {
         "miou": results["miou"],
         "iou_per_class": results["iou_per_class"],
@@ -166,13 +319,50 @@ def evaluate(
         "confusion_matrix": results["confusion_matrix"],
         "confusion_matrix_voxel": results["confusion_matrix_voxel"],
     }
-    print_metrics(metrics, title=f"{cfg.name} on {split} ({metrics['num_samples']} samples)")
+    return _report(metrics, cfg.name, split, out_dir, save_predictions, "prediction files")
+
+
+def _report(
+    metrics: dict[str, Any],
+    name: str,
+    split: str,
+    out_dir: Path,
+    save_predictions: str | Path | None,
+    what: str,
+) -> dict[str, Any]:
+    """Print the table, write metrics.json, say what was written."""
+    print_metrics(metrics, title=f"{name} on {split} ({metrics['num_samples']} samples)")
     path = out_dir / METRICS_FILE
     atomic_write_text(path, _dumps(metrics))
     print(f"wrote {path}")
     if save_predictions is not None:
-        print(f"wrote {metrics['num_samples']} prediction files under {Path(save_predictions)}")
+        print(f"wrote {metrics['num_samples']} {what} under {Path(save_predictions)}")
     return metrics
+
+
+def is_occupancy_model(cfg: Config) -> bool:
+    """An Occ3D occupancy model: 18 classes decoded on the ego-frame grid (model.grid_frame).
+
+    Such a model is scored on the dense Occ3D volume; a lidar-frame model (the lidarseg
+    configs, and the tpv_occupancy release, whose 100x100x8 grid is not Occ3D's) is scored on
+    the LiDAR points.
+    """
+    from tpvkit.data.occ3d import OCC3D_NUM_CLASSES
+
+    return cfg.model.grid_frame == "ego" and cfg.model.num_classes == OCC3D_NUM_CLASSES
+
+
+def has_occ3d_labels(info_set: Any, where: str) -> bool:
+    """Whether every sample links Occ3D labels (none: predictions only; some: an error)."""
+    from tpvkit.data.occ3d import INFO_FIELD
+
+    linked = [bool(s.get(INFO_FIELD)) for s in info_set.samples]
+    if any(linked) and not all(linked):
+        raise TpvkitError(
+            f"{where}: {linked.count(False)} of {len(linked)} samples link no Occ3D labels: "
+            "re-run `tpvkit prepare ... --occ3d GTDIR` so every sample has its labels.npz"
+        )
+    return all(linked)
 
 
 def _dumps(metrics: Mapping[str, Any]) -> str:

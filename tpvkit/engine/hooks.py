@@ -73,9 +73,16 @@ class ValidationHook:
             "miou_voxel": metrics.get("miou_voxel"),
             "num_samples": metrics["num_samples"],
         }
+        extra = ""
+        if metrics.get("task") == "occupancy":  # Occ3D mIoU (camera mask) is "miou"
+            values.update({k: metrics.get(k) for k in ("miou_nomask", "rayiou")})
+            extra = "".join(
+                f" {k}={'n/a' if values[k] is None else f'{values[k]:.4f}'}"
+                for k in ("miou_nomask", "rayiou")
+            )
         miou = "n/a" if values["miou"] is None else f"{values['miou']:.4f}"
         log.info(
-            f"validation at iteration {step.iteration}: miou={miou} "
+            f"validation at iteration {step.iteration}: miou={miou}{extra} "
             f"({values['num_samples']} samples)"
         )
         log.record("val", step.iteration, values)
@@ -87,7 +94,7 @@ def validate(trainer: Trainer) -> dict[str, Any] | None:
     if val_set is None:
         return None
     from tpvkit.engine.checkpoint import unwrap_model
-    from tpvkit.engine.evaluate import evaluate_model
+    from tpvkit.engine.evaluate import evaluate_model, has_occ3d_labels, is_occupancy_model
 
     cfg, ctx = trainer.cfg, trainer.ctx
     sampler = ShardedSampler(
@@ -105,6 +112,13 @@ def validate(trainer: Trainer) -> dict[str, Any] | None:
         collate_fn=trainer.parts.collate_fn,
         pin_memory=trainer.device.type == "cuda",
     )
+    # An Occ3D model is scored on its volume when the validation samples link Occ3D labels (a
+    # hand-built dataset without an info set is taken to carry them in its batches).
+    occupancy = is_occupancy_model(cfg)
+    val_infos = getattr(val_set, "infos", None)
+    occ_labels = occupancy and (
+        val_infos is None or has_occ3d_labels(val_infos, cfg.data.val_infos)
+    )
     # Its own random stream: validating (or not) leaves the training streams untouched.
     with isolated_rng(mix_seed(cfg.train.seed, 7, trainer.iteration)):
         return evaluate_model(
@@ -114,4 +128,6 @@ def validate(trainer: Trainer) -> dict[str, Any] | None:
             num_classes=cfg.model.num_classes,
             voxel_metrics=cfg.eval.voxel_metrics,
             progress=False,
+            occupancy=occupancy,
+            occupancy_labels=occ_labels,
         )

@@ -351,6 +351,12 @@ class PredictionFileSink:
             sample = self.samples[str(token)]
             n = int(batch["num_points"][b])
             has_gt = bool(sample.get("lidarseg_path")) and "point_labels" in batch
+            # the dense Occ3D ground truth goes with a model on its (ego-frame) grid
+            dense = "occ_semantics" in batch and self.cfg.model.grid_frame == "ego"
+            occ = {
+                key: _numpy(batch[key][b]) if dense else None
+                for key in ("occ_semantics", "occ_mask_camera", "occ_mask_lidar")
+            }
             pred = build_prediction(
                 self.cfg,
                 self.info_set,
@@ -362,6 +368,7 @@ class PredictionFileSink:
                 gt_point_labels=_numpy(batch["point_labels"][b, :n]) if has_gt else None,
                 gt_voxel_labels=_numpy(batch["voxel_labels"][b]) if has_gt else None,
                 save_confidence=self.save_confidence,
+                **occ,
             )
             path = self.out_dir / f"{safe_file_stem(pred.token)}.npz"
             self.written.append(save_prediction(pred, path))

@@ -110,6 +110,8 @@ class OccupancyMetricsSink:
             "miou_nomask": None if np.isnan(miou_all) else miou_all,
             "iou_per_class_nomask": _class_dict(iou_all, names),
             "num_samples": int(counts.item()),
+            "confusion_matrix": self.confusion_camera.matrix.tolist(),
+            "confusion_matrix_nomask": self.confusion_all.matrix.tolist(),
         }
         if self.ray_iou is not None:
             results.update(self.ray_iou.summary())

@@ -112,8 +112,10 @@ def _dataset(cfg: Config, path: Path, key: str, train: bool) -> Dataset:
 
 
 def build_parts(cfg: Config) -> TrainParts:
-    """Model (tpvkit.models.tpvformer), datasets (tpvkit.data.dataset) and loss from `cfg`."""
+    """Model (tpvkit.models.tpvformer), datasets (tpvkit.data.dataset) and the loss that
+    `train.loss` names (tpvkit.engine.occupancy.build_loss) from `cfg`."""
     from tpvkit.data.dataset import collate_batch
+    from tpvkit.engine.occupancy import build_loss
     from tpvkit.models.tpvformer import build_model
 
     train_path = check_info_file(cfg.data.train_infos, "data.train_infos")
@@ -121,8 +123,9 @@ def build_parts(cfg: Config) -> TrainParts:
     val_set = None
     if cfg.data.val_infos and Path(cfg.data.val_infos).is_file():
         val_set = _dataset(cfg, Path(cfg.data.val_infos), "data.val_infos", train=False)
+    loss = build_loss(cfg)  # before the datasets' first item: a wrong class count fails early
     model = build_model(cfg.model)
-    return TrainParts(model, train_set, collate_batch, occupancy_losses(cfg), val_set)
+    return TrainParts(model, train_set, collate_batch, loss, val_set)
 
 
 # ---------------------------------------------------------------------------------------------

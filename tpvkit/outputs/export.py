@@ -2,7 +2,9 @@
 
 A vertex per occupied voxel centre (mode "points") or a closed cube mesh per voxel (mode
 "cubes", outward-facing winding); every vertex carries red/green/blue from the class palette
-and the class id as `label`. Coordinates are metres in the LiDAR or the ego frame.
+and the class id as `label`. Coordinates are metres in the LiDAR or the ego frame, whichever
+frame the record's grid lives in (Prediction.frame): the other one goes through lidar2ego.
+Dense occupancy (Occ3D ground truth, 18-class models) hides free space.
 """
 
 from __future__ import annotations
@@ -71,13 +73,48 @@ def resolve_excluded(pred: Prediction, exclude: Sequence[str] | None) -> np.ndar
     return mask
 
 
+def gt_occupied(pred: Prediction) -> np.ndarray:
+    """bool (X, Y, Z): the ground-truth voxels that hold matter.
+
+    Dense occupancy ground truth (Occ3D, the record carries gt_mask_camera / gt_mask_lidar):
+    every voxel that is not free (empty_label; class 0 "others" is matter). Point-voted
+    ground truth: voxels with a label other than 0 (0 = no labelled point).
+    """
+    if pred.gt_voxels is None:
+        raise TpvkitError(f"{pred.source}: no ground-truth voxels (gt_voxels) in the file")
+    gt = np.asarray(pred.gt_voxels)
+    if is_dense_ground_truth(pred):
+        return gt != pred.empty_label
+    occupied = gt != 0
+    if pred.empty_label >= 0:
+        occupied &= gt != pred.empty_label
+    return occupied
+
+
+def is_dense_ground_truth(pred: Prediction) -> bool:
+    """Whether gt_voxels is dense occupancy (free space labelled), as Occ3D's semantics."""
+    has_mask = pred.gt_mask_camera is not None or pred.gt_mask_lidar is not None
+    return pred.gt_voxels is not None and has_mask and pred.empty_label >= 0
+
+
+def frame_transform(pred: Prediction, frame: str) -> np.ndarray | None:
+    """(4, 4) from the record's grid frame to `frame` ("lidar" | "ego"); None when the same."""
+    _choice(frame, FRAMES, "frame")
+    if frame == pred.frame:
+        return None
+    if frame == "ego":  # the grid is in the LiDAR frame
+        return np.asarray(pred.lidar2ego, dtype=np.float64)
+    return np.linalg.inv(np.asarray(pred.lidar2ego, dtype=np.float64))
+
+
 def select_items(
     pred: Prediction, source: str, exclude: Sequence[str] | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The LiDAR-frame positions (N, 3) float64 and class ids (N,) int64 to export.
+    """The positions (N, 3) float64, in the record's grid frame, and class ids (N,) int64 to
+    export.
 
-    Voxels: the centres of the occupied voxels in [x, y, z] order. Points: the LiDAR points with
-    their predicted (or ground-truth) labels.
+    Voxels: the centres of the occupied voxels in [x, y, z] order (free space never counts).
+    Points: the LiDAR points with their predicted (or ground-truth) labels.
     """
     _choice(source, SOURCES, "source")
     excluded = resolve_excluded(pred, exclude)
@@ -85,9 +122,7 @@ def select_items(
         if source == "voxels":
             labels, occupied = pred.voxels, pred.occupied
         else:
-            if pred.gt_voxels is None:
-                raise TpvkitError(f"{pred.source}: no ground-truth voxels (gt_voxels) in the file")
-            labels, occupied = pred.gt_voxels, pred.gt_voxels != 0
+            labels, occupied = pred.gt_voxels, gt_occupied(pred)
         keep = occupied & ~excluded[labels.astype(np.int64)]
         index = np.argwhere(keep)  # (N, 3) row-major [x, y, z]
         xyz = voxel_centers(index, pred.point_cloud_range, pred.voxel_size)
@@ -175,9 +210,10 @@ def export_prediction_ply(
         raise TpvkitError("mode 'cubes' draws voxels; use source 'voxels' or 'gt_voxels'")
     xyz, labels = select_items(pred, source, exclude)
     rotation = None
-    if frame == "ego":
-        xyz = transform_points(pred.lidar2ego, xyz)
-        rotation = pred.lidar2ego[:3, :3]
+    matrix = frame_transform(pred, frame)
+    if matrix is not None:
+        xyz = transform_points(matrix, xyz)
+        rotation = matrix[:3, :3]
     if mode == "cubes":
         vertices, face_index = cube_mesh(xyz, pred.voxel_size, faces, rotation)
         vertex_labels = np.repeat(labels, 8)
@@ -215,7 +251,8 @@ def export_ply(
     """Export a prediction file (or record) to PLY.
 
     mode: "points" (a vertex per voxel centre or LiDAR point) or "cubes" (8 vertices and 6 quads
-    or 12 triangles per voxel). frame: "lidar" or "ego" (through lidar2ego). exclude: class
+    or 12 triangles per voxel). frame: "lidar" or "ego", from the record's own frame through
+    lidar2ego (or its inverse for an ego-frame record). exclude: class
     names to leave out (default: noise and empty). source: "voxels", "points" (LiDAR points and
     their predicted labels), "gt_voxels", "gt_points". Binary little-endian unless `ascii`.
     """

@@ -121,18 +121,28 @@ def _displayable_gt(voxel_labels: np.ndarray, observed: np.ndarray) -> np.ndarra
     return np.where(observed, voxel_labels, 0).astype(np.uint8)
 
 
-def argmax_voxels(voxel_logits: torch.Tensor, chunk: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+def argmax_voxels(
+    voxel_logits: torch.Tensor, chunk: int = 8, exclude_ignore: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(C, X, Y, Z) logits -> class (X, Y, Z) uint8 and its probability (float16).
 
-    The ignore class is never predicted (tpvkit.outputs.metrics.predict_classes) and its logit,
-    meaningless after training with it ignored, is left out of the softmax too. X is walked in
-    slices so the temporary copies stay small for the 200x200x16 grid.
+    With `exclude_ignore` (the lidarseg models) the ignore class is never predicted
+    (tpvkit.outputs.metrics.predict_classes) and its logit, meaningless after training with it
+    ignored, is left out of the softmax too. Occ3D models train class 0 ("others") like any
+    other: `exclude_ignore=False` takes the plain argmax over all classes, as the Occ3D
+    evaluation does. X is walked in slices so the temporary copies stay small for the
+    200x200x16 grid.
     """
     from tpvkit.outputs.metrics import predict_classes
 
     labels, confidence = [], []
     for start in range(0, voxel_logits.shape[1], chunk):
         part = voxel_logits[:, start : start + chunk].float()
+        if not exclude_ignore:
+            prob, cls = torch.softmax(part, dim=0).max(dim=0)
+            labels.append(cls.to(torch.uint8))
+            confidence.append(prob.half())
+            continue
         cls = predict_classes(part, class_dim=0)  # (x, Y, Z)
         real = part.clone()
         real[IGNORE_INDEX] = float("-inf")
@@ -143,7 +153,18 @@ def argmax_voxels(voxel_logits: torch.Tensor, chunk: int = 8) -> tuple[torch.Ten
 
 
 def _base_fields(cfg: Config, info_set: InfoSet, sample: dict[str, Any]) -> dict[str, Any]:
+    """The fields every record of `sample` shares: grid, frame, classes, tokens, cameras.
+
+    An ego-frame model (model.grid_frame = "ego", Occ3D) gets frame "ego" and cam_lidar2img
+    mapping ego-frame points to pixels (tpvkit.data.occ3d.ego2img_from_lidar2img).
+    """
+    from tpvkit.data.occ3d import ego2img_from_lidar2img
+
     class_names = default_class_names(cfg.model.num_classes)
+    cams = camera_fields(info_set, sample)
+    frame = cfg.model.grid_frame
+    if frame == "ego":
+        cams["cam_lidar2img"] = ego2img_from_lidar2img(cams["cam_lidar2img"], lidar2ego_of(sample))
     return {
         "point_cloud_range": np.asarray(cfg.model.point_cloud_range, dtype=np.float64),
         "voxel_size": voxel_size_of(cfg.model, cfg.data.voxel_convention),
@@ -154,7 +175,8 @@ def _base_fields(cfg: Config, info_set: InfoSet, sample: dict[str, Any]) -> dict
         "lidar_token": str(sample.get("lidar_token") or ""),
         "scene_token": str(sample.get("scene_token") or ""),
         "timestamp": int(sample.get("timestamp", -1)),
-        **camera_fields(info_set, sample),
+        "frame": frame,
+        **cams,
     }
 
 
@@ -170,21 +192,27 @@ def build_prediction(
     gt_point_labels: np.ndarray | None = None,
     gt_voxel_labels: np.ndarray | None = None,
     save_confidence: bool = False,
+    occ_semantics: np.ndarray | None = None,
+    occ_mask_camera: np.ndarray | None = None,
+    occ_mask_lidar: np.ndarray | None = None,
 ) -> Prediction:
     """The prediction record of one sample from the model's outputs for it.
 
-    `voxel_logits` (C, X, Y, Z) and `point_logits` (C, n) of the n points (N, 3) of the cloud,
-    whose voxels the dataset gives as `point_voxel_index` (n, 3). The class is the argmax over
-    the real classes; occupancy follows the "empty" class when the model has one, else the
-    voxels holding a LiDAR point. The ground truth (labels (n,), voxels (X, Y, Z)) is stored
-    when given.
+    `voxel_logits` (C, X, Y, Z) and `point_logits` (C, n) of the n points (N, 3) of the cloud
+    (in the model's grid frame), whose voxels the dataset gives as `point_voxel_index` (n, 3).
+    The class is the argmax over the real classes (over all 18 for an ego-frame Occ3D model,
+    whose class 0 "others" is trained); occupancy follows the "empty" class when the model has
+    one, else the voxels holding a LiDAR point. The ground truth (labels (n,), voxels
+    (X, Y, Z)) is stored when given; the dense Occ3D ground truth (`occ_semantics` 0..17, the
+    two masks) replaces the point-voted gt_voxels when given.
     """
     from tpvkit.outputs.metrics import predict_classes
 
     class_names = default_class_names(cfg.model.num_classes)
     empty_label = class_names.index(EMPTY_CLASS_NAME) if EMPTY_CLASS_NAME in class_names else -1
     pc_range = np.asarray(cfg.model.point_cloud_range, dtype=np.float64)
-    voxels, confidence = argmax_voxels(voxel_logits)
+    dense = cfg.model.grid_frame == "ego"
+    voxels, confidence = argmax_voxels(voxel_logits, exclude_ignore=not dense)
     voxels_np = voxels.cpu().numpy()
     point_labels = predict_classes(point_logits, class_dim=0)  # (n,)
     observed = _in_range_occupancy(point_voxel_index, points, pc_range, voxels_np.shape)
@@ -192,6 +220,12 @@ def build_prediction(
         rule, occupied = "empty_class", voxels_np != empty_label
     else:
         rule, occupied = "lidar_points", observed
+    if occ_semantics is not None:
+        gt_voxels = np.asarray(occ_semantics).astype(np.uint8)  # Occ3D: 0..17, 17 free
+    elif gt_voxel_labels is not None:
+        gt_voxels = _displayable_gt(gt_voxel_labels, observed)
+    else:
+        gt_voxels = None
     return Prediction(
         voxels=voxels_np,
         occupied=occupied,
@@ -200,7 +234,9 @@ def build_prediction(
         points=points.astype(np.float32),
         point_labels=point_labels.cpu().numpy().astype(np.uint8),
         gt_point_labels=None if gt_point_labels is None else gt_point_labels.astype(np.uint8),
-        gt_voxels=None if gt_voxel_labels is None else _displayable_gt(gt_voxel_labels, observed),
+        gt_voxels=gt_voxels,
+        gt_mask_camera=None if occ_mask_camera is None else np.asarray(occ_mask_camera, bool),
+        gt_mask_lidar=None if occ_mask_lidar is None else np.asarray(occ_mask_lidar, bool),
         voxel_confidence=confidence.cpu().numpy() if save_confidence else None,
         **_base_fields(cfg, info_set, sample),
     )

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from tpvkit.data.geometry import project_points
 from tpvkit.errors import TpvkitError
-from tpvkit.outputs.export import resolve_excluded
+from tpvkit.outputs.export import gt_occupied, resolve_excluded
 from tpvkit.outputs.prediction_file import (
     Prediction,
     load_prediction,
@@ -33,6 +33,9 @@ CAMERA_GRID: tuple[tuple[str, ...], ...] = (
 VIEWS: tuple[str, ...] = ("cameras", "bev", "voxels_3d", "legend")
 BACKGROUND = (255, 255, 255)
 FREE_BEV = (24, 24, 28)  # empty columns: dark, since "manmade" is nearly white
+# Outside mask_camera (voxels no camera saw; Occ3D's mIoU ignores them): colours blended this
+# far towards the background, in the bird's-eye maps and the 3D ground truth.
+UNSEEN_FADE = 0.65
 TEXT = (20, 20, 20)
 MIN_DEPTH = 0.1  # metres: points nearer to (or behind) a camera are not drawn on its image
 BEV_TARGET_PX = 640  # default bird's-eye maps are about this many pixels on their long side
@@ -136,6 +139,21 @@ def bev_image(
     return np.ascontiguousarray(image.round().clip(0, 255).astype(np.uint8))
 
 
+def fade_unseen(
+    image: np.ndarray, labels: np.ndarray, visible: np.ndarray, mask: np.ndarray, scale: int
+) -> np.ndarray:
+    """Fade the bird's-eye columns whose top-most visible voxel lies outside `mask` (X, Y, Z)
+    towards FREE_BEV, so the camera-visible region of the map stands out."""
+    _, top = top_labels(labels, visible)
+    seen = np.take_along_axis(mask, np.clip(top, 0, None)[..., None], axis=2)[..., 0]
+    unseen = (top >= 0) & ~seen  # (X, Y)
+    rows = np.transpose(unseen)[::-1]
+    rows = np.repeat(np.repeat(rows, scale, axis=0), scale, axis=1)
+    out = image.astype(np.float64)
+    out[rows] = (1 - UNSEEN_FADE) * out[rows] + UNSEEN_FADE * np.asarray(FREE_BEV, np.float64)
+    return out.round().astype(np.uint8)
+
+
 def bev_points_image(
     points: np.ndarray,
     labels: np.ndarray,
@@ -212,10 +230,22 @@ def render_bev(
         )
     else:
         pred_rgb = bev_image(pred.voxels, pred.occupied, pred.palette, shown, scale)
-    panels.append(("prediction (points)" if use_points else "prediction", pred_rgb))
+    mask = pred.gt_mask_camera
+    title = "prediction (points)" if use_points else "prediction"
+    if mask is not None and not use_points:
+        visible = pred.occupied & shown[pred.voxels.astype(np.int64)]
+        pred_rgb = fade_unseen(pred_rgb, pred.voxels, visible, mask, scale)
+        title += " (faded: outside mask_camera)"
+    panels.append((title, pred_rgb))
     if pred.gt_voxels is not None:
-        gt_rgb = bev_image(pred.gt_voxels, pred.gt_voxels != 0, pred.palette, shown, scale)
-        panels.append(("ground truth", gt_rgb))
+        gt_occ = gt_occupied(pred)
+        gt_rgb = bev_image(pred.gt_voxels, gt_occ, pred.palette, shown, scale)
+        title = "ground truth"
+        if mask is not None:
+            visible = gt_occ & shown[pred.gt_voxels.astype(np.int64)]
+            gt_rgb = fade_unseen(gt_rgb, pred.gt_voxels, visible, mask, scale)
+            title += " (faded: outside mask_camera)"
+        panels.append((title, gt_rgb))
     elif pred.gt_point_labels is not None:
         gt_rgb = bev_points_image(
             pred.points,
@@ -237,7 +267,7 @@ def render_bev(
         present = np.zeros(pred.num_classes, bool)
         present[np.unique(pred.voxels[pred.occupied])] = True
         if pred.gt_voxels is not None:
-            present[np.unique(pred.gt_voxels[pred.gt_voxels != 0])] = True
+            present[np.unique(pred.gt_voxels[gt_occupied(pred)])] = True
         images.append(render_legend(pred.class_names, pred.palette, shown & present))
     return _side_by_side(images)
 
@@ -251,9 +281,7 @@ def shown_voxels(
 ) -> tuple[np.ndarray, np.ndarray]:
     """labels (X, Y, Z) and the occupied voxels of shown classes (X, Y, Z) bool."""
     if ground_truth:
-        if pred.gt_voxels is None:
-            raise TpvkitError(f"{pred.source}: no ground-truth voxels (gt_voxels) in the file")
-        labels, occupied = pred.gt_voxels, pred.gt_voxels != 0
+        labels, occupied = pred.gt_voxels, gt_occupied(pred)  # raises without gt_voxels
     else:
         labels, occupied = pred.voxels, pred.occupied
     shown = ~resolve_excluded(pred, exclude)
@@ -280,6 +308,13 @@ def render_voxels_3d(
     labels, occupied = shown_voxels(pred, exclude, ground_truth)
     if fit_box is None:
         fit_box = occupied_box(pred, occupied)
+    palette = np.asarray(pred.palette, np.uint8)
+    draw_labels = labels
+    if ground_truth and pred.gt_mask_camera is not None:
+        # Voxels no camera saw are drawn in faded twins of their colours (ids C..2C-1).
+        faded = (1 - UNSEEN_FADE) * palette + UNSEEN_FADE * np.asarray(BACKGROUND, np.float64)
+        palette = np.concatenate([palette, faded.round().astype(np.uint8)])
+        draw_labels = np.where(pred.gt_mask_camera, labels, labels.astype(np.int64) + len(faded))
     if annotate is None:
         annotate = view.width >= ANNOTATE_MIN_SIZE[0] and view.height >= ANNOTATE_MIN_SIZE[1]
     title_h = 34 if annotate else 0
@@ -299,9 +334,9 @@ def render_voxels_3d(
             view.fov,
         )
     rgb = render_voxels(
-        labels,
+        draw_labels,
         occupied,
-        pred.palette,
+        palette,
         pred.point_cloud_range,
         pred.voxel_size,
         camera,
@@ -315,6 +350,8 @@ def render_voxels_3d(
         return image
     if title is None:
         kind = "ground truth" if ground_truth else "prediction"
+        if ground_truth and pred.gt_mask_camera is not None:
+            kind += " (faded: outside mask_camera)"
         title = f"{kind} · {pred.token}"
     counts = np.bincount(labels[occupied].astype(np.int64), minlength=pred.num_classes)
     out = Image.new("RGB", (view.width, view.height), BACKGROUND)
