@@ -19,7 +19,7 @@ def demo(
         None,
         "--iters",
         min=1,
-        help="Training iterations (default 360: about 3-4 min in all on 2 CPU cores).",
+        help="Training iterations (default 576 = 24 epochs: about 3-4 min in all on 2 CPU cores).",
     ),
     minutes: float = typer.Option(
         None, "--minutes", hidden=True, help="Deprecated and ignored: use --iters."

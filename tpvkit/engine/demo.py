@@ -28,10 +28,9 @@ DEMO_CONFIG = "tpv_tiny"
 DEMO_SCENES = 10  # the ten v1.0-mini scene names: 8 in mini_train, 2 in mini_val
 DEMO_SAMPLES_PER_SCENE = 3
 DEMO_SEED = 0
-# 15 epochs of the 24 mini_train samples (batch 1): the warm-up + cosine schedule always runs
-# to its end. Measured: mini_val mIoU 22.58 (points), identical in two runs; 155 CPU-seconds
-# for the whole demo (docs/training.md).
-DEMO_ITERS = 360
+# 24 epochs (the public recipe's count) of the 24 mini_train samples at batch 1: the warm-up +
+# cosine schedule always runs to its end. Measured figures: docs/training.md.
+DEMO_ITERS = 576
 DEMO_PREDICT_SAMPLES = 2
 # One intra-op thread: with two, some multithreaded CPU kernel of the training step is not
 # bit-reproducible (measured: weights after 6 steps differed between two runs with 2 threads,
