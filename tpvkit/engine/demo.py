@@ -41,7 +41,7 @@ DEMO_THREADS = 1
 # validations inside training (x1.15), then eval, predict, export and renders, measured in
 # units of one training step on this model (see docs/training.md).
 TRAIN_OVERHEAD = 1.15
-AFTER_TRAIN_STEPS = 90
+AFTER_TRAIN_STEPS = 30
 
 
 def _stage_import(stage: str, module: str, names: list[str]) -> list[Any]:
