@@ -74,6 +74,11 @@ def test_wheel_ships_the_configs_and_runs_from_outside_the_repository(tmp_path):
         "for n in names:\n"
         "    c.load_config(n)\n"
         "print(' '.join(names))\n"
+        "from tpvkit.outputs import view\n"  # the viewer's template and vendored three.js
+        "for name in ('template.html', 'viewer.js', 'vendor/three.module.min.js',\n"
+        "             'vendor/three.core.min.js', 'vendor/OrbitControls.js',\n"
+        "             'vendor/three.LICENSE'):\n"
+        "    assert view._resource(name), name\n"
     )
     out = _run([str(python), "-c", check], outside, env).stdout.splitlines()
     assert Path(out[0]).is_relative_to(venv_site), out[0]  # the wheel, not the repository
