@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
 import shutil
 import sys
@@ -42,8 +41,17 @@ import torch
 from tpvkit.config import Config, apply_overrides, load_config
 from tpvkit.utils.io import atomic_write_text
 
-VAL_SPLIT = "mini_val"
-TRAIN_SPLIT = "mini_train"
+# The lidarseg benchmark's data set-up and small helpers (same splits, same synthetic data);
+# tools/ is this script's folder, so it imports as a sibling module.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_learning import (  # noqa: E402
+    TRAIN_SPLIT,
+    VAL_SPLIT,
+    ensure_data,
+    fmt,
+    info_path,
+    read_losses,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -73,29 +81,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--schedule-margin", type=float, default=1.1)
     p.add_argument("--set", dest="overrides", action="append", default=[], help="key=value")
     return p.parse_args(argv)
-
-
-def info_path(root: Path, split: str) -> Path:
-    from tpvkit.data.infos import info_file_name
-
-    return root / "infos" / info_file_name(split)
-
-
-def ensure_data(args: argparse.Namespace) -> Path:
-    if args.data is not None:
-        root = args.data
-    else:
-        from tpvkit.data.synthetic import generate_synthetic
-
-        root = args.out / "data"
-        if not (root / "infos").is_dir():
-            generate_synthetic(
-                root, scenes=args.scenes, samples_per_scene=args.samples_per_scene, seed=args.seed
-            )
-    for split in (TRAIN_SPLIT, VAL_SPLIT):
-        if not info_path(root, split).is_file():
-            raise SystemExit(f"{info_path(root, split)} is missing: not a synthetic dataroot?")
-    return root
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,15 +246,6 @@ def run_config(name: str, args: argparse.Namespace, root: Path) -> dict[str, Any
     }
 
 
-def read_losses(path: Path) -> list[dict[str, float]]:
-    rows = []
-    for line in path.read_text().splitlines():
-        record = json.loads(line)
-        if record.get("kind") == "train":
-            rows.append({k: v for k, v in record.items() if k != "kind"})
-    return rows
-
-
 def evaluate_checkpoints(
     cfg: Config, work_dir: Path, root: Path, final: Path
 ) -> list[dict[str, Any]]:
@@ -312,12 +288,6 @@ def evaluate_checkpoints(
 
 # ---------------------------------------------------------------------------------------------
 # Reports
-
-
-def fmt(value: float | None, scale: float = 100.0) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{scale * value:.1f}"
 
 
 SCORE_KEYS = ("miou", "miou_nomask", "rayiou_1", "rayiou_2", "rayiou_4", "rayiou")
