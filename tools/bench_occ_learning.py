@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_learning import (  # noqa: E402
     TRAIN_SPLIT,
     VAL_SPLIT,
+    StepClock,
     ensure_data,
     fmt,
     info_path,
@@ -141,32 +142,6 @@ def chance_levels(root: Path, seed: int) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------
 # Training and evaluation
-
-
-class StepClock:
-    """Records the start of every iteration (the loss is computed once per iteration)."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def parts(self, cfg: Config) -> Any:
-        from tpvkit.engine.train import build_parts
-
-        parts = build_parts(cfg)
-        inner = parts.compute_losses
-
-        def timed(model: Any, batch: Any) -> Any:
-            self.times.append(time.perf_counter())
-            return inner(model, batch)
-
-        parts.compute_losses = timed
-        return parts
-
-    def seconds_per_iteration(self, skip: int) -> float:
-        gaps = np.diff(self.times[skip:])
-        if len(gaps) == 0:
-            raise SystemExit("calibration ran too few iterations; raise --calibration-iters")
-        return float(np.median(gaps))
 
 
 def run_config(name: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
