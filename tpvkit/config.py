@@ -146,7 +146,7 @@ class TrainConfig:
     amp: str = "none"  # "none" | "bf16" | "fp16" (GPU only)
     lovasz_weight: float = 1.0
     ce_weight: float = 1.0
-    # Which loss trains the model (tpvkit.engine.occupancy.build_loss): "lidarseg" (Lovasz on
+    # Which loss trains the model (tpvkit.models.losses.LOSSES): "lidarseg" (Lovasz on
     # points + CE on point-voted voxels), "occ3d" (CE + Lovasz on dense Occ3D voxel labels) or
     # "tpv_occupancy" (the public occupancy recipe: CE + Lovasz on point-voted voxels, free = 17
     # where no point falls).

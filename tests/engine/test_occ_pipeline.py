@@ -124,12 +124,13 @@ def test_mixed_occ3d_links_are_refused(synthetic_infos):
 
 
 def test_train_loss_follows_the_config():
-    from tpvkit.engine.occupancy import build_loss
+    from tpvkit.models.losses import build_loss
 
     for name, loss in (("tpv_occ3d_tiny", "occ3d"), ("tpv_occupancy", "tpv_occupancy")):
         cfg = load_config(name)
         assert cfg.train.loss == loss
         assert build_loss(cfg).__qualname__.startswith(f"{loss}_losses")
+    assert build_loss(load_config("tpv_tiny")).__qualname__.startswith("lidarseg_losses")
     assert load_config("bev_occ3d_tiny").model.mode == "bev"
 
 

@@ -8,14 +8,9 @@ import pytest
 import torch
 
 from tpvkit.config import load_config
-from tpvkit.engine.occupancy import (
-    OccupancyMetricsSink,
-    OccupancyPredictionWriter,
-    build_loss,
-    occ3d_losses,
-    tpv_occupancy_losses,
-)
+from tpvkit.engine.occupancy import OccupancyMetricsSink, OccupancyPredictionWriter
 from tpvkit.errors import TpvkitError
+from tpvkit.models.losses import build_loss, occ3d_losses, tpv_occupancy_losses
 from tpvkit.outputs.occ_metrics import OccupancyConfusion, RayIoU
 
 FREE = 17
@@ -173,7 +168,7 @@ def test_tpv_occupancy_loss_fills_unobserved_voxels_with_free():
 
 def test_loss_selection_and_model_checks():
     cfg = load_config("tpv_tiny")
-    assert build_loss(cfg) is not None  # lidarseg: the existing occupancy_losses
+    assert build_loss(cfg) is not None  # lidarseg: lidarseg_losses
     cfg.train.loss = "occ3d"
     with pytest.raises(TpvkitError, match="num_classes=18"):
         build_loss(cfg)

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from tpvkit.models.losses import (
     dense_voxel_loss,
     fill_unobserved_voxels,
+    lidarseg_loss,
     lovasz_softmax,
     masked_cross_entropy,
-    occupancy_loss,
 )
 
 
@@ -97,13 +97,13 @@ def test_cross_entropy_ignores_zero_and_all_ignored_is_zero_with_grad():
     assert empty.item() == 0.0 and torch.isfinite(logits.grad).all()
 
 
-def test_occupancy_loss_sums_both_terms_with_weights_and_finite_gradients():
+def test_lidarseg_loss_sums_both_terms_with_weights_and_finite_gradients():
     g = torch.Generator().manual_seed(1)
     point_logits = torch.randn(2, 17, 50, generator=g, requires_grad=True)
     point_labels = torch.randint(0, 17, (2, 50), generator=g)
     voxel_logits = torch.randn(2, 17, 4, 4, 2, generator=g, requires_grad=True)
     voxel_labels = torch.randint(0, 17, (2, 4, 4, 2), generator=g)
-    out = occupancy_loss(point_logits, point_labels, voxel_logits, voxel_labels, 0.5, 2.0)
+    out = lidarseg_loss(point_logits, point_labels, voxel_logits, voxel_labels, 0.5, 2.0)
     assert out["loss"].item() == pytest.approx(
         0.5 * out["loss_lovasz"].item() + 2.0 * out["loss_ce"].item(), rel=1e-6
     )
@@ -112,10 +112,10 @@ def test_occupancy_loss_sums_both_terms_with_weights_and_finite_gradients():
     assert torch.isfinite(voxel_logits.grad).all() and voxel_logits.grad.abs().sum() > 0
 
 
-def test_occupancy_loss_with_everything_ignored_is_zero_not_nan():
+def test_lidarseg_loss_with_everything_ignored_is_zero_not_nan():
     point_logits = torch.randn(1, 17, 10, requires_grad=True)
     voxel_logits = torch.randn(1, 17, 2, 2, 2, requires_grad=True)
-    out = occupancy_loss(
+    out = lidarseg_loss(
         point_logits,
         torch.zeros(1, 10, dtype=torch.long),
         voxel_logits,

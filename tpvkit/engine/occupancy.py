@@ -1,6 +1,6 @@
-"""Dense occupancy in the engine: the metrics sink (Occ3D mIoU + RayIoU over a split), the
-prediction writer of `<sample_token>.npz` (key `pred`, the field's evaluation layout) and the
-loss builders that `train.loss` selects.
+"""Dense occupancy in the engine: the metrics sink (Occ3D mIoU + RayIoU over a split) and the
+prediction writer of `<sample_token>.npz` (key `pred`, the field's evaluation layout). The
+occupancy losses live with the others in tpvkit.models.losses.
 
 Sinks follow the inference loop's protocol: `needs_voxels`, `add(batch, out)` with the
 collate_batch dict on the device and the model outputs, `finish() -> dict` (summed over DDP
@@ -11,32 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from tpvkit.config import Config
 from tpvkit.data.occ3d import OCC3D_CLASS_NAMES, OCC3D_FREE, OCC3D_GRID, OCC3D_NUM_CLASSES
 from tpvkit.errors import TpvkitError
+from tpvkit.models.losses import require_occ3d_batch
 from tpvkit.outputs.occ_metrics import OccupancyConfusion, RayIoU
 from tpvkit.utils.io import atomic_write_bytes, check_output_dir
-
-if TYPE_CHECKING:  # engine.train will import this module to pick the loss: no import cycle
-    from tpvkit.engine.train import LossFn
-
-OCC_BATCH_KEYS: tuple[str, ...] = ("occ_semantics", "occ_mask_camera", "ray_origins")
-
-
-def _require_occ3d_batch(batch: Mapping[str, Any], what: str) -> None:
-    missing = [k for k in OCC_BATCH_KEYS if k not in batch]
-    if missing:
-        raise TpvkitError(
-            f"{what} needs dense occupancy labels but the batch has no {', '.join(missing)}: "
-            "link Occ3D labels to the info file (`tpvkit prepare nuscenes --occ3d GTDIR`, or a "
-            "synthetic set made by `tpvkit prepare synthetic`)"
-        )
 
 
 def _voxel_predictions(out: Mapping[str, torch.Tensor], grid: tuple[int, ...]) -> torch.Tensor:
@@ -84,7 +68,7 @@ class OccupancyMetricsSink:
         self.num_samples = 0
 
     def add(self, batch: Mapping[str, Any], out: Mapping[str, torch.Tensor]) -> None:
-        _require_occ3d_batch(batch, "the occupancy metrics sink")
+        require_occ3d_batch(batch, "the occupancy metrics sink")
         gt = batch["occ_semantics"]  # (B, X, Y, Z)
         pred = _voxel_predictions(out, tuple(gt.shape[1:])).to(gt.device)
         self.confusion_camera.update(gt, pred, batch["occ_mask_camera"])
@@ -155,81 +139,3 @@ def write_prediction(path: str | Path, pred: np.ndarray) -> None:
     buf = io.BytesIO()
     np.savez_compressed(buf, pred=pred.astype(np.uint8))
     atomic_write_bytes(path, buf.getvalue())
-
-
-# ---------------------------------------------------------------------------------------------
-# Losses (selected by train.loss)
-
-
-def _check_occupancy_model(cfg: Config, loss: str) -> None:
-    if cfg.model.num_classes != OCC3D_NUM_CLASSES:
-        raise TpvkitError(
-            f"train.loss={loss} needs model.num_classes={OCC3D_NUM_CLASSES} (16 classes, "
-            f"'others' and free), the config has {cfg.model.num_classes}"
-        )
-
-
-def occ3d_losses(cfg: Config) -> LossFn:
-    """CE + Lovasz-softmax over the dense Occ3D voxel labels, inside mask_camera
-    (train.occ_loss_mask = "camera") or over every voxel ("all")."""
-    from tpvkit.models.losses import dense_voxel_loss
-
-    _check_occupancy_model(cfg, "occ3d")
-    use_mask = cfg.train.occ_loss_mask == "camera"
-
-    def compute(model: nn.Module, batch: Mapping[str, Any]) -> Mapping[str, torch.Tensor]:
-        _require_occ3d_batch(batch, "train.loss=occ3d")
-        out = model(batch["img"], batch["lidar2img"], points=None, decode_voxels=True)
-        labels = batch["occ_semantics"]
-        if tuple(out["voxel_logits"].shape[2:]) != tuple(labels.shape[1:]):
-            raise TpvkitError(
-                f"the model decodes a {tuple(out['voxel_logits'].shape[2:])} grid but the Occ3D "
-                f"labels are {tuple(labels.shape[1:])}: set the TPV size and head scales so "
-                "the output grid is 200x200x16 (configs/tpv_occ3d_*.yaml)"
-            )
-        return dense_voxel_loss(
-            out["voxel_logits"],
-            labels,
-            batch["occ_mask_camera"] if use_mask else None,
-            lovasz_weight=cfg.train.lovasz_weight,
-            ce_weight=cfg.train.ce_weight,
-        )
-
-    return compute
-
-
-def tpv_occupancy_losses(cfg: Config) -> LossFn:
-    """The released tpv04_occupancy recipe (wzzheng/TPVFormer train.py with lovasz_input =
-    ce_input = 'voxel'): Lovasz-softmax + CE on voxel logits, voxel labels the majority vote
-    of the LiDAR points, 17 (empty) where no point falls, label 0 ignored."""
-    from tpvkit.constants import IGNORE_INDEX
-    from tpvkit.models.losses import dense_voxel_loss, fill_unobserved_voxels
-
-    _check_occupancy_model(cfg, "tpv_occupancy")
-
-    def compute(model: nn.Module, batch: Mapping[str, Any]) -> Mapping[str, torch.Tensor]:
-        out = model(batch["img"], batch["lidar2img"], points=None, decode_voxels=True)
-        labels = fill_unobserved_voxels(
-            batch["voxel_labels"], batch["point_voxel_index"], batch["point_mask"], OCC3D_FREE
-        )
-        return dense_voxel_loss(
-            out["voxel_logits"],
-            labels,
-            None,
-            lovasz_weight=cfg.train.lovasz_weight,
-            ce_weight=cfg.train.ce_weight,
-            ignore_index=IGNORE_INDEX,
-        )
-
-    return compute
-
-
-def build_loss(cfg: Config) -> LossFn:
-    """The LossFn that `train.loss` names."""
-    if cfg.train.loss == "occ3d":
-        return occ3d_losses(cfg)
-    if cfg.train.loss == "tpv_occupancy":
-        return tpv_occupancy_losses(cfg)
-    from tpvkit.engine.train import occupancy_losses
-
-    return occupancy_losses(cfg)

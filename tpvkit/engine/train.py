@@ -19,8 +19,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
 from torch.utils.data import Dataset
 
 from tpvkit.config import Config, ConfigError, apply_overrides, from_dict, load_config, to_dict
@@ -32,7 +30,6 @@ from tpvkit.engine.checkpoint import (
 from tpvkit.engine.distributed import DistContext, barrier, cleanup_distributed, init_distributed
 from tpvkit.engine.trainer import (
     EpochSeededDataset,
-    LossFn,
     Trainer,
     TrainingDivergedError,
     TrainOutcome,
@@ -50,7 +47,6 @@ __all__ = [
     "TrainingDivergedError",
     "build_parts",
     "check_info_file",
-    "occupancy_losses",
     "resume_command",
     "resume_config",
     "run_training",
@@ -83,25 +79,6 @@ def check_info_file(path: str, key: str) -> Path:
     return p
 
 
-def occupancy_losses(cfg: Config) -> LossFn:
-    """The recipe's loss: Lovasz-softmax on point logits + cross-entropy on voxel logits."""
-    from tpvkit.models.losses import occupancy_loss
-
-    def compute(model: nn.Module, batch: Mapping[str, Any]) -> Mapping[str, torch.Tensor]:
-        out = model(batch["img"], batch["lidar2img"], points=batch["points"], decode_voxels=True)
-        # Losses in float32 even under autocast: Lovasz sorts errors, CE sums many terms.
-        return occupancy_loss(
-            out["point_logits"].float(),
-            batch["point_labels"],
-            out["voxel_logits"].float(),
-            batch["voxel_labels"],
-            lovasz_weight=cfg.train.lovasz_weight,
-            ce_weight=cfg.train.ce_weight,
-        )
-
-    return compute
-
-
 def _dataset(cfg: Config, path: Path, key: str, train: bool) -> Dataset:
     from tpvkit.data.dataset import LidarSegDataset
 
@@ -113,9 +90,9 @@ def _dataset(cfg: Config, path: Path, key: str, train: bool) -> Dataset:
 
 def build_parts(cfg: Config) -> TrainParts:
     """Model (tpvkit.models.tpvformer), datasets (tpvkit.data.dataset) and the loss that
-    `train.loss` names (tpvkit.engine.occupancy.build_loss) from `cfg`."""
+    `train.loss` names (tpvkit.models.losses.build_loss) from `cfg`."""
     from tpvkit.data.dataset import collate_batch
-    from tpvkit.engine.occupancy import build_loss
+    from tpvkit.models.losses import build_loss
     from tpvkit.models.tpvformer import build_model
 
     train_path = check_info_file(cfg.data.train_infos, "data.train_infos")

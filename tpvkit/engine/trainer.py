@@ -53,10 +53,9 @@ from tpvkit.engine.hooks import CheckpointHook, Hook, StepInfo, ValidationHook
 from tpvkit.engine.optim import WarmupCosineSchedule, build_optimizer
 from tpvkit.engine.runlog import RunLog, format_terms
 from tpvkit.errors import TpvkitError
+from tpvkit.models.losses import LossFn
 from tpvkit.utils.io import link_or_copy_atomic
 from tpvkit.utils.rng import capture_rng_state, isolated_rng, mix_seed, restore_rng_state
-
-LossFn = Callable[[nn.Module, Mapping[str, Any]], Mapping[str, torch.Tensor]]
 
 
 class TrainingDivergedError(TpvkitError):

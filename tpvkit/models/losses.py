@@ -1,4 +1,5 @@
-"""Training losses: Lovasz-softmax on point logits and cross-entropy on voxel logits.
+"""Every training loss in one place: the terms (Lovasz-softmax, cross-entropy, ...) and the loss
+builders that `train.loss` names (LOSSES: name -> builder(cfg) -> LossFn).
 
 The Lovasz-softmax loss (Berman, Rannen Triki and Blaschko, CVPR 2018) is the Lovasz extension of
 the per-class Jaccard loss, evaluated on the errors |fg_c - p_c| sorted in decreasing order. The
@@ -7,10 +8,21 @@ implementation is vectorised over classes: one sort of a (P, C) error matrix.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import Any
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from tpvkit.config import Config
 from tpvkit.constants import IGNORE_INDEX
+from tpvkit.data.occ3d import OCC3D_FREE, OCC3D_NUM_CLASSES
+from tpvkit.errors import TpvkitError
+
+# A training loss: (model, batch on the device) -> {"loss": the scalar minimised, other terms
+# to log}. The model may be DDP-wrapped.
+LossFn = Callable[[nn.Module, Mapping[str, Any]], Mapping[str, torch.Tensor]]
 
 
 def lovasz_grad(fg_sorted: torch.Tensor) -> torch.Tensor:
@@ -77,7 +89,7 @@ def masked_cross_entropy(
     return F.cross_entropy(logits, labels.long(), ignore_index=ignore_index)
 
 
-def occupancy_loss(
+def lidarseg_loss(
     point_logits: torch.Tensor | None,
     point_labels: torch.Tensor | None,
     voxel_logits: torch.Tensor | None,
@@ -99,7 +111,7 @@ def occupancy_loss(
     if voxel_logits is not None and voxel_labels is not None:
         terms["loss_ce"] = masked_cross_entropy(voxel_logits.float(), voxel_labels, ignore_index)
     if not terms:
-        raise ValueError("occupancy_loss needs point logits and labels, voxel ones, or both")
+        raise ValueError("lidarseg_loss needs point logits and labels, voxel ones, or both")
     total = torch.zeros((), device=next(iter(terms.values())).device)
     if "loss_lovasz" in terms:
         total = total + lovasz_weight * terms["loss_lovasz"]
@@ -163,3 +175,111 @@ def fill_unobserved_voxels(
     filled = voxel_labels.reshape(B, -1).long().clone()
     filled[~has_point] = fill_label
     return filled.reshape(B, X, Y, Z)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss builders: what `train.loss` names. Each takes the config and returns a LossFn.
+
+OCC_BATCH_KEYS: tuple[str, ...] = ("occ_semantics", "occ_mask_camera", "ray_origins")
+
+
+def require_occ3d_batch(batch: Mapping[str, Any], what: str) -> None:
+    """A batch must carry dense Occ3D labels for `what`; say how to link them if not."""
+    missing = [k for k in OCC_BATCH_KEYS if k not in batch]
+    if missing:
+        raise TpvkitError(
+            f"{what} needs dense occupancy labels but the batch has no {', '.join(missing)}: "
+            "link Occ3D labels to the info file (`tpvkit prepare nuscenes --occ3d GTDIR`, or a "
+            "synthetic set made by `tpvkit prepare synthetic`)"
+        )
+
+
+def _check_occupancy_model(cfg: Config, loss: str) -> None:
+    if cfg.model.num_classes != OCC3D_NUM_CLASSES:
+        raise TpvkitError(
+            f"train.loss={loss} needs model.num_classes={OCC3D_NUM_CLASSES} (16 classes, "
+            f"'others' and free), the config has {cfg.model.num_classes}"
+        )
+
+
+def lidarseg_losses(cfg: Config) -> LossFn:
+    """TPVFormer's lidarseg recipe: Lovasz-softmax on point logits + CE on point-voted voxels."""
+
+    def compute(model: nn.Module, batch: Mapping[str, Any]) -> Mapping[str, torch.Tensor]:
+        out = model(batch["img"], batch["lidar2img"], points=batch["points"], decode_voxels=True)
+        # Losses in float32 even under autocast: Lovasz sorts errors, CE sums many terms.
+        return lidarseg_loss(
+            out["point_logits"].float(),
+            batch["point_labels"],
+            out["voxel_logits"].float(),
+            batch["voxel_labels"],
+            lovasz_weight=cfg.train.lovasz_weight,
+            ce_weight=cfg.train.ce_weight,
+        )
+
+    return compute
+
+
+def occ3d_losses(cfg: Config) -> LossFn:
+    """CE + Lovasz-softmax over the dense Occ3D voxel labels, inside mask_camera
+    (train.occ_loss_mask = "camera") or over every voxel ("all")."""
+    _check_occupancy_model(cfg, "occ3d")
+    use_mask = cfg.train.occ_loss_mask == "camera"
+
+    def compute(model: nn.Module, batch: Mapping[str, Any]) -> Mapping[str, torch.Tensor]:
+        require_occ3d_batch(batch, "train.loss=occ3d")
+        out = model(batch["img"], batch["lidar2img"], points=None, decode_voxels=True)
+        labels = batch["occ_semantics"]
+        if tuple(out["voxel_logits"].shape[2:]) != tuple(labels.shape[1:]):
+            raise TpvkitError(
+                f"the model decodes a {tuple(out['voxel_logits'].shape[2:])} grid but the Occ3D "
+                f"labels are {tuple(labels.shape[1:])}: set the TPV size and head scales so "
+                "the output grid is 200x200x16 (configs/tpv_occ3d_*.yaml)"
+            )
+        return dense_voxel_loss(
+            out["voxel_logits"],
+            labels,
+            batch["occ_mask_camera"] if use_mask else None,
+            lovasz_weight=cfg.train.lovasz_weight,
+            ce_weight=cfg.train.ce_weight,
+        )
+
+    return compute
+
+
+def tpv_occupancy_losses(cfg: Config) -> LossFn:
+    """The released tpv04_occupancy recipe (wzzheng/TPVFormer train.py with lovasz_input =
+    ce_input = 'voxel'): Lovasz-softmax + CE on voxel logits, voxel labels the majority vote
+    of the LiDAR points, 17 (empty) where no point falls, label 0 ignored."""
+    _check_occupancy_model(cfg, "tpv_occupancy")
+
+    def compute(model: nn.Module, batch: Mapping[str, Any]) -> Mapping[str, torch.Tensor]:
+        out = model(batch["img"], batch["lidar2img"], points=None, decode_voxels=True)
+        labels = fill_unobserved_voxels(
+            batch["voxel_labels"], batch["point_voxel_index"], batch["point_mask"], OCC3D_FREE
+        )
+        return dense_voxel_loss(
+            out["voxel_logits"],
+            labels,
+            None,
+            lovasz_weight=cfg.train.lovasz_weight,
+            ce_weight=cfg.train.ce_weight,
+            ignore_index=IGNORE_INDEX,
+        )
+
+    return compute
+
+
+# The losses a config can name (train.loss): name -> builder.
+LOSSES: dict[str, Callable[[Config], LossFn]] = {
+    "lidarseg": lidarseg_losses,
+    "occ3d": occ3d_losses,
+    "tpv_occupancy": tpv_occupancy_losses,
+}
+
+
+def build_loss(cfg: Config) -> LossFn:
+    """The LossFn that `train.loss` names (checked against LOSSES)."""
+    if cfg.train.loss not in LOSSES:
+        raise TpvkitError(f"train.loss: '{cfg.train.loss}' is not one of {', '.join(LOSSES)}")
+    return LOSSES[cfg.train.loss](cfg)
