@@ -112,3 +112,11 @@ def test_prepare_synthetic_honours_the_umask(tmp_path):
     assert result.exit_code == 0, result.output
     assert any((tmp_path / "d" / "infos").glob("*.json"))
     assert _not_group_writable(tmp_path / "d") == []
+
+
+def test_version():
+    import tpvkit
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"tpvkit {tpvkit.__version__}"

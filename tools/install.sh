@@ -13,5 +13,11 @@ python -m pip install -q --upgrade pip 2>/dev/null || true
 if ! python -c "import torch" 2>/dev/null; then
   python -m pip install -q "torch==${TPVKIT_TORCH_VERSION:-2.13.0}"
 fi
-python -m pip install -q -e ".[dev]"
+# setuptools prints a 10-line note ("Editable installation ... be careful with folders") on every
+# editable install, of any project; it goes to a log that is shown only if the install fails.
+log=.venv/install-tpvkit.log
+if ! python -m pip install -q -e ".[dev]" >"$log" 2>&1; then
+  cat "$log" >&2
+  exit 1
+fi
 python -c "import torch, tpvkit; print(f'tpvkit {tpvkit.__version__} on torch {torch.__version__}')"

@@ -31,6 +31,22 @@ app.command("demo")(demo.demo)
 app.command("deploy")(deploy_cmd.deploy)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from tpvkit import __version__
+
+        typer.echo(f"tpvkit {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _main() -> None:
+def _main(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="Print the version and exit.",
+    ),
+) -> None:
     """tpvkit: TPVFormer in pure PyTorch. Run `tpvkit COMMAND --help` for a command's options."""
