@@ -11,7 +11,7 @@ from tpvkit.utils.io import (
     atomic_write_text,
     check_output_dir,
     check_output_file,
-    link_or_copy_atomic,
+    copy_atomic,
 )
 
 
@@ -28,12 +28,22 @@ def test_atomic_writes_get_the_mode_an_ordinary_open_gives(tmp_path, umask):
     assert mode == os.stat(tmp_path / "b.txt").st_mode & 0o777 == 0o666 & ~umask
 
 
-def test_link_or_copy_replaces_the_destination(tmp_path):
+def test_copy_atomic_replaces_the_destination(tmp_path):
     (tmp_path / "a").write_text("new")
     (tmp_path / "latest").write_text("old")
-    link_or_copy_atomic(tmp_path / "a", tmp_path / "latest")
+    copy_atomic(tmp_path / "a", tmp_path / "latest")
     assert (tmp_path / "latest").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "latest"]
+
+
+def test_copy_atomic_makes_an_independent_file(tmp_path):
+    # 0.2 hard-linked latest.pth: truncating it in place truncated the iter_*.pth as well.
+    (tmp_path / "a").write_bytes(b"checkpoint bytes")
+    copy_atomic(tmp_path / "a", tmp_path / "latest")
+    assert os.stat(tmp_path / "a").st_ino != os.stat(tmp_path / "latest").st_ino
+    with open(tmp_path / "latest", "r+b") as fh:
+        fh.truncate(3)
+    assert (tmp_path / "a").read_bytes() == b"checkpoint bytes"
 
 
 def test_output_dir_below_a_file_is_refused_with_the_option_named(tmp_path):

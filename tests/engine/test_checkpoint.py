@@ -16,9 +16,9 @@ from tpvkit.engine.checkpoint import (
     build_checkpoint,
     capture_rng_state,
     config_differences,
+    copy_atomic,
     find_resume_checkpoint,
     iter_checkpoint_name,
-    link_or_copy_atomic,
     list_iter_checkpoints,
     load_checkpoint_file,
     load_model_weights,
@@ -118,7 +118,7 @@ def test_a_failed_save_leaves_the_previous_checkpoint_byte_identical(tmp_path, m
 def test_latest_link_rotation_and_resume_lookup(tmp_path):
     for it in (2, 4, 6):
         p = save_checkpoint({"iteration": it}, tmp_path / iter_checkpoint_name(it))
-        link_or_copy_atomic(p, tmp_path / "latest.pth")
+        copy_atomic(p, tmp_path / "latest.pth")
     removed = rotate_checkpoints(tmp_path, keep=2)
     assert [p.name for p in removed] == ["iter_000002.pth"]
     assert [it for it, _ in list_iter_checkpoints(tmp_path)] == [4, 6]

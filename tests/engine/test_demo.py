@@ -47,6 +47,8 @@ def test_demo_runs_every_stage_and_repeats_its_metrics(tmp_path, synthetic_root,
         assert "<canvas" in page.read_text()
         assert result["metrics"]["num_samples"] > 0 and "mIoU (points)" in out
         assert "reusing the synthetic dataroot" in out
+        # A fresh demo has nothing to resume (0.2 logged "--resume: no checkpoint ...").
+        assert "starting from scratch" not in (work / "train" / "train.log").read_text()
         assert "the demo should end in about" in out and "left" in out
         assert result["checkpoint"].name == "iter_000003.pth"  # the schedule ran to its end
         stored = json.loads((work / "eval" / "metrics.json").read_text())

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+
 import pytest
 import torch
 from train_helpers import toy_config, toy_losses, toy_parts, train_records
@@ -12,9 +15,13 @@ N = 12  # 5 samples: epochs end at iterations 5 and 10 (batch 1), so a stop at 7
 
 
 def _assert_same_final_state(a, b):
+    _assert_same_final_state_at(a, b, N)
+
+
+def _assert_same_final_state_at(a, b, iterations):
     ca = torch.load(a / "latest.pth", weights_only=True)
     cb = torch.load(b / "latest.pth", weights_only=True)
-    assert ca["iteration"] == cb["iteration"] == N
+    assert ca["iteration"] == cb["iteration"] == iterations
     for key, value in ca["model"].items():
         assert torch.equal(value, cb["model"][key]), key
     for idx, state in ca["optimizer"]["state"].items():
@@ -189,3 +196,56 @@ def test_a_refused_resume_leaves_the_runs_config_yaml_as_it_was(tmp_path):
         cfg = toy_config("train.max_iters=4", "model.dim=64", "model.encoder.pos_dims=[24,24,16]")
         train(cfg, tmp_path, resume=True, parts=toy_parts())
     assert (tmp_path / "config.yaml").read_bytes() == before
+
+
+def test_latest_is_a_copy_whose_damage_leaves_the_iteration_file_intact(tmp_path):
+    cfg = toy_config("train.max_iters=4", "train.ckpt_interval=2")
+    train(cfg, tmp_path, parts=toy_parts())
+    latest, newest = tmp_path / "latest.pth", tmp_path / "iter_000004.pth"
+    assert os.stat(latest).st_ino != os.stat(newest).st_ino  # 0.2: a hard link
+    before = newest.read_bytes()
+    with open(latest, "r+b") as fh:  # damaged in place, as by `cp` of a cut-short file onto it
+        fh.truncate(latest.stat().st_size // 2)
+    assert newest.read_bytes() == before
+
+
+def test_a_damaged_checkpoint_names_the_newest_intact_one_and_the_command(tmp_path):
+    from tpvkit.engine.checkpoint import CheckpointError
+
+    cfg = toy_config("train.max_iters=6", "train.ckpt_interval=2")
+    train(cfg, tmp_path / "full", parts=toy_parts())
+    work = tmp_path / "w"
+    train(cfg, work, parts=toy_parts(), stop_after=4)
+    for name in ("latest.pth", "iter_000004.pth"):  # both cut short; iter_000002.pth intact
+        data = (work / name).read_bytes()
+        (work / name).write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError) as err:
+        train(cfg, work, resume=True, parts=toy_parts())
+    message = str(err.value)
+    assert "truncated" in message and "newest intact checkpoint is" in message
+    assert str(work / "iter_000002.pth") in message
+    command = message.split("resume from it with: ", 1)[1]
+    assert command.endswith(f"tpvkit train --work-dir {work} --resume")
+    # The printed command works: the damaged files are moved aside (kept), the run continues
+    # from iteration 2 and ends where an uninterrupted run does.
+    subprocess.run(command.rsplit(" && ", 1)[0], shell=True, check=True)
+    assert (work / "latest.pth.damaged").is_file() and (work / "iter_000004.pth.damaged").is_file()
+    train(cfg, work, resume=True, parts=toy_parts())
+    _assert_same_final_state_at(tmp_path / "full", work, 6)
+
+
+def test_with_no_intact_checkpoint_left_the_error_says_so(tmp_path):
+    from tpvkit.engine.checkpoint import CheckpointError
+
+    cfg = toy_config("train.max_iters=2", "train.ckpt_interval=2")
+    train(cfg, tmp_path, parts=toy_parts())
+    for path in tmp_path.glob("*.pth"):
+        path.write_bytes(b"PK\x03\x04 cut")
+    with pytest.raises(CheckpointError, match="No intact iter_.*pth is left"):
+        train(cfg, tmp_path, resume=True, parts=toy_parts())
+
+
+def test_validation_turned_off_the_documented_way_says_so_plainly(tmp_path):
+    train(toy_config("train.max_iters=1", "data.val_infos=''"), tmp_path, parts=toy_parts())
+    log = (tmp_path / "train.log").read_text()
+    assert "no validation (data.val_infos is empty)" in log and "not found" not in log

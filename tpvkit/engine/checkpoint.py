@@ -27,10 +27,10 @@ import tpvkit
 from tpvkit.config import Config, to_dict
 from tpvkit.errors import TpvkitError
 from tpvkit.models.checkpoint_keys import strip_module_prefix
-from tpvkit.utils.io import atomic_path, link_or_copy_atomic
+from tpvkit.utils.io import atomic_path, copy_atomic
 from tpvkit.utils.rng import capture_rng_state, restore_rng_state
 
-__all__ = ["capture_rng_state", "link_or_copy_atomic", "restore_rng_state"]  # re-exported
+__all__ = ["capture_rng_state", "copy_atomic", "restore_rng_state"]  # re-exported
 
 CHECKPOINT_FORMAT = "tpvkit-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
@@ -112,10 +112,59 @@ def find_resume_checkpoint(work_dir: str | Path) -> Path | None:
     return iters[-1][1] if iters else None
 
 
+def resume_command(work_dir: str | Path) -> str:
+    """The command that continues the run in `work_dir` (it reads the work dir's config)."""
+    import shlex
+
+    return f"tpvkit train --work-dir {shlex.quote(str(work_dir))} --resume"
+
+
+def load_resume_checkpoint(work_dir: str | Path) -> tuple[Path, Any] | None:
+    """(path, contents) of the checkpoint `--resume` continues from (None: there is none).
+
+    A damaged one is refused with the newest intact iter_*.pth named and the command that
+    resumes from it: the damaged files (and any newer damaged ones) are moved aside, not deleted.
+    """
+    path = find_resume_checkpoint(work_dir)
+    if path is None:
+        return None
+    try:
+        return path, load_checkpoint_file(path)
+    except CheckpointError as err:
+        raise CheckpointError(f"{err}. {_intact_checkpoint_hint(Path(work_dir), path)}") from err
+
+
+def _intact_checkpoint_hint(work_dir: Path, damaged: Path) -> str:
+    import shlex
+
+    aside = [damaged]
+    for _, candidate in reversed(list_iter_checkpoints(work_dir)):
+        if candidate == damaged:
+            continue
+        try:
+            intact = isinstance(load_checkpoint_file(candidate), Mapping)
+        except CheckpointError:
+            intact = False
+        if not intact:
+            aside.append(candidate)
+            continue
+        moves = " && ".join(
+            f"mv {shlex.quote(str(p))} {shlex.quote(str(p) + '.damaged')}" for p in aside
+        )
+        return (
+            f"The newest intact checkpoint is {candidate}; resume from it with: {moves} && "
+            f"{resume_command(work_dir)}"
+        )
+    return (
+        f"No intact iter_*.pth is left in {work_dir}: restore the file from a copy, or start "
+        "again in a new --work-dir"
+    )
+
+
 def rotate_checkpoints(work_dir: str | Path, keep: int) -> list[Path]:
     """Delete all but the `keep` newest iter_*.pth files (keep <= 0: keep all); return removed.
 
-    latest.pth is a separate directory entry (a hard link or copy), so it survives rotation.
+    latest.pth is a copy of the newest iter_*.pth (not a link), so it survives rotation.
     """
     if keep <= 0:
         return []

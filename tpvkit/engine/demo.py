@@ -130,11 +130,11 @@ def _clock(seconds: float) -> str:
 def _stored_train_config(train_dir: Path, cfg: Config) -> tuple[Config, int]:
     """`cfg` with the schedule keys of the run already in `train_dir` (a second run finishes or
     reuses that run rather than starting another schedule), and the iterations it has done."""
-    from tpvkit.engine.checkpoint import load_checkpoint_file
+    from tpvkit.engine.checkpoint import load_resume_checkpoint
 
-    path = find_resume_checkpoint(train_dir)
-    assert path is not None
-    ckpt = load_checkpoint_file(path)
+    found = load_resume_checkpoint(train_dir)
+    assert found is not None
+    _, ckpt = found
     stored = ckpt["config"]["train"]
     keys = ("max_iters", "val_interval", "ckpt_interval")
     return apply_overrides(cfg, {f"train.{k}": stored[k] for k in keys}), int(ckpt["iteration"])
@@ -215,7 +215,9 @@ def _run_stages(
     cfg = demo_config(data_root, iters, overrides)
     train_dir = work_dir / "train"
     done = 0
-    if find_resume_checkpoint(train_dir) is not None:  # a second run continues the first one's
+    # A second run continues the first one's; a fresh demo has nothing to resume from.
+    resuming = find_resume_checkpoint(train_dir) is not None
+    if resuming:
         cfg, done = _stored_train_config(train_dir, cfg)
     iters = cfg.train.max_iters
     _banner(f"2/5 train {DEMO_CONFIG} for {iters} iterations" + (f" ({done} done)" if done else ""))
@@ -226,7 +228,7 @@ def _run_stages(
         f"{per_iter:.2f} s/iteration measured here: the demo should end in about {_clock(eta)} "
         f"(min:s; {_clock(train_start - start)} so far)"
     )
-    checkpoint = train(cfg, train_dir, resume=True)
+    checkpoint = train(cfg, train_dir, resume=resuming)
     paths["train"] = [
         checkpoint,
         train_dir / "latest.pth",

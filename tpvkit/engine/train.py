@@ -25,7 +25,7 @@ from tpvkit.config import Config, ConfigError, apply_overrides, from_dict, load_
 from tpvkit.engine.checkpoint import (
     config_differences,
     find_resume_checkpoint,
-    load_checkpoint_file,
+    load_resume_checkpoint,
 )
 from tpvkit.engine.distributed import DistContext, barrier, cleanup_distributed, init_distributed
 from tpvkit.engine.trainer import (
@@ -127,10 +127,10 @@ def stored_run_config(work_dir: str | Path) -> tuple[dict[str, Any], Path] | Non
         if not isinstance(data, dict):
             raise TpvkitError(f"{path} is not a config mapping; restore it or give CONFIG")
         return data, path
-    ckpt_path = find_resume_checkpoint(work_dir)
-    if ckpt_path is None:
+    found = load_resume_checkpoint(work_dir)
+    if found is None:
         return None
-    ckpt = load_checkpoint_file(ckpt_path)
+    ckpt_path, ckpt = found
     if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("config"), Mapping):
         raise TpvkitError(f"{ckpt_path} stores no config; give CONFIG to resume it")
     return dict(ckpt["config"]), ckpt_path

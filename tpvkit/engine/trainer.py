@@ -32,10 +32,10 @@ from tpvkit.engine.checkpoint import (
     apply_model_weights,
     build_checkpoint,
     config_differences,
-    find_resume_checkpoint,
     format_config_differences,
     iter_checkpoint_name,
-    load_checkpoint_file,
+    load_resume_checkpoint,
+    resume_command,
     rotate_checkpoints,
     save_checkpoint,
 )
@@ -54,7 +54,7 @@ from tpvkit.engine.optim import WarmupCosineSchedule, build_optimizer
 from tpvkit.engine.runlog import RunLog, format_terms
 from tpvkit.errors import TpvkitError
 from tpvkit.models.losses import LossFn
-from tpvkit.utils.io import link_or_copy_atomic
+from tpvkit.utils.io import copy_atomic
 from tpvkit.utils.rng import capture_rng_state, isolated_rng, mix_seed, restore_rng_state
 
 
@@ -86,13 +86,6 @@ class TrainOutcome:
     total_iters: int
     stop_reason: str = ""  # "" when the schedule completed
     signal: str = ""  # name of the stop signal received (SIGTERM), if any
-
-
-def resume_command(work_dir: Path) -> str:
-    """The command that continues the run in `work_dir` (it reads the work dir's config)."""
-    import shlex
-
-    return f"tpvkit train --work-dir {shlex.quote(str(work_dir))} --resume"
 
 
 def default_hooks(cfg: Config) -> list[Hook]:
@@ -179,10 +172,10 @@ class Trainer:
 
     def load_resume_state(self) -> None:
         """Continue from the work dir's newest checkpoint (none there: start from scratch)."""
-        path = find_resume_checkpoint(self.work_dir)
-        if path is None:
+        found = load_resume_checkpoint(self.work_dir)
+        if found is None:
             return
-        ckpt = load_checkpoint_file(path)
+        path, ckpt = found
         if not isinstance(ckpt, Mapping) or "optimizer" not in ckpt:
             raise TpvkitError(f"{path} is not a tpvkit training checkpoint; cannot --resume")
         apply_model_weights(self.model, ckpt, self.cfg, path)
@@ -244,7 +237,7 @@ class Trainer:
                 },
             )
             save_checkpoint(state, path)
-            link_or_copy_atomic(path, self.work_dir / LATEST_NAME)
+            copy_atomic(path, self.work_dir / LATEST_NAME)
             rotate_checkpoints(self.work_dir, self.cfg.train.keep_checkpoints)
         barrier(self.ctx)
         self.last_saved = (self.iteration, path)
@@ -374,8 +367,11 @@ class Trainer:
             f"{self.iters_per_epoch} iterations/epoch, {self.total_iters} iterations, "
             f"{n_params / 1e6:.2f} M trainable parameters, work dir {self.work_dir}"
         )
-        if self.parts.val_set is None:
-            log.info(f"no validation: data.val_infos ({self.cfg.data.val_infos!r}) not found")
+        val_infos = self.cfg.data.val_infos
+        if self.parts.val_set is None and val_infos:
+            log.info(f"no validation: data.val_infos {val_infos} does not exist")
+        elif self.parts.val_set is None:
+            log.info("no validation (data.val_infos is empty)")
 
         from tqdm import tqdm
 

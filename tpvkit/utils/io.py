@@ -70,24 +70,34 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def link_or_copy_atomic(src: str | Path, dst: str | Path) -> Path:
-    """Make `dst` a hard link to `src` (a copy where links are unsupported), replaced atomically.
+_FICLONE = 0x40049409  # Linux ioctl: share the source's blocks copy-on-write (btrfs, XFS, ...)
 
-    A hard link costs no disk space and no write time for a large checkpoint; the rename makes
-    the switch from the previous `dst` instantaneous.
+
+def _clone_or_copy(src: Path, dst: Path) -> None:
+    """Copy `src` to `dst`: a copy-on-write clone where the file system offers one (no space,
+    no time), else an ordinary copy (in-kernel on Linux). Either way writing to one file later
+    never changes the other, which a hard link would."""
+    try:
+        import fcntl
+
+        with open(src, "rb") as fin, open(dst, "wb") as fout:
+            fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
+        return
+    except (ImportError, OSError):
+        pass
+    shutil.copyfile(src, dst)
+
+
+def copy_atomic(src: str | Path, dst: str | Path) -> Path:
+    """Make `dst` an independent copy of `src` (a clone where possible), replaced atomically.
+
+    latest.pth is such a copy of the newest iter_*.pth rather than a hard link: with a link,
+    damaging one name in place (a truncating copy onto latest.pth, an editor) damaged the other
+    too, so the iter_*.pth the resume error points to was lost as well.
     """
     src, dst = Path(src), Path(dst)
-    tmp_path = _temp_beside(dst)
-    try:
-        tmp_path.unlink()
-        try:
-            os.link(src, tmp_path)
-        except OSError:
-            shutil.copyfile(src, tmp_path)
-        _replace_durably(tmp_path, dst)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+    with atomic_path(dst) as tmp:
+        _clone_or_copy(src, tmp)
     return dst
 
 
