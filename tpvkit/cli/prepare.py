@@ -30,6 +30,18 @@ def synthetic(
     points_per_beam: int = typer.Option(
         200, "--points-per-beam", help="LiDAR azimuth steps per revolution (rays per beam)."
     ),
+    movers: float = typer.Option(
+        0.0,
+        "--movers",
+        help="Share (0-1) of the vehicles, two-wheelers and pedestrians that may move "
+        "(0: a static world, the default).",
+    ),
+    sweeps: int = typer.Option(
+        0,
+        "--sweeps",
+        help="Non-key LiDAR sweeps between key frames in sweeps/LIDAR_TOP (real nuScenes: 9; "
+        "0: key frames only, the default).",
+    ),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace a non-empty --out (only once the new one is complete)."
     ),
@@ -47,6 +59,8 @@ def synthetic(
             image_size=(image_width, image_height),
             num_beams=beams,
             points_per_beam=points_per_beam,
+            movers=movers,
+            sweeps=sweeps,
             overwrite=overwrite,
             workers=workers or None,
         )

@@ -32,6 +32,7 @@ from tpvkit.data.geometry import (
     quaternion_to_matrix,
 )
 from tpvkit.data.occ3d import label_relpath, write_labels
+from tpvkit.data.synthetic_motion import Motion, plan_motion, world_at
 from tpvkit.data.synthetic_occ import CameraView, frame_labels
 from tpvkit.data.synthetic_render import RIG, render_camera, scaled_intrinsic, scan_lidar
 from tpvkit.data.synthetic_world import World, build_street_world
@@ -72,6 +73,7 @@ _LOCATIONS: dict[str, tuple[str, str, str]] = {
 MAX_SCENES = len(SCENE_NAMES)
 MAX_SAMPLES_PER_SCENE = 40  # real scenes are 20 s at 2 Hz
 KEYFRAME_INTERVAL_US = 500_000  # key frames at 2 Hz
+MAX_SWEEPS = 19  # non-key LiDAR sweeps between key frames (real: 9, the LiDAR runs at 20 Hz)
 FIRST_TIMESTAMP_US = 1_532_402_927_647_951  # the first LiDAR key frame of the real scene-0061
 
 # Calibration varies a little from log to log, as in real data: each scene's calibrated_sensor
@@ -106,6 +108,8 @@ class SyntheticOptions:
     image_size: tuple[int, int] = (200, 112)  # (width, height)
     num_beams: int = 32
     points_per_beam: int = 200  # azimuth steps per revolution
+    movers: float = 0.0  # share of the vehicles, two-wheelers and pedestrians that may move
+    sweeps: int = 0  # non-key LiDAR sweeps between consecutive key frames (real nuScenes: 9)
 
 
 def token(seed: int | None, *parts: Any) -> str:
@@ -138,6 +142,16 @@ def check_options(opts: SyntheticOptions) -> None:
         raise TpvkitError(f"--beams {opts.num_beams}: must be 2..128 (the real LiDAR has 32)")
     if not 16 <= opts.points_per_beam <= 4096:
         raise TpvkitError(f"--points-per-beam {opts.points_per_beam}: must be 16..4096")
+    if not 0.0 <= opts.movers <= 1.0:
+        raise TpvkitError(
+            f"--movers {opts.movers}: must be a share 0..1 of the vehicles, two-wheelers and "
+            "pedestrians that may move (0: a static world)"
+        )
+    if not 0 <= opts.sweeps <= MAX_SWEEPS:
+        raise TpvkitError(
+            f"--sweeps {opts.sweeps}: must be 0..{MAX_SWEEPS} non-key LiDAR sweeps between key "
+            "frames (real nuScenes has 9: 20 Hz LiDAR, 2 Hz key frames)"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,6 +245,51 @@ def _annotate_sample(
         )
 
 
+def _write_sweep(
+    opts: SyntheticOptions,
+    root: Path,
+    world_t: World,
+    ts: int,
+    t0: int,
+    world: World,
+    calib: dict[str, dict[str, Any]],
+    logfile: str,
+    rng: np.random.Generator,
+    *,
+    sample_token: str,
+    sd_token: str,
+    ego_token: str,
+    tables: dict[str, list[dict]],
+) -> dict[str, Any]:
+    """Render and write one non-key LiDAR sweep (no lidarseg, as in real nuScenes); add its
+    ego pose and return its sample_data record (prev / next are set by the caller). Like real
+    nuScenes, a sweep belongs to the sample of the next key frame (the devkit's get_boxes
+    interpolates that sample's boxes with the previous sample's)."""
+    ego = _ego_pose_record(world, ts, t0, ego_token)
+    tables["ego_pose"].append(ego)
+    street_from_global = invert_pose(world.street_to_global())
+    sensor_to_street = street_from_global @ _record_pose(ego) @ _record_pose(calib[LIDAR_CHANNEL])
+    filename = f"sweeps/{LIDAR_CHANNEL}/{logfile}__{LIDAR_CHANNEL}__{ts}.pcd.bin"
+    points, _ = scan_lidar(world_t, sensor_to_street, opts.num_beams, opts.points_per_beam, rng)
+    points.tofile(root / filename)
+    record = {
+        "token": sd_token,
+        "sample_token": sample_token,
+        "ego_pose_token": ego_token,
+        "calibrated_sensor_token": calib[LIDAR_CHANNEL]["token"],
+        "timestamp": ts,
+        "fileformat": "pcd",
+        "is_key_frame": False,
+        "height": 0,
+        "width": 0,
+        "filename": filename,
+        "prev": "",
+        "next": "",
+    }
+    tables["sample_data"].append(record)
+    return record
+
+
 def scene_world(seed: int, index: int, samples_per_scene: int) -> World:
     """The static world (with the ego path) of scene `index`; a pure function of its inputs.
 
@@ -241,6 +300,18 @@ def scene_world(seed: int, index: int, samples_per_scene: int) -> World:
     travel = speed * (samples_per_scene - 1) * KEYFRAME_INTERVAL_US * 1e-6 + 1.0
     world = build_street_world(rng, travel)
     return replace(world, ego_path=replace(world.ego_path, speed=speed))
+
+
+def scene_motion(
+    world: World, seed: int, index: int, samples_per_scene: int, movers: float
+) -> Motion | None:
+    """The movers of scene `index` (None for a static world); a pure function of its inputs,
+    public so that checks can rebuild the world at any time (synthetic_motion.world_at)."""
+    if movers <= 0:
+        return None
+    rng = np.random.default_rng(np.random.SeedSequence([seed, index, 0x30E5]))
+    duration = (samples_per_scene - 1) * KEYFRAME_INTERVAL_US * 1e-6 + samples_per_scene * 0.002
+    return plan_motion(world, rng, movers, -0.1, duration + 0.1)
 
 
 def _scene_tables(opts: SyntheticOptions, index: int, root: Path) -> dict[str, list[dict]]:
@@ -307,10 +378,39 @@ def _scene_tables(opts: SyntheticOptions, index: int, root: Path) -> dict[str, l
         ch: [token(seed, name, "sample_data", ch, i) for i in range(k)]
         for ch in (*CAMERA_ORDER, LIDAR_CHANNEL)
     }
+    # Movers (opt-in): an independent stream, so the static world is the same with or without.
+    motion = scene_motion(world, seed, index, k, opts.movers)
+    sweep_rng = np.random.default_rng(np.random.SeedSequence([seed, index, 0x5EE9]))
+    lidar_chain: list[dict[str, Any]] = []  # LIDAR_TOP sample_data, key frames and sweeps
+
+    def world_at_us(t_us: int) -> World:
+        return world_at(world, motion, (t_us - t0) * 1e-6)
+
     t_sample = t0
     for i in range(k):
         if i:
+            t_prev = t_sample
             t_sample += KEYFRAME_INTERVAL_US + int(rng.integers(-2000, 2000))
+            for j in range(1, opts.sweeps + 1):  # non-key sweeps between key frames i-1 and i
+                ts = t_prev + (t_sample - t_prev) * j // (opts.sweeps + 1)
+                ts += int(sweep_rng.integers(-500, 500))
+                lidar_chain.append(
+                    _write_sweep(
+                        opts,
+                        root,
+                        world_at_us(ts),
+                        ts,
+                        t0,
+                        world,
+                        calib,
+                        logfile,
+                        sweep_rng,
+                        sample_token=sample_tokens[i],
+                        sd_token=token(seed, name, "sample_data", LIDAR_CHANNEL, "sweep", i, j),
+                        ego_token=token(seed, name, "ego_pose", LIDAR_CHANNEL, "sweep", i, j),
+                        tables=tables,
+                    )
+                )
         tables["sample"].append(
             {
                 "token": sample_tokens[i],
@@ -326,6 +426,7 @@ def _scene_tables(opts: SyntheticOptions, index: int, root: Path) -> dict[str, l
             ts = t_sample + RIG[channel].time_offset_us
             if not is_lidar:
                 ts += int(rng.integers(-1500, 1500))
+            world_t = world_at_us(ts)  # every sensor sees the world at its own timestamp
             sd_tok = sd_tokens[channel][i]
             ego = _ego_pose_record(world, ts, t0, token(seed, name, "ego_pose", channel, i))
             tables["ego_pose"].append(ego)
@@ -334,13 +435,13 @@ def _scene_tables(opts: SyntheticOptions, index: int, root: Path) -> dict[str, l
             if is_lidar:
                 filename = f"samples/{channel}/{logfile}__{channel}__{ts}.pcd.bin"
                 points, labels = scan_lidar(
-                    world, sensor_to_street, opts.num_beams, opts.points_per_beam, render_rng
+                    world_t, sensor_to_street, opts.num_beams, opts.points_per_beam, render_rng
                 )
                 points.tofile(root / filename)
                 lidar_street = points[:, :3].astype(np.float64) @ sensor_to_street[:3, :3].T
                 lidar_street += sensor_to_street[:3, 3]
                 _annotate_sample(
-                    world,
+                    world_t,
                     seed,
                     name,
                     sample_tokens[i],
@@ -352,7 +453,7 @@ def _scene_tables(opts: SyntheticOptions, index: int, root: Path) -> dict[str, l
                 label_file = f"lidarseg/{VERSION}/{sd_tok}_lidarseg.bin"
                 labels.tofile(root / label_file)
                 ego_to_street = street_from_global @ _record_pose(ego)
-                occ = frame_labels(world, ego_to_street, sensor_to_street, points, views)
+                occ = frame_labels(world_t, ego_to_street, sensor_to_street, points, views)
                 write_labels(root / OCC3D_DIR / label_relpath(name, sample_tokens[i]), occ)
                 tables["lidarseg"].append(
                     {"token": sd_tok, "sample_data_token": sd_tok, "filename": label_file}
@@ -360,25 +461,29 @@ def _scene_tables(opts: SyntheticOptions, index: int, root: Path) -> dict[str, l
             else:
                 filename = f"samples/{channel}/{logfile}__{channel}__{ts}.jpg"
                 K = np.asarray(calib[channel]["camera_intrinsic"])
-                img, _ = render_camera(world, sensor_to_street, K, w, h, render_rng)
+                img, _ = render_camera(world_t, sensor_to_street, K, w, h, render_rng)
                 views.append(CameraView(K, sensor_to_street, w, h))
                 Image.fromarray(img).save(root / filename, format="JPEG", quality=90)
-            tables["sample_data"].append(
-                {
-                    "token": sd_tok,
-                    "sample_token": sample_tokens[i],
-                    "ego_pose_token": ego["token"],
-                    "calibrated_sensor_token": calib[channel]["token"],
-                    "timestamp": ts,
-                    "fileformat": "pcd" if is_lidar else "jpg",
-                    "is_key_frame": True,
-                    "height": 0 if is_lidar else h,
-                    "width": 0 if is_lidar else w,
-                    "filename": filename,
-                    "prev": sd_tokens[channel][i - 1] if i else "",
-                    "next": sd_tokens[channel][i + 1] if i + 1 < k else "",
-                }
-            )
+            record = {
+                "token": sd_tok,
+                "sample_token": sample_tokens[i],
+                "ego_pose_token": ego["token"],
+                "calibrated_sensor_token": calib[channel]["token"],
+                "timestamp": ts,
+                "fileformat": "pcd" if is_lidar else "jpg",
+                "is_key_frame": True,
+                "height": 0 if is_lidar else h,
+                "width": 0 if is_lidar else w,
+                "filename": filename,
+                "prev": sd_tokens[channel][i - 1] if i else "",
+                "next": sd_tokens[channel][i + 1] if i + 1 < k else "",
+            }
+            tables["sample_data"].append(record)
+            if is_lidar:
+                lidar_chain.append(record)
+    for j, record in enumerate(lidar_chain):  # the LiDAR chain runs through the sweeps
+        record["prev"] = lidar_chain[j - 1]["token"] if j else ""
+        record["next"] = lidar_chain[j + 1]["token"] if j + 1 < len(lidar_chain) else ""
     for obj_index, anns in sorted(annotations.items()):
         category = world.objects[obj_index].category
         inst = token(seed, name, "instance", obj_index)
@@ -407,6 +512,7 @@ def _scene_tables(opts: SyntheticOptions, index: int, root: Path) -> dict[str, l
             "description": (
                 f"tpvkit synthetic street, road {2 * world.road_half_width:.1f} m wide, "
                 f"{len(world.objects)} objects, ego at {speed:.1f} m/s (seed {seed})"
+                + (f", {int(motion.moving.sum())} of them moving" if motion is not None else "")
             ),
         }
     )
@@ -521,6 +627,8 @@ def generate_synthetic(
     image_size: tuple[int, int] = (200, 112),
     num_beams: int = 32,
     points_per_beam: int = 200,
+    movers: float = 0.0,
+    sweeps: int = 0,
     overwrite: bool = False,
     write_infos: bool = True,
     workers: int | None = None,
@@ -532,6 +640,9 @@ def generate_synthetic(
     complete, so a failure never leaves a half dataroot. An existing non-empty `out` is an
     error unless `overwrite` (then it is replaced, also only once the new one is complete).
     With `write_infos`, tpvkit info files for mini_train / mini_val go to `<out>/infos/`.
+    `movers` (a share 0..1) lets vehicles, two-wheelers and pedestrians move at constant
+    speeds (synthetic_motion.py); `sweeps` writes that many non-key LiDAR sweeps between
+    key frames into sweeps/LIDAR_TOP. Both default to off (the static, key-frame-only world).
     The bytes depend only on the options (not on `workers`).
     """
     opts = SyntheticOptions(
@@ -541,6 +652,8 @@ def generate_synthetic(
         image_size=(int(image_size[0]), int(image_size[1])),
         num_beams=int(num_beams),
         points_per_beam=int(points_per_beam),
+        movers=float(movers),
+        sweeps=int(sweeps),
     )
     check_options(opts)
     out = Path(out)
