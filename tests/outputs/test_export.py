@@ -152,11 +152,12 @@ def test_cli_export(tmp_path):
     result = runner.invoke(app, ["export", str(path), "--out", str(out), "--mode", "cubes"])
     assert result.exit_code == 0, result.output
     assert "wrote" in result.output and out.is_file()
-    bad = runner.invoke(app, ["export", str(path), "--out", str(out), "--exclude", "carr"])
+    new = str(tmp_path / "new.ply")
+    bad = runner.invoke(app, ["export", str(path), "--out", new, "--exclude", "carr"])
     assert bad.exit_code == 2 and "unknown class name 'carr'" in bad.output
-    missing = runner.invoke(app, ["export", str(tmp_path / "no.npz"), "--out", str(out)])
+    missing = runner.invoke(app, ["export", str(tmp_path / "no.npz"), "--out", new])
     assert missing.exit_code == 2 and "not found" in missing.output
-    neither = runner.invoke(app, ["export", "--out", str(out)])
+    neither = runner.invoke(app, ["export", "--out", new])
     assert neither.exit_code == 2 and "--infos" in neither.output
 
 
@@ -241,3 +242,17 @@ def test_ego_record_exports_in_both_frames(tmp_path):
     assert np.isclose(p_ego, first, atol=1e-6).all(axis=1).any()
     cubes = export_ply(pred, tmp_path / "c.ply", mode="cubes", frame="lidar", source="gt_voxels")
     assert cubes.num_faces == 6 * 31
+
+
+def test_cli_overwrite_replaces_an_existing_ply(tmp_path):
+    from tpvkit.outputs.prediction_file import save_prediction
+
+    npz = save_prediction(make_prediction(), tmp_path / "a.npz")
+    out = tmp_path / "scene.ply"
+    out.write_bytes(b"mine")
+    refused = CliRunner().invoke(app, ["export", str(npz), "--out", str(out)])
+    assert refused.exit_code == 2 and "--overwrite" in refused.output
+    assert out.read_bytes() == b"mine"
+    result = CliRunner().invoke(app, ["export", str(npz), "--out", str(out), "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes().startswith(b"ply")

@@ -1,4 +1,6 @@
-"""What every command shares: turning library errors into a clear message and an exit code."""
+"""What every command shares: turning library errors into a clear message and an exit code, the
+--overwrite option of the output policy (tpvkit.utils.io.check_output_file/_dir), and which
+arguments name input files that an output may never replace."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ import contextlib
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -18,6 +20,23 @@ if TYPE_CHECKING:
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 EXIT_TERMINATED = 143  # 128 + SIGTERM: a scheduler can tell a pre-empted run from a finished one
+INTO_FOLDER = "Write into a non-empty --out folder, replacing files of the same name"
+
+
+def overwrite_option(what: str = "Replace an existing --out file") -> Any:
+    """The --overwrite flag every command with an output has (the output policy)."""
+    return typer.Option(
+        False,
+        "--overwrite",
+        help=f"{what} (refused without it; an input file is never replaced).",
+    )
+
+
+def config_file(config: str | None) -> Path | None:
+    """CONFIG when it names a file (an input an output may not replace), else None."""
+    if config and Path(config).is_file():
+        return Path(config)
+    return None
 
 
 def error_message(err: BaseException) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from tpvkit.cli._common import user_errors
+from tpvkit.cli._common import overwrite_option, user_errors
 
 
 def demo(
@@ -27,11 +27,14 @@ def demo(
     set_: list[str] = typer.Option(
         None, "--set", help="Config override for training, dotted.key=value (repeatable)."
     ),
+    overwrite: bool = overwrite_option("Write into a --work-dir that holds other files"),
 ) -> None:
     """Synthetic data -> info files -> train tpv_tiny on CPU -> eval -> predict, export, render.
 
     The schedule is a fixed number of iterations, so two runs on one machine print the same
-    metrics. Running it again in the same --work-dir reuses the data and the trained model.
+    metrics. Running it again in the same --work-dir reuses the data and the trained model
+    and rewrites the evaluation, predictions, exports, pictures and viewer; a --work-dir holding
+    other files is refused without --overwrite.
     """
     # OpenMP worker threads spin while they wait for work; on a shared machine the spinning
     # threads of several processes starve each other (a training step of the demo measured
@@ -39,7 +42,9 @@ def demo(
     if "torch" not in sys.modules:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     with user_errors():
-        from tpvkit.engine.demo import DEMO_ITERS, run_demo
+        from tpvkit.engine.demo import DEMO_ITERS, check_work_dir, run_demo
+
+        check_work_dir(work_dir, overwrite)
 
         if minutes is not None:
             typer.secho(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from tpvkit.cli._common import user_errors
+from tpvkit.cli._common import config_file, overwrite_option, user_errors
 
 
 def deploy(
@@ -29,6 +29,7 @@ def deploy(
         False, "--check", help="Run the file once in ONNX Runtime against PyTorch."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the --check inputs."),
+    overwrite: bool = overwrite_option(),
 ) -> None:
     """Export the whole inference graph to ONNX: six camera images and their lidar2img in,
     point logits (any number of points), voxel logits or the class volume out."""
@@ -36,7 +37,14 @@ def deploy(
         from tpvkit.deploy import CHECK_MAX_ABS_ERR
         from tpvkit.deploy import deploy as run_deploy
         from tpvkit.errors import TpvkitError
+        from tpvkit.utils.io import check_output_file
 
+        check_output_file(
+            out,
+            "--out",
+            overwrite=overwrite,
+            inputs=[("the checkpoint", checkpoint), ("the config file", config_file(config))],
+        )
         result = run_deploy(
             checkpoint,
             out,

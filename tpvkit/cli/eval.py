@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from tpvkit.cli._common import config_and_checkpoint, user_errors
+from tpvkit.cli._common import config_and_checkpoint, overwrite_option, user_errors
 
 
 def eval_(
@@ -30,7 +30,10 @@ def eval_(
         help="Split name for metrics.json and the submission folder (default: the info file's).",
     ),
     out: Path = typer.Option(
-        None, "--out", help="Folder for metrics.json (default: beside the checkpoint)."
+        None,
+        "--out",
+        help="Folder for metrics.json (default: beside the checkpoint, as "
+        "metrics_<checkpoint>_<info file>.json).",
     ),
     save_predictions: Path = typer.Option(
         None,
@@ -44,6 +47,9 @@ def eval_(
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     set_: list[str] = typer.Option(None, "--set", help="Override: dotted.key=value (repeatable)."),
+    overwrite: bool = overwrite_option(
+        "Replace an existing metrics file; write into a non-empty --save-predictions folder"
+    ),
 ) -> None:
     """nuScenes LiDAR-segmentation evaluation (devkit-exact mIoU), points and voxels; Occ3D
     occupancy models (model.grid_frame=ego): mIoU inside mask_camera and without it, RayIoU
@@ -58,7 +64,9 @@ def eval_(
     A difference in what the weights expect (model.*, image size, mean/std, channel order,
     voxel convention) is refused with the --set that would match.
 
-    Prints the per-class IoU table and writes metrics.json.
+    Prints the per-class IoU table and writes metrics.json (beside the checkpoint:
+    metrics_<checkpoint stem>_<info file stem>.json); an existing one is refused without
+    --overwrite.
 
     On a split without labels (v1.0-test) it only writes the predictions.
     """
@@ -77,4 +85,5 @@ def eval_(
             save_predictions=save_predictions,
             progress=progress,
             overrides=overrides,
+            overwrite=overwrite,
         )

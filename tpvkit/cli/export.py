@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from tpvkit.cli._common import load_cli_config, user_errors
+from tpvkit.cli._common import config_file, load_cli_config, overwrite_option, user_errors
 
 
 def export(
@@ -40,13 +40,23 @@ def export(
         help="Config fixing the voxel grid of the ground truth (--infos).",
     ),
     set_: list[str] = typer.Option(None, "--set", help="Config override for --infos (repeatable)."),
+    overwrite: bool = overwrite_option(),
 ) -> None:
     """Export voxels (or LiDAR points) to PLY with class colours and ids."""
     with user_errors():
         from tpvkit.errors import TpvkitError
         from tpvkit.utils.io import check_output_file
 
-        check_output_file(out, "--out")  # before anything is read or computed
+        check_output_file(  # before anything is read or computed
+            out,
+            "--out",
+            overwrite=overwrite,
+            inputs=[
+                ("the input prediction file", input),
+                ("the info file (--infos)", infos),
+                ("the config file", config_file(config)),
+            ],
+        )
         from tpvkit.outputs.export import export_ground_truth, export_ply
 
         excluded = None if exclude is None else [n.strip() for n in exclude.split(",") if n.strip()]

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import typer
 
-from tpvkit.cli._common import config_and_checkpoint, user_errors
+from tpvkit.cli._common import (
+    INTO_FOLDER,
+    config_and_checkpoint,
+    config_file,
+    overwrite_option,
+    user_errors,
+)
 
 
 def predict(
@@ -32,6 +38,7 @@ def predict(
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     set_: list[str] = typer.Option(None, "--set", help="Override: dotted.key=value (repeatable)."),
+    overwrite: bool = overwrite_option(INTO_FOLDER),
 ) -> None:
     """Predict semantic voxels (and point labels) per sample into compressed .npz files.
 
@@ -45,7 +52,16 @@ def predict(
         from tpvkit.errors import TpvkitError
         from tpvkit.utils.io import check_output_dir
 
-        check_output_dir(out, "--out")
+        check_output_dir(
+            out,
+            "--out",
+            overwrite=overwrite,
+            inputs=[
+                ("the checkpoint", second or first),
+                ("the info file (--infos)", infos),
+                ("the config file", config_file(config or (first if second else None))),
+            ],
+        )
         token_list = [t.strip() for t in tokens.split(",") if t.strip()] if tokens else None
         if tokens is not None and not token_list:
             raise TpvkitError("--tokens is empty: give comma-separated sample tokens")

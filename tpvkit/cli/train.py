@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from tpvkit.cli._common import EXIT_TERMINATED, load_cli_config, user_errors
+from tpvkit.cli._common import EXIT_TERMINATED, config_file, load_cli_config, user_errors
 
 
 def train(
@@ -47,6 +47,13 @@ def train(
                 f"tpv_tiny --work-dir {work_dir}), or add --resume to continue the run there"
             )
         else:
+            from tpvkit.engine.train import CONFIG_FILE
+            from tpvkit.utils.io import check_output_file
+
+            # The run writes its resolved config there: never over the CONFIG it was given.
+            check_output_file(
+                work_dir / CONFIG_FILE, "--work-dir", inputs=[("CONFIG", config_file(config))]
+            )
             cfg = load_cli_config(config, set_)
         from tpvkit.engine.train import run_training
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from tpvkit.cli._common import load_cli_config, user_errors
+from tpvkit.cli._common import config_file, load_cli_config, overwrite_option, user_errors
 
 
 def view(
@@ -33,13 +33,23 @@ def view(
     image_width: int = typer.Option(352, "--image-width", help="Width of each camera image."),
     jpeg_quality: int = typer.Option(72, "--jpeg-quality", help="JPEG quality of the images."),
     title: str = typer.Option(None, "--title", help="Page title (default: the scene token)."),
+    overwrite: bool = overwrite_option(),
 ) -> None:
     """Write one self-contained HTML file: an interactive 3D viewer of the predictions."""
     with user_errors():
         from tpvkit.outputs.view import ViewerOptions, write_viewer
         from tpvkit.utils.io import check_output_file
 
-        check_output_file(out)
+        check_output_file(
+            out,
+            "--out",
+            overwrite=overwrite,
+            inputs=[
+                *(("an input prediction file", path) for path in inputs),
+                ("the info file (--infos)", infos),
+                ("the config file", config_file(config)),
+            ],
+        )
         options = ViewerOptions(
             max_points=max_points,
             cameras=cameras,

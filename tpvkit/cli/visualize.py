@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from tpvkit.cli._common import user_errors
+from tpvkit.cli._common import INTO_FOLDER, overwrite_option, user_errors
 
 
 def visualize(
@@ -52,12 +52,15 @@ def visualize(
         48, "--turntable-frames", help="Frames of a one-file turntable video (a full turn)."
     ),
     device: str = typer.Option("cpu", "--device", help="Renderer device: cpu | cuda."),
+    overwrite: bool = overwrite_option(INTO_FOLDER),
 ) -> None:
     """Render pictures without a display: cameras, bird's-eye map, 3D voxels, legend."""
     with user_errors():
         from tpvkit.utils.io import check_output_dir
 
-        check_output_dir(out, "--out")  # before anything is read or rendered
+        check_output_dir(  # before anything is read or rendered
+            out, "--out", overwrite=overwrite, inputs=[("the input", input)]
+        )
         from tpvkit.outputs.visualize import ViewOptions
         from tpvkit.outputs.visualize import visualize as run_visualize
 

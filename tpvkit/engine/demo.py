@@ -44,6 +44,29 @@ TRAIN_OVERHEAD = 1.15
 AFTER_TRAIN_STEPS = 30
 
 
+# What the demo writes in its --work-dir; a second run reuses data/ and train/ and rewrites
+# the rest, so a work dir holding anything else is not a demo's and is refused (check_work_dir).
+DEMO_ENTRIES = ("data", "train", "eval", "predictions", "export", "renders", "view")
+
+
+def check_work_dir(work_dir: str | Path, overwrite: bool = False) -> Path:
+    """Refuse a --work-dir that holds files the demo did not write (unless `overwrite`): the
+    demo rewrites its own outputs there on every run, and must not mix them into a user's
+    folder."""
+    from tpvkit.utils.io import check_output_dir
+
+    work_dir = check_output_dir(work_dir, "--work-dir")
+    if work_dir.is_dir() and not overwrite:
+        foreign = sorted(p.name for p in work_dir.iterdir() if p.name not in DEMO_ENTRIES)
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "")
+            raise TpvkitError(
+                f"--work-dir {work_dir} holds files the demo did not write ({shown}): choose a "
+                "new folder, or pass --overwrite to write the demo's folders into it"
+            )
+    return work_dir
+
+
 def _stage_import(stage: str, module: str, names: list[str]) -> list[Any]:
     """Import `names` from `module`; a clear message (not a traceback) if it is missing."""
     import importlib

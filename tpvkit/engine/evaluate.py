@@ -37,7 +37,7 @@ from tpvkit.engine.inference import (
 )
 from tpvkit.errors import TpvkitError
 from tpvkit.outputs.submission import SubmissionWriter
-from tpvkit.utils.io import atomic_write_text, check_output_dir
+from tpvkit.utils.io import atomic_write_text, check_output_dir, check_output_file
 
 METRICS_FILE = "metrics.json"
 
@@ -242,25 +242,35 @@ def evaluate(
     progress: bool = True,
     overrides: Sequence[str] = (),
     device: str | None = None,
+    overwrite: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on the samples of an info file; print the table, write metrics.json.
 
     `cfg` None takes the config stored in the checkpoint; a given one is checked against it
     (tpvkit.engine.inference.load_for_inference); `overrides` apply on top. `split` names the
     split in metrics.json and in the submission layout (default: the info file's own split);
-    `out_dir` defaults to the checkpoint's folder. Every output path is checked before the
-    model is built. Returns the metrics dict that was written.
+    The metrics go to `out_dir`/metrics.json, or without `out_dir` beside the checkpoint to
+    metrics_<checkpoint stem>_<info file stem>.json (default_metrics_path), a name that another
+    checkpoint's or info file's evaluation cannot clobber. Every output path is checked before
+    the model is built; with `overwrite` False (the CLI without --overwrite) an existing metrics
+    file or a non-empty --save-predictions folder is refused. Returns the metrics dict written.
     """
     from tpvkit.data.infos import load_infos
 
     checkpoint = Path(checkpoint)
     infos = Path(infos)
-    out_dir = Path(out_dir) if out_dir is not None else checkpoint.parent
-    check_output_dir(out_dir, "--out")
+    inputs = [("the checkpoint", checkpoint), ("the info file (--infos)", infos)]
+    if out_dir is not None:
+        out_dir = check_output_dir(out_dir, "--out", inputs=inputs)
+        metrics_path = out_dir / METRICS_FILE
+        if metrics_path.is_dir():
+            raise TpvkitError(f"--out {out_dir}: {metrics_path} is a folder; move it away")
+        check_output_file(metrics_path, "--out", overwrite=overwrite, inputs=inputs)
+    else:
+        metrics_path = default_metrics_path(checkpoint, infos)
+        check_output_file(metrics_path, "the metrics file", overwrite=overwrite, inputs=inputs)
     if save_predictions is not None:
-        check_output_dir(save_predictions, "--save-predictions")
-    if (out_dir / METRICS_FILE).is_dir():
-        raise TpvkitError(f"--out {out_dir}: {out_dir / METRICS_FILE} is a folder; move it away")
+        check_output_dir(save_predictions, "--save-predictions", overwrite=overwrite, inputs=inputs)
     loaded = load_for_inference(checkpoint, cfg, overrides, device)
     cfg = loaded.cfg
     check_scorable(cfg.model.num_classes)
@@ -298,7 +308,8 @@ def evaluate(
     }
     if occupancy:
         metrics = {**results, "split": split, **provenance}
-        return _report(metrics, cfg.name, split, out_dir, save_predictions, "prediction volumes")
+        volumes = "prediction volumes"
+        return _report(metrics, cfg.name, split, metrics_path, save_predictions, volumes)
     metrics = {
         "miou": results["miou"],
         "iou_per_class": results["iou_per_class"],
@@ -319,25 +330,31 @@ def evaluate(
         "confusion_matrix": results["confusion_matrix"],
         "confusion_matrix_voxel": results["confusion_matrix_voxel"],
     }
-    return _report(metrics, cfg.name, split, out_dir, save_predictions, "prediction files")
+    return _report(metrics, cfg.name, split, metrics_path, save_predictions, "prediction files")
 
 
 def _report(
     metrics: dict[str, Any],
     name: str,
     split: str,
-    out_dir: Path,
+    path: Path,
     save_predictions: str | Path | None,
     what: str,
 ) -> dict[str, Any]:
-    """Print the table, write metrics.json, say what was written."""
+    """Print the table, write the metrics file, say what was written."""
     print_metrics(metrics, title=f"{name} on {split} ({metrics['num_samples']} samples)")
-    path = out_dir / METRICS_FILE
     atomic_write_text(path, _dumps(metrics))
     print(f"wrote {path}")
     if save_predictions is not None:
         print(f"wrote {metrics['num_samples']} {what} under {Path(save_predictions)}")
     return metrics
+
+
+def default_metrics_path(checkpoint: Path, infos: Path) -> Path:
+    """Where `tpvkit eval` without --out writes its metrics: beside the checkpoint, named after
+    it and the info file (metrics_latest_tpvkit_infos_mini_val.json), so that evaluating another
+    checkpoint or another info file never replaces an earlier evaluation's results."""
+    return checkpoint.parent / f"metrics_{checkpoint.stem}_{infos.stem}.json"
 
 
 def is_occupancy_model(cfg: Config) -> bool:

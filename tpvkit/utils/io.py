@@ -1,7 +1,9 @@
 """File output: atomic writes that honour the umask, and output paths checked before any work.
 
 A reader (or a crash) never sees half a file, and a command whose output path cannot be written
-says so before it computes anything.
+says so before it computes anything. Every command's output policy lives here too
+(check_output_file / check_output_dir with overwrite=False and the command's inputs): an
+existing file or non-empty folder is refused without --overwrite, an input is never an output.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from tpvkit.errors import TpvkitError
@@ -120,28 +122,82 @@ def _check_creatable(path: Path, option: str) -> None:
         raise TpvkitError(f"{option} {path}: {parent} is not writable; choose another path")
 
 
-def check_output_dir(path: str | Path, option: str = "--out") -> Path:
+def _same_path(a: Path, b: Path) -> bool:
+    """The same file or folder: one inode (links, ../ spellings) or the same resolved path."""
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+Inputs = Iterable[tuple[str, "str | Path | None"]]
+
+
+def _refuse_inputs(path: Path, option: str, inputs: Inputs) -> None:
+    """An output may never replace one of the command's inputs, --overwrite or not."""
+    for role, given in inputs:
+        if given is not None and _same_path(path, Path(given)):
+            raise TpvkitError(
+                f"{option} {path} is {role} ({given}): an output may not replace an input; "
+                "choose another path"
+            )
+
+
+def check_output_dir(
+    path: str | Path,
+    option: str = "--out",
+    *,
+    overwrite: bool = True,
+    inputs: Inputs = (),
+) -> Path:
     """Refuse, before any work, an output folder that cannot be created or written.
 
+    The commands' output policy (tpvkit/cli): with `overwrite` False a non-empty folder is
+    refused (files of the same names would be replaced); a folder that is one of `inputs`
+    ((role, path) pairs: ("the input folder", p)) is refused always.
     `option` names the command-line option (or config key) in the message.
     """
     path = Path(path)
+    _refuse_inputs(path, option, inputs)
     if path.exists():
         if not path.is_dir():
             raise TpvkitError(f"{option} {path} is a file, not a folder; choose a folder path")
         if not os.access(path, os.W_OK | os.X_OK):
             raise TpvkitError(f"{option} {path} is not writable; choose another folder")
+        if not overwrite and any(path.iterdir()):
+            raise TpvkitError(
+                f"{option} {path} is not empty: choose a new folder, or pass --overwrite to "
+                "write into it (files of the same name are replaced)"
+            )
         return path
     _check_creatable(path, option)
     return path
 
 
-def check_output_file(path: str | Path, option: str = "--out") -> Path:
-    """Refuse, before any work, an output file path that cannot be written."""
+def check_output_file(
+    path: str | Path,
+    option: str = "--out",
+    *,
+    overwrite: bool = True,
+    inputs: Inputs = (),
+) -> Path:
+    """Refuse, before any work, an output file path that cannot be written.
+
+    The commands' output policy (tpvkit/cli): with `overwrite` False an existing file is
+    refused; a path that is one of `inputs` ((role, path) pairs: ("the checkpoint", p)) is
+    refused always.
+    """
     path = Path(path)
+    _refuse_inputs(path, option, inputs)
     if path.is_dir():
         raise TpvkitError(f"{option} {path} is a folder; give a file path")
     if path.exists():
+        if not overwrite:
+            raise TpvkitError(
+                f"{option} {path} exists: choose another path, or pass --overwrite to replace it"
+            )
         if not os.access(path.parent, os.W_OK | os.X_OK):
             raise TpvkitError(f"{option} {path}: {path.parent} is not writable")
         return path
