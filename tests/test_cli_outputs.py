@@ -150,4 +150,3 @@ def test_prepare(tmp_path, command):
     kept = _owned(tmp_path / "data" / "mine.json")
     args = [c.replace("{root}", str(tmp_path)) for c in command]
     _assert_refused([*args, "--out", kept.parent], kept, "--overwrite")
-

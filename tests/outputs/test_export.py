@@ -191,7 +191,7 @@ def test_ground_truth_export_uses_the_dataset_voxelisation(tmp_path, synthetic_i
     )
     assert cli.exit_code == 0, cli.output
     unknown = CliRunner().invoke(
-        app, ["export", "--infos", str(infos), "--token", "nope", "--out", str(out)]
+        app, ["export", "--infos", str(infos), "--token", "nope", "--out", str(tmp_path / "g3.ply")]
     )
     assert unknown.exit_code == 2 and "sample tokens" in unknown.output
 

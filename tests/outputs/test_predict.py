@@ -176,7 +176,7 @@ def test_cli_predict_export_visualize(tmp_path, tiny):
     assert vis.exit_code == 0, vis.output
     for name in ("cameras.png", "bev.png", "voxels_3d.png", "voxels_3d_gt.png", "legend.png"):
         assert (tmp_path / "vis" / name).is_file(), name
-    bad = runner.invoke(app, args + ["--tokens", "zzz"])
+    bad = runner.invoke(app, args + ["--tokens", "zzz", "--overwrite"])
     assert bad.exit_code == 2 and "zzz" in bad.output
 
 

@@ -166,7 +166,7 @@ def test_cli_view(tmp_path):
     assert result.exit_code == 0, result.output
     assert "2 frames, with ground truth" in result.output and out.is_file()
     assert "MB)" in result.output
-    bad = runner.invoke(app, ["view", str(tmp_path / "none.npz"), "--out", str(out)])
+    bad = runner.invoke(app, ["view", str(tmp_path / "none.npz"), "--out", str(out), "--overwrite"])
     assert bad.exit_code == 2 and "not found" in bad.output
     bad = runner.invoke(app, ["view", str(folder), "--out", str(tmp_path / "x.txt")])
     assert bad.exit_code == 2 and ".html" in bad.output

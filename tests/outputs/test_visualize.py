@@ -155,9 +155,10 @@ def test_cli_visualize(tmp_path):
     assert result.exit_code == 0, result.output
     assert "voxels_3d.png" in result.output and (tmp_path / "v" / "legend.png").is_file()
     np.savez_compressed(tmp_path / "bare.npz", voxels=np.zeros((2, 2, 2), np.uint8))
-    bad = runner.invoke(app, ["visualize", str(tmp_path / "bare.npz"), "--out", str(tmp_path)])
+    new = str(tmp_path / "new")
+    bad = runner.invoke(app, ["visualize", str(tmp_path / "bare.npz"), "--out", new])
     assert bad.exit_code == 2 and "point_cloud_range" in bad.output
-    bad = runner.invoke(app, ["visualize", str(path), "--out", str(tmp_path), "--width", "0"])
+    bad = runner.invoke(app, ["visualize", str(path), "--out", new, "--width", "0"])
     assert bad.exit_code == 2 and "picture size" in bad.output
 
 
@@ -235,7 +236,7 @@ def test_cli_video_options(tmp_path):
     result = CliRunner().invoke(app, args + ["--supersample", "1", "--video-fps", "6"])
     assert result.exit_code == 0, result.output
     assert "video.mp4" in result.output and (tmp_path / "v" / "video.gif").is_file()
-    bad = CliRunner().invoke(app, args + ["--video-fps", "0"])
+    bad = CliRunner().invoke(app, args + ["--video-fps", "0", "--overwrite"])
     assert bad.exit_code == 2 and "--video-fps" in bad.output
 
 
