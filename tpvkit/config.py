@@ -84,6 +84,9 @@ class HeadConfig:
     # "center": a point samples the planes at its continuous position (tpvkit's convention);
     # "tpvformer": sample at the integer voxel index with align_corners=False, as the public code.
     point_sampling: str = "center"
+    # Residual 3x3 conv blocks per plane at the output resolution, before decoding (0: none,
+    # the public head). See docs/learning.md for what they buy and cost.
+    refine_layers: int = 0
 
 
 @dataclass
@@ -151,8 +154,24 @@ class TrainConfig:
     # "tpv_occupancy" (the public occupancy recipe: CE + Lovasz on point-voted voxels, free = 17
     # where no point falls).
     loss: str = "lidarseg"
-    # Voxels the "occ3d" loss sees: "camera" (inside mask_camera only) or "all".
+    # Voxels the "occ3d" loss sees: "camera" (inside mask_camera only), "lidar" (inside
+    # mask_lidar), "camera_lidar" (inside either) or "all" (docs/learning.md: when each is valid).
     occ_loss_mask: str = "camera"
+    # Cross-entropy class weights from the training split's label frequencies inside the
+    # supervised voxels: "none", "inv_log" (ENet, 1/ln(1.02+f)), "inv_sqrt", "inv_freq".
+    class_weights: str = "none"
+    # The training split's class frequencies (one per class, inside the supervised voxels);
+    # empty: counted once when training starts, then stored here (config.yaml, checkpoints).
+    class_frequencies: list[float] = field(default_factory=list)
+    # Initialise the classifier bias to log(class frequency) at the start of a fresh run.
+    init_bias_from_frequencies: bool = False
+    lovasz_free: bool = True  # include free space in the Lovasz term ("occ3d")
+    sem_scal_weight: float = 0.0  # MonoScene's semantic scene-class affinity loss ("occ3d")
+    geo_scal_weight: float = 0.0  # MonoScene's geometric scene-class affinity loss ("occ3d")
+    # > 0: the "occ3d" loss decodes only a sample of the supervised voxels: every occupied one
+    # plus this many free ones per occupied voxel (at least occ_min_free_samples); 0: all.
+    occ_free_per_occupied: float = 0.0
+    occ_min_free_samples: int = 4096
     log_interval: int = 10
     val_interval: int = 0  # iterations between validations; 0 = at the end of every epoch
     ckpt_interval: int = 0  # iterations between checkpoints; 0 = at the end of every epoch
@@ -421,7 +440,19 @@ def validate(cfg: Config) -> None:
     _choice(cfg.train.device, ("auto", "cpu", "cuda"), "train.device")
     _choice(m.grid_frame, ("lidar", "ego"), "model.grid_frame")
     _choice(cfg.train.loss, ("lidarseg", "occ3d", "tpv_occupancy"), "train.loss")
-    _choice(cfg.train.occ_loss_mask, ("camera", "all"), "train.occ_loss_mask")
+    _choice(
+        cfg.train.occ_loss_mask, ("camera", "lidar", "camera_lidar", "all"), "train.occ_loss_mask"
+    )
+    _choice(
+        cfg.train.class_weights, ("none", "inv_log", "inv_sqrt", "inv_freq"), "train.class_weights"
+    )
+    if cfg.train.class_frequencies and len(cfg.train.class_frequencies) != m.num_classes:
+        raise ConfigError(
+            f"train.class_frequencies: give {m.num_classes} values (model.num_classes), "
+            f"got {len(cfg.train.class_frequencies)}"
+        )
+    if m.head.refine_layers < 0:
+        raise ConfigError(f"model.head.refine_layers: {m.head.refine_layers} must be 0 or more")
     if m.backbone.depth not in (18, 34, 50, 101):
         raise ConfigError(f"model.backbone.depth: {m.backbone.depth} is not one of 18, 34, 50, 101")
     if len(m.backbone.dcn_stages) != 4:

@@ -188,3 +188,47 @@ def test_activation_checkpointing_gives_the_same_gradients() -> None:
         grads.append([p.grad for p in planes] + [p.grad for p in h.parameters()])
     for a, b in zip(*grads, strict=True):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["tpv", "bev"])
+def test_voxel_features_at_equals_the_volume(mode):
+    cfg = make_cfg(mode, scales=(2, 1, 2))
+    head = TPVHead(cfg)
+    maps = head.plane_maps(make_planes(cfg))
+    X, Y, Z = head.grid
+    vol = head.voxel_features(maps, 0, X)  # (B, X, Y, Z, C)
+    g = torch.Generator().manual_seed(0)
+    index = torch.stack(
+        [torch.randint(0, n, (2, 11), generator=g) for n in (X, Y, Z)], dim=-1
+    )  # (B, K, 3)
+    got = head.voxel_features_at(maps, index)
+    for b in range(2):
+        for k in range(11):
+            x, y, z = index[b, k].tolist()
+            torch.testing.assert_close(got[b, k], vol[b, x, y, z])
+    out = head(make_planes(cfg), decode_voxels=True, voxel_index=index)
+    dense = out["voxel_logits"]
+    at = out["voxel_logits_at"]  # (B, n_cls, K)
+    for b in range(2):
+        x, y, z = index[b].unbind(-1)
+        torch.testing.assert_close(at[b], dense[b][:, x, y, z])
+
+
+def test_refiner_starts_as_identity_and_learns():
+    cfg = make_cfg("tpv", scales=(2, 2, 1))
+    plain = TPVHead(cfg)
+    cfg.head.refine_layers = 2
+    refined = TPVHead(cfg)
+    refined.load_state_dict(plain.state_dict(), strict=False)
+    planes = make_planes(cfg)
+    torch.testing.assert_close(
+        refined(planes)["voxel_logits"], plain(planes)["voxel_logits"]
+    )  # the last conv of each block starts at zero
+    assert {n.split(".")[1] for n, _ in refined.named_parameters() if n.startswith("refine.")} == {
+        "hw",
+        "zh",
+        "wz",
+    }
+    loss = refined(planes)["voxel_logits"].square().mean()
+    loss.backward()
+    assert refined.refine["hw"].blocks[0][2].weight.grad.abs().sum() > 0

@@ -268,6 +268,31 @@ def dataset_targets(
     }
 
 
+def label_frequencies(
+    info_set: Any, mask: str, num_classes: int = OCC3D_NUM_CLASSES
+) -> list[float]:
+    """Fraction of each class among the voxels a loss sees (mask: "camera", "lidar",
+    "camera_lidar" or "all"), over every sample of `info_set` that links Occ3D labels."""
+    counts = np.zeros(num_classes, dtype=np.int64)
+    for sample in info_set.samples:
+        if not sample.get(INFO_FIELD):
+            continue
+        labels = read_labels(info_set.resolve(sample[INFO_FIELD]))
+        keep = {
+            "camera": labels.mask_camera,
+            "lidar": labels.mask_lidar,
+            "camera_lidar": labels.mask_camera | labels.mask_lidar,
+            "all": np.ones_like(labels.mask_camera),
+        }[mask]
+        counts += np.bincount(labels.semantics[keep].ravel(), minlength=num_classes)[:num_classes]
+    if counts.sum() == 0:
+        raise TpvkitError(
+            "no Occ3D labels to count class frequencies from: link labels to the training info "
+            "file (`tpvkit prepare nuscenes --occ3d GTDIR`)"
+        )
+    return [float(c) for c in counts / counts.sum()]
+
+
 def collate_targets(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Batch the entries of dataset_targets (ray_origins stays a list: T differs per frame)."""
     import torch

@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
 from torch.utils.data import Dataset
 
 from tpvkit.config import Config, ConfigError, apply_overrides, from_dict, load_config, to_dict
@@ -88,6 +90,36 @@ def _dataset(cfg: Config, path: Path, key: str, train: bool) -> Dataset:
         raise TpvkitError(f"{err} ({key})") from err
 
 
+def resolve_class_frequencies(cfg: Config, train_set: Dataset) -> None:
+    """Count train.class_frequencies once, from the training split's Occ3D labels inside the
+    supervised voxels, when the loss needs them and the config does not state them yet; the
+    config (config.yaml, every checkpoint) then carries them."""
+    t = cfg.train
+    needed = t.loss == "occ3d" and (t.class_weights != "none" or t.init_bias_from_frequencies)
+    if not needed or t.class_frequencies:
+        return
+    from tpvkit.data.occ3d import label_frequencies
+
+    infos = getattr(train_set, "infos", None)
+    if infos is None:
+        raise TpvkitError("train.class_frequencies are empty and the training set has no infos")
+    t.class_frequencies = label_frequencies(infos, t.occ_loss_mask, cfg.model.num_classes)
+
+
+def init_classifier_bias(model: nn.Module, frequencies: list[float]) -> None:
+    """Classifier bias = log(class frequency) (floored at 1e-6): the untrained model predicts
+    the class priors instead of spending its first iterations learning them."""
+    if not frequencies:
+        raise TpvkitError(
+            "train.init_bias_from_frequencies needs train.class_frequencies (counted from the "
+            "training split when train.loss=occ3d)"
+        )
+    bias = model.head.classifier.bias
+    with torch.no_grad():
+        f = torch.tensor(frequencies, dtype=bias.dtype).clamp(min=1e-6)
+        bias.copy_(f.log())
+
+
 def build_parts(cfg: Config) -> TrainParts:
     """Model (tpvkit.models.tpvformer), datasets (tpvkit.data.dataset) and the loss that
     `train.loss` names (tpvkit.models.losses.build_loss) from `cfg`."""
@@ -100,8 +132,11 @@ def build_parts(cfg: Config) -> TrainParts:
     val_set = None
     if cfg.data.val_infos and Path(cfg.data.val_infos).is_file():
         val_set = _dataset(cfg, Path(cfg.data.val_infos), "data.val_infos", train=False)
+    resolve_class_frequencies(cfg, train_set)
     loss = build_loss(cfg)  # before the datasets' first item: a wrong class count fails early
     model = build_model(cfg.model)
+    if cfg.train.init_bias_from_frequencies:
+        init_classifier_bias(model, cfg.train.class_frequencies)
     return TrainParts(model, train_set, collate_batch, loss, val_set)
 
 

@@ -44,6 +44,15 @@ class TPVHead(nn.Module):
             self.tpv_z * self.scale_z,
         )
 
+        # Optional refinement at the output resolution (tpvkit's occupancy recipe; the public
+        # configs have none): per plane, residual 3x3 convolutions on the upsampled map, so that
+        # a voxel's feature sees its neighbours on each plane before the per-voxel decoder.
+        self.refine = nn.ModuleDict()
+        if head.refine_layers > 0:
+            names = ("hw", "zh", "wz") if self.mode == "tpv" else ("hw",)
+            for name in names:
+                self.refine[name] = PlaneRefiner(cfg.dim, head.refine_layers)
+
         self.decoder = nn.Sequential(
             nn.Linear(cfg.dim, 2 * cfg.dim), nn.Softplus(), nn.Linear(2 * cfg.dim, cfg.dim)
         )
@@ -70,6 +79,8 @@ class TPVHead(nn.Module):
             sr, sc = scale[name]
             if sr != 1 or sc != 1:
                 m = F.interpolate(m, size=(rows * sr, cols * sc), mode="bilinear")
+            if name in self.refine:
+                m = self.refine[name](m)
             maps[name] = m
         return maps
 
@@ -143,6 +154,25 @@ class TPVHead(nn.Module):
             chunks.append(logits)
         return torch.cat(chunks, dim=1).permute(0, 4, 1, 2, 3)
 
+    def voxel_features_at(self, maps: dict[str, torch.Tensor], index: torch.Tensor) -> torch.Tensor:
+        """Voxel features at integer grid indices: index (B, K, 3) [x, y, z] -> (B, K, C),
+        equal to voxel_features at those voxels without building the volume."""
+        X, Y, Z = self.grid
+        x, y, z = index.long().unbind(-1)  # (B, K) each
+
+        def gather(m: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:  # -> (B, K, C)
+            m = m.flatten(2)  # (B, C, rows * cols)
+            return m.gather(2, flat[:, None, :].expand(-1, m.shape[1], -1)).transpose(1, 2)
+
+        feat = gather(maps["hw"], y * X + x)  # hw: (B, C, Y, X)
+        if self.mode == "tpv":
+            feat = feat + gather(maps["zh"], z * Y + y)  # zh: (B, C, Z, Y)
+            feat = feat + gather(maps["wz"], x * Z + z)  # wz: (B, C, X, Z)
+        else:
+            assert self.height_embed is not None
+            feat = feat + self.height_embed.weight[z].to(feat.dtype)
+        return feat
+
     # -- forward --------------------------------------------------------------------------
 
     def forward(
@@ -150,11 +180,14 @@ class TPVHead(nn.Module):
         planes: list[torch.Tensor],
         points: torch.Tensor | None = None,
         decode_voxels: bool = True,
+        voxel_index: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """planes: per plane (B, Q_p, C) from the encoder; points (B, N, 3) LiDAR xyz.
+        """planes: per plane (B, Q_p, C) from the encoder; points (B, N, 3) LiDAR xyz;
+        voxel_index (B, K, 3) integer [x, y, z] voxels to decode alone (a sampled loss).
 
-        Returns "point_logits" (B, n_cls, N) when points are given and "voxel_logits"
-        (B, n_cls, X, Y, Z) when decode_voxels.
+        Returns "point_logits" (B, n_cls, N) when points are given, "voxel_logits"
+        (B, n_cls, X, Y, Z) when decode_voxels and "voxel_logits_at" (B, n_cls, K) when
+        voxel_index is given.
         """
         maps = self.plane_maps(planes)
         out: dict[str, torch.Tensor] = {}
@@ -171,4 +204,29 @@ class TPVHead(nn.Module):
             out["point_logits"] = logits.transpose(1, 2)
         if decode_voxels:
             out["voxel_logits"] = self.voxel_logits(maps)
+        if voxel_index is not None:
+            out["voxel_logits_at"] = self.decode(
+                self.voxel_features_at(maps, voxel_index)
+            ).transpose(1, 2)
         return out
+
+
+class PlaneRefiner(nn.Module):
+    """Residual 3x3 convolutions on one plane map (B, C, rows, cols) at the output resolution:
+    `layers` blocks of x + conv(relu(conv(x))). The last conv of each block starts at zero, so
+    an untrained refiner is the identity."""
+
+    def __init__(self, dim: int, layers: int) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList()
+        for _ in range(layers):
+            first = nn.Conv2d(dim, dim, 3, padding=1)
+            last = nn.Conv2d(dim, dim, 3, padding=1)
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+            self.blocks.append(nn.Sequential(first, nn.ReLU(inplace=True), last))
+
+    def forward(self, m: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            m = m + block(m)
+        return m

@@ -154,6 +154,145 @@ def dense_voxel_loss(
     return {"loss": total, "loss_ce": loss_ce, "loss_lovasz": loss_lovasz}
 
 
+def _neg_log(ratio: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """-log(ratio), as binary cross-entropy against a target of 1 (MonoScene's form)."""
+    return -torch.log(ratio.clamp(min=eps))
+
+
+def sem_scal_loss(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """MonoScene's semantic scene-class affinity loss over (P, C) probabilities and (P,) labels.
+
+    For every class c present in `labels`: -log precision - log recall - log specificity of the
+    probability mass p_c against the class's voxels, where precision = sum(p_c [y=c]) / sum(p_c),
+    recall = sum(p_c [y=c]) / #(y=c), specificity = sum((1-p_c) [y!=c]) / #(y!=c) (a ratio whose
+    denominator is 0 is left out). The mean over the present classes. The recall term keeps
+    pushing a rare class however small its probability has become.
+    """
+    num_classes = probs.shape[1]
+    fg = F.one_hot(labels.long(), num_classes).to(probs.dtype)  # (P, C)
+    count = fg.sum(0)  # (C,)
+    present = count > 0
+    if not bool(present.any()):
+        return probs.sum() * 0.0
+    inter = (probs * fg).sum(0)  # (C,)
+    mass = probs.sum(0)
+    background = fg.shape[0] - count
+    terms = _neg_log(inter / count.clamp(min=1))  # recall
+    terms = terms + torch.where(mass > 0, _neg_log(inter / mass.clamp(min=1e-12)), 0.0)
+    spec = ((1.0 - probs) * (1.0 - fg)).sum(0) / background.clamp(min=1)
+    terms = terms + torch.where(background > 0, _neg_log(spec), 0.0)
+    return terms[present].mean()
+
+
+def geo_scal_loss(probs: torch.Tensor, labels: torch.Tensor, free_index: int) -> torch.Tensor:
+    """MonoScene's geometric scene-class affinity loss: -log precision - log recall - log
+    specificity of occupied (1 - p_free) against the occupied voxels, over (P, C) probabilities
+    and (P,) labels. A ratio whose denominator is 0 is left out."""
+    occupied_p = 1.0 - probs[:, free_index]  # (P,)
+    occupied = (labels != free_index).to(probs.dtype)
+    inter = (occupied_p * occupied).sum()
+    n_occ, n_free = occupied.sum(), (1.0 - occupied).sum()
+    loss = probs.sum() * 0.0
+    if float(occupied_p.sum()) > 0:
+        loss = loss + _neg_log(inter / occupied_p.sum())
+    if float(n_occ) > 0:
+        loss = loss + _neg_log(inter / n_occ)
+    if float(n_free) > 0:
+        loss = loss + _neg_log(((1.0 - occupied_p) * (1.0 - occupied)).sum() / n_free)
+    return loss
+
+
+CLASS_WEIGHT_SCHEMES = ("none", "inv_log", "inv_sqrt", "inv_freq")
+
+
+def class_weights_from_frequencies(frequencies: list[float], scheme: str) -> torch.Tensor | None:
+    """Cross-entropy class weights from the training split's label frequencies (fractions of
+    the supervised voxels, one per class); None for "none".
+
+    "inv_log": ENet's 1 / ln(1.02 + f); "inv_sqrt": 1 / sqrt(f); "inv_freq": 1 / f. A class that
+    never occurs gets the largest weight of the classes that do. The weights are scaled so that
+    the expected weight of a supervised voxel, sum_c f_c w_c, is 1: the loss keeps its scale.
+    """
+    if scheme == "none":
+        return None
+    if scheme not in CLASS_WEIGHT_SCHEMES:
+        raise TpvkitError(
+            f"train.class_weights: '{scheme}' is not one of {', '.join(CLASS_WEIGHT_SCHEMES)}"
+        )
+    f = torch.tensor(frequencies, dtype=torch.float64)
+    if f.numel() == 0 or not bool((f >= 0).all()) or float(f.sum()) <= 0:
+        raise TpvkitError("train.class_frequencies: give one non-negative frequency per class")
+    f = f / f.sum()
+    seen = f > 0
+    w = torch.zeros_like(f)
+    if scheme == "inv_log":
+        w[seen] = 1.0 / torch.log(1.02 + f[seen])
+    elif scheme == "inv_sqrt":
+        w[seen] = 1.0 / f[seen].sqrt()
+    else:
+        w[seen] = 1.0 / f[seen]
+    w[~seen] = w[seen].max()
+    return (w / (f * w).sum()).float()
+
+
+def occupancy_terms(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    free_index: int,
+    class_weight: torch.Tensor | None = None,
+    ce_weight: float = 1.0,
+    lovasz_weight: float = 1.0,
+    lovasz_free: bool = True,
+    sem_scal_weight: float = 0.0,
+    geo_scal_weight: float = 0.0,
+) -> dict[str, torch.Tensor]:
+    """The dense occupancy loss over supervised voxels: logits (P, C), labels (P,) in [0, C).
+
+    loss_ce: cross-entropy, weighted per class by `class_weight` (C,) and normalised by the
+    summed weights (PyTorch's weighted mean). loss_lovasz: Lovasz-softmax over the classes
+    present, free included unless `lovasz_free` is False (then only over non-free classes, as
+    GaussianFormer). loss_sem_scal / loss_geo_scal: MonoScene's scene-class affinity losses.
+    A term whose weight is 0 is neither computed nor returned.
+    """
+    logits = logits.float()
+    labels = labels.long()
+    if labels.numel() == 0:  # nothing supervised in this batch: a zero with a gradient path
+        zero = logits.sum() * 0.0
+        return {"loss": zero}
+    terms: dict[str, torch.Tensor] = {}
+    total = logits.sum() * 0.0
+    weight = None if class_weight is None else class_weight.to(logits.device, logits.dtype)
+    if ce_weight:
+        terms["loss_ce"] = F.cross_entropy(logits, labels, weight=weight)
+        total = total + ce_weight * terms["loss_ce"]
+    need_probs = lovasz_weight or sem_scal_weight or geo_scal_weight
+    probs = logits.softmax(dim=1) if need_probs else None
+    if lovasz_weight:
+        assert probs is not None
+        if lovasz_free:
+            terms["loss_lovasz"] = lovasz_softmax(probs, labels, ignore_index=None)
+        else:
+            present = torch.bincount(labels, minlength=logits.shape[1]) > 0
+            present[free_index] = False
+            classes = [int(c) for c in present.nonzero().flatten()]
+            if classes:
+                terms["loss_lovasz"] = lovasz_softmax(
+                    probs, labels, ignore_index=None, classes=classes
+                )
+            else:
+                terms["loss_lovasz"] = probs.sum() * 0.0
+        total = total + lovasz_weight * terms["loss_lovasz"]
+    if sem_scal_weight:
+        assert probs is not None
+        terms["loss_sem_scal"] = sem_scal_loss(probs, labels)
+        total = total + sem_scal_weight * terms["loss_sem_scal"]
+    if geo_scal_weight:
+        assert probs is not None
+        terms["loss_geo_scal"] = geo_scal_loss(probs, labels, free_index)
+        total = total + geo_scal_weight * terms["loss_geo_scal"]
+    return {"loss": total, **terms}
+
+
 def fill_unobserved_voxels(
     voxel_labels: torch.Tensor,
     point_voxel_index: torch.Tensor,
@@ -220,28 +359,117 @@ def lidarseg_losses(cfg: Config) -> LossFn:
     return compute
 
 
+def supervised_voxels(batch: Mapping[str, Any], which: str) -> torch.Tensor | None:
+    """The voxels the occupancy loss sees (train.occ_loss_mask): (B, X, Y, Z) bool, or None
+    for "all"."""
+    if which == "all":
+        return None
+    if which == "camera":
+        return batch["occ_mask_camera"].bool()
+    if which == "lidar":
+        return batch["occ_mask_lidar"].bool()
+    if which == "camera_lidar":
+        return batch["occ_mask_camera"].bool() | batch["occ_mask_lidar"].bool()
+    raise TpvkitError(
+        f"train.occ_loss_mask: '{which}' is not one of camera, lidar, camera_lidar, all"
+    )
+
+
+def sample_voxels(
+    labels: torch.Tensor,
+    mask: torch.Tensor | None,
+    free_index: int,
+    free_per_occupied: float,
+    min_free: int,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every supervised occupied voxel plus a uniform sample of the supervised free ones
+    (round(free_per_occupied x occupied), at least min_free, at most all), per sample.
+
+    labels (B, X, Y, Z); mask (B, X, Y, Z) bool or None (all). Returns index (B, K, 3) int64
+    [x, y, z] and valid (B, K) bool: samples with fewer voxels than the largest are padded by
+    repeating their first voxel, marked invalid.
+    """
+    B, X, Y, Z = labels.shape
+    flat_labels = labels.reshape(B, -1)
+    chosen = []
+    for b in range(B):
+        keep = torch.ones_like(flat_labels[b], dtype=torch.bool)
+        if mask is not None:
+            keep = mask[b].reshape(-1).bool()
+        is_free = flat_labels[b] == free_index
+        occupied = (keep & ~is_free).nonzero().flatten()
+        free = (keep & is_free).nonzero().flatten()
+        n_free = min(free.numel(), max(min_free, round(free_per_occupied * occupied.numel())))
+        perm = torch.randperm(free.numel(), generator=generator, device=free.device)[:n_free]
+        chosen.append(torch.cat([occupied, free[perm]]))
+    K = max(1, max(c.numel() for c in chosen))
+    flat = torch.zeros(B, K, dtype=torch.int64, device=labels.device)
+    valid = torch.zeros(B, K, dtype=torch.bool, device=labels.device)
+    for b, c in enumerate(chosen):
+        flat[b, : c.numel()] = c
+        if c.numel():
+            flat[b, c.numel() :] = c[0]
+        valid[b, : c.numel()] = True
+    index = torch.stack([flat // (Y * Z), (flat // Z) % Y, flat % Z], dim=-1)
+    return index, valid
+
+
 def occ3d_losses(cfg: Config) -> LossFn:
-    """CE + Lovasz-softmax over the dense Occ3D voxel labels, inside mask_camera
-    (train.occ_loss_mask = "camera") or over every voxel ("all")."""
+    """The dense Occ3D loss (docs/learning.md): cross-entropy (optionally class-weighted from
+    the training split's frequencies) + Lovasz-softmax (optionally over the non-free classes
+    only) + optional MonoScene sem_scal / geo_scal, over the voxels train.occ_loss_mask
+    selects, all of them or (train.occ_free_per_occupied > 0) every occupied one plus a
+    sample of free ones, decoding only those."""
     _check_occupancy_model(cfg, "occ3d")
-    use_mask = cfg.train.occ_loss_mask == "camera"
+    t = cfg.train
+    class_weight = None
+    if t.class_weights != "none":
+        if not t.class_frequencies:
+            raise TpvkitError(
+                f"train.class_weights={t.class_weights} needs train.class_frequencies: training "
+                "counts them from data.train_infos when it starts (or give them with --set)"
+            )
+        class_weight = class_weights_from_frequencies(t.class_frequencies, t.class_weights)
+    sampled = t.occ_free_per_occupied > 0
 
     def compute(model: nn.Module, batch: Mapping[str, Any]) -> Mapping[str, torch.Tensor]:
         require_occ3d_batch(batch, "train.loss=occ3d")
-        out = model(batch["img"], batch["lidar2img"], points=None, decode_voxels=True)
-        labels = batch["occ_semantics"]
-        if tuple(out["voxel_logits"].shape[2:]) != tuple(labels.shape[1:]):
-            raise TpvkitError(
-                f"the model decodes a {tuple(out['voxel_logits'].shape[2:])} grid but the Occ3D "
-                f"labels are {tuple(labels.shape[1:])}: set the TPV size and head scales so "
-                "the output grid is 200x200x16 (configs/tpv_occ3d_*.yaml)"
+        labels = batch["occ_semantics"]  # (B, X, Y, Z)
+        mask = supervised_voxels(batch, t.occ_loss_mask)
+        if sampled:
+            index, valid = sample_voxels(
+                labels, mask, OCC3D_FREE, t.occ_free_per_occupied, t.occ_min_free_samples
             )
-        return dense_voxel_loss(
-            out["voxel_logits"],
-            labels,
-            batch["occ_mask_camera"] if use_mask else None,
-            lovasz_weight=cfg.train.lovasz_weight,
-            ce_weight=cfg.train.ce_weight,
+            out = model(batch["img"], batch["lidar2img"], decode_voxels=False, voxel_index=index)
+            logits = out["voxel_logits_at"].movedim(1, -1)[valid]  # (P, C)
+            B, X, Y, Z = labels.shape
+            flat = (index[..., 0] * Y + index[..., 1]) * Z + index[..., 2]
+            target = labels.reshape(B, -1).gather(1, flat)[valid]  # (P,)
+        else:
+            out = model(batch["img"], batch["lidar2img"], points=None, decode_voxels=True)
+            if tuple(out["voxel_logits"].shape[2:]) != tuple(labels.shape[1:]):
+                raise TpvkitError(
+                    f"the model decodes a {tuple(out['voxel_logits'].shape[2:])} grid but the "
+                    f"Occ3D labels are {tuple(labels.shape[1:])}: set the TPV size and head "
+                    "scales so the output grid is 200x200x16 (configs/tpv_occ3d_*.yaml)"
+                )
+            C = out["voxel_logits"].shape[1]
+            logits = out["voxel_logits"].float().movedim(1, -1).reshape(-1, C)
+            target = labels.reshape(-1)
+            if mask is not None:
+                keep = mask.reshape(-1)
+                logits, target = logits[keep], target[keep]
+        return occupancy_terms(
+            logits,
+            target,
+            OCC3D_FREE,
+            class_weight=class_weight,
+            ce_weight=t.ce_weight,
+            lovasz_weight=t.lovasz_weight,
+            lovasz_free=t.lovasz_free,
+            sem_scal_weight=t.sem_scal_weight,
+            geo_scal_weight=t.geo_scal_weight,
         )
 
     return compute

@@ -51,12 +51,15 @@ class TPVFormer(nn.Module):
         lidar2img: torch.Tensor,
         points: torch.Tensor | None = None,
         decode_voxels: bool = True,
+        voxel_index: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """img (B, N_cam, 3, H, W) normalised and padded; lidar2img (B, N_cam, 4, 4) LiDAR ->
-        pixels of that padded image; points (B, N, 3) LiDAR xyz or None.
+        pixels of that padded image; points (B, N, 3) LiDAR xyz or None; voxel_index (B, K, 3)
+        integer [x, y, z] voxels to decode alone, or None.
 
-        Returns "point_logits" (B, n_cls, N) when points are given and "voxel_logits"
-        (B, n_cls, X, Y, Z) when decode_voxels (docs/internals.md).
+        Returns "point_logits" (B, n_cls, N) when points are given, "voxel_logits"
+        (B, n_cls, X, Y, Z) when decode_voxels and "voxel_logits_at" (B, n_cls, K) for
+        voxel_index (docs/internals.md).
         """
         if img.dim() != 5 or lidar2img.shape != (*img.shape[:2], 4, 4):
             raise TpvkitError(
@@ -67,7 +70,9 @@ class TPVFormer(nn.Module):
             raise TpvkitError(f"points must be (B, N, 3) LiDAR xyz, got {tuple(points.shape)}")
         feats = self.extract_features(img)
         planes = self.encoder(feats, lidar2img, (img.shape[-2], img.shape[-1]))
-        return self.head(planes, points=points, decode_voxels=decode_voxels)
+        return self.head(
+            planes, points=points, decode_voxels=decode_voxels, voxel_index=voxel_index
+        )
 
 
 def build_model(cfg: ModelConfig) -> TPVFormer:
