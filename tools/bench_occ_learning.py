@@ -1,26 +1,26 @@
 #!/usr/bin/env python
-"""Proof of learning for dense occupancy: train tpv_occ3d_tiny and bev_occ3d_tiny on the
-synthetic world's Occ3D labels for the same CPU wall-clock budget and score both on the
-held-out scenes (mini_val) with the Occ3D mIoU (camera mask, no mask) and SparseOcc's RayIoU,
-next to label-blind predictors.
+"""Proof of learning for dense occupancy at a fixed number of iterations: train Occ3D configs
+(default tpv_occ3d_tiny and bev_occ3d_tiny) with two seeds each on the synthetic world's Occ3D
+labels and score them on held-out streets next to label-blind predictors.
 
-Steps: generate a synthetic v1.0-mini dataroot (by default 8 training scenes, 2 held-out
-scenes, Occ3D ground truth for every key frame); for each config, time a few iterations to
-size the cosine schedule to the budget, train for the budget (checkpoints at regular
-intervals), evaluate the kept checkpoints on mini_val (the curve) and the last one in full, as
-`tpvkit eval` does (metrics.json, per-class table). The models train side by side, one
-process and one torch thread each, so both see the same machine load.
+Steps: generate (or reuse, --data) a synthetic dataroot whose mini_val scenes are streets no
+training frame shows; train every (config, seed) for exactly --iters iterations (wall-clock
+is recorded beside it, never used to stop), keeping --curve-points checkpoints; score the
+untrained model and every checkpoint on mini_val with the Occ3D metrics tpvkit eval computes
+(mIoU inside mask_camera and without a mask, RayIoU at 1/2/4 m) plus, from the same confusion
+matrices, object-class mIoU (classes 1-10: barrier ... truck) and geometric IoU (occupied vs
+free inside mask_camera). Runs go --jobs at a time, one torch thread each.
 
-Chance levels, from the training labels only (every voxel, free included):
+Label-blind predictors, from the training labels only (every voxel, free included):
 - "frequency draw": each voxel draws a class with the training voxel frequencies;
-- "all majority": every voxel gets the most frequent training class (free, so 0 everywhere);
-- "position prior": each voxel gets the class most frequent at that grid position over the
-  training frames (label-blind but position-aware: it knows where the ground usually is).
+- "all free": every voxel free (the most frequent class);
+- "position prior": each voxel the class most frequent at that grid position in training
+  (label-blind but it knows where the ground usually is).
 
-Writes to --out: results.json, curves.csv, summary.md (the tables of docs/learning.md). A
-benchmark, not a test: it takes about --minutes (parallel) plus the data and the evaluation.
+Writes to --out: results.json (everything), curves.csv, summary.md (the tables of
+docs/learning.md), curves.png. A benchmark, not a test.
 
-    python tools/bench_occ_learning.py --out runs/occ_learning --minutes 6
+    python tools/bench_occ_learning.py --out runs/occ --iters 1500 --seeds 0,1
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import argparse
 import csv
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -39,20 +38,12 @@ import numpy as np
 import torch
 
 from tpvkit.config import Config, apply_overrides, load_config
+from tpvkit.data.occ3d import OCC3D_CLASS_NAMES, OCC3D_FREE
 from tpvkit.utils.io import atomic_write_text
 
-# The lidarseg benchmark's data set-up and small helpers (same splits, same synthetic data);
-# tools/ is this script's folder, so it imports as a sibling module.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_learning import (  # noqa: E402
-    TRAIN_SPLIT,
-    VAL_SPLIT,
-    StepClock,
-    ensure_data,
-    fmt,
-    info_path,
-    read_losses,
-)
+TRAIN_SPLIT, VAL_SPLIT = "mini_train", "mini_val"
+OBJECT_CLASSES = tuple(range(1, 11))  # Occ3D: barrier, bicycle, ..., truck
+SCORE_KEYS = ("miou", "miou_objects", "geometric_iou", "miou_nomask", "rayiou")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,40 +51,89 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--out", type=Path, required=True, help="Output folder (data, runs, results).")
-    p.add_argument("--minutes", type=float, default=6.0, help="Training budget per model.")
-    p.add_argument(
-        "--configs", default="tpv_occ3d_tiny,bev_occ3d_tiny", help="Comma-separated configs."
-    )
+    p.add_argument("--iters", type=int, default=1500, help="Training iterations per run.")
+    p.add_argument("--configs", default="tpv_occ3d_tiny,bev_occ3d_tiny", help="Comma-separated.")
+    p.add_argument("--seeds", default="0,1", help="Training seeds, comma-separated.")
     p.add_argument("--data", type=Path, help="Reuse this synthetic dataroot (default: generate).")
-    p.add_argument("--scenes", type=int, default=10, help="Synthetic scenes (10: 8 train + 2 val).")
-    p.add_argument("--samples-per-scene", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0, help="Seed of the data and of training.")
-    p.add_argument("--curve-points", type=int, default=4, help="Checkpoints evaluated per run.")
-    p.add_argument("--calibration-iters", type=int, default=6, help="Iterations timed first.")
-    p.add_argument(
-        "--threads", type=int, default=1, help="torch threads per training process (0: default)."
-    )
-    p.add_argument(
-        "--parallel",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="Train the models side by side (one process each); --no-parallel: one by one.",
-    )
-    p.add_argument("--schedule-margin", type=float, default=1.1)
+    p.add_argument("--scenes", type=int, default=10, help="Synthetic scenes (8 train + 2 val).")
+    p.add_argument("--samples-per-scene", type=int, default=20)
+    p.add_argument("--data-seed", type=int, default=0)
+    p.add_argument("--curve-points", type=int, default=5, help="Checkpoints scored per run.")
+    p.add_argument("--jobs", type=int, default=2, help="Runs at a time (one thread each).")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="key=value")
+    p.add_argument(
+        "--eval-only", action="store_true", help="Score the runs already in --out again."
+    )
     return p.parse_args(argv)
 
 
+def info_path(root: Path, split: str) -> Path:
+    from tpvkit.data.infos import info_file_name
+
+    return root / "infos" / info_file_name(split)
+
+
+def ensure_data(args: argparse.Namespace) -> Path:
+    root = args.data or args.out / "data"
+    if args.data is None and not (root / "infos").is_dir():
+        from tpvkit.data.synthetic import generate_synthetic
+
+        generate_synthetic(
+            root, scenes=args.scenes, samples_per_scene=args.samples_per_scene, seed=args.data_seed
+        )
+    for split in (TRAIN_SPLIT, VAL_SPLIT):
+        if not info_path(root, split).is_file():
+            raise SystemExit(f"{info_path(root, split)} is missing: not a synthetic dataroot?")
+    return root
+
+
+def fmt(value: float | None) -> str:
+    return "-" if value is None or value != value else f"{100 * value:.1f}"
+
+
 # ---------------------------------------------------------------------------------------------
-# Chance levels
+# Scores
 
 
-def chance_levels(root: Path, seed: int) -> dict[str, Any]:
+def derived_scores(results: dict[str, Any]) -> dict[str, Any]:
+    """Object-class mIoU and geometric IoU from an occupancy result's masked confusion matrix
+    (rows ground truth, columns prediction, 18 classes)."""
+    m = np.asarray(results["confusion_matrix"], dtype=np.float64)
+    ious = []
+    for c in OBJECT_CLASSES:
+        tp, fp, fn = m[c, c], m[:, c].sum() - m[c, c], m[c, :].sum() - m[c, c]
+        if tp + fp + fn > 0:
+            ious.append(tp / (tp + fp + fn))
+    occ = [c for c in range(m.shape[0]) if c != OCC3D_FREE]
+    tp = m[np.ix_(occ, occ)].sum()
+    fp, fn = m[OCC3D_FREE, occ].sum(), m[occ, OCC3D_FREE].sum()
+    predicted = m.sum(0)
+    return {
+        "miou_objects": float(np.mean(ious)) if ious else None,
+        "geometric_iou": float(tp / (tp + fp + fn)) if tp + fp + fn > 0 else None,
+        "predicted_classes": int((predicted > 0).sum()),
+    }
+
+
+def score_model(model: torch.nn.Module, cfg: Config, root: Path) -> dict[str, Any]:
+    from tpvkit.data.infos import load_infos
+    from tpvkit.engine.inference import inference_loader, run_inference
+    from tpvkit.engine.occupancy import OccupancyMetricsSink
+
+    loader = inference_loader(
+        apply_overrides(cfg, {"data.num_workers": 0}),
+        load_infos(info_path(root, VAL_SPLIT)),
+        torch.device("cpu"),
+    )
+    out = run_inference(model, loader, "cpu", [OccupancyMetricsSink()], progress=False)[0]
+    return {**out, **derived_scores(out)}
+
+
+def label_blind(root: Path, seed: int) -> dict[str, Any]:
     """Scores of the three label-blind predictors on mini_val (see the module docstring)."""
     from tpvkit.data.infos import load_infos
     from tpvkit.data.occ3d import (
         INFO_FIELD,
-        OCC3D_CLASS_NAMES,
         OCC3D_GRID,
         OCC3D_NUM_CLASSES,
         read_labels,
@@ -112,14 +152,13 @@ def chance_levels(root: Path, seed: int) -> dict[str, Any]:
     freq = counts / counts.sum()
     predictors = {
         "frequency draw": None,
-        "all majority": np.full(OCC3D_GRID, int(freq.argmax()), dtype=np.int64),
+        "all free": np.full(OCC3D_GRID, OCC3D_FREE, dtype=np.int64),
         "position prior": per_position.argmax(-1).astype(np.int64),
     }
     val = load_infos(info_path(root, VAL_SPLIT))
-    origins = scene_ray_origins(val.samples)
     sinks = {name: OccupancyMetricsSink() for name in predictors}
     rng = np.random.default_rng(seed)
-    for sample, orig in zip(val.samples, origins, strict=True):
+    for sample, orig in zip(val.samples, scene_ray_origins(val.samples), strict=True):
         labels = read_labels(val.resolve(sample[INFO_FIELD]))
         batch = {
             "occ_semantics": torch.from_numpy(labels.semantics.astype(np.int64))[None],
@@ -129,248 +168,250 @@ def chance_levels(root: Path, seed: int) -> dict[str, Any]:
         for name, volume in predictors.items():
             if volume is None:
                 volume = rng.choice(C, size=OCC3D_GRID, p=freq)
-            # one-hot "logits": the sink's own argmax path scores exactly this volume
+            # one-hot "logits": the sink's own argmax scores exactly this volume
             logits = torch.nn.functional.one_hot(torch.from_numpy(volume), C).permute(3, 0, 1, 2)
             sinks[name].add(batch, {"voxel_logits": logits[None].float()})
-    out: dict[str, Any] = {name: sink.finish() for name, sink in sinks.items()}
+    out: dict[str, Any] = {}
+    for name, sink in sinks.items():
+        res = sink.finish()
+        out[name] = {**res, **derived_scores(res)}
     out["train_voxel_frequency"] = {
         n: float(f) for n, f in zip(OCC3D_CLASS_NAMES, freq, strict=True)
     }
-    out["majority_class"] = OCC3D_CLASS_NAMES[int(freq.argmax())]
     return out
 
 
 # ---------------------------------------------------------------------------------------------
-# Training and evaluation
+# Training
 
 
-def run_config(name: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
-    from tpvkit.engine.evaluate import evaluate
+class StepTimes:
+    """Records when each iteration's loss is computed (once per iteration)."""
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+
+    def parts(self, cfg: Config) -> Any:
+        from tpvkit.engine.train import build_parts
+
+        parts = build_parts(cfg)
+        inner = parts.compute_losses
+
+        def timed(model: Any, batch: Any) -> Any:
+            self.stamps.append(time.perf_counter())
+            return inner(model, batch)
+
+        parts.compute_losses = timed
+        return parts
+
+
+def run_one(job: tuple[str, int], args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """Train one (config, seed) for exactly --iters iterations and score its checkpoints."""
+    from tpvkit.engine.checkpoint import list_iter_checkpoints, load_model_weights
     from tpvkit.engine.train import train
+    from tpvkit.models.tpvformer import build_model
+    from tpvkit.utils.rng import seed_everything
 
-    if args.threads > 0:  # also in a worker process of --parallel
-        torch.set_num_threads(args.threads)
-    load_before = os.getloadavg()
-    base = load_config(name, args.overrides)
-    common = {
-        "data.train_infos": str(info_path(root, TRAIN_SPLIT)),
-        "data.val_infos": "",  # no validation inside the budget: scored afterwards
-        "data.dataroot": str(root),
-        "data.num_workers": 0,  # one process per model: the budget is one core each
-        "train.device": "cpu",
-        "train.seed": args.seed,
-        "train.epochs": 100_000,  # the budget, not the epoch count, ends the run
-        "train.log_interval": 5,
-        "train.keep_checkpoints": 0,
-    }
-    cal_dir = args.out / "runs" / f"{name}_calibration"
-    shutil.rmtree(cal_dir, ignore_errors=True)
-    clock = StepClock()
-    n_cal = max(args.calibration_iters, 4)
-    train(
-        apply_overrides(base, {**common, "train.max_iters": n_cal, "train.ckpt_interval": 0}),
-        cal_dir,
-        parts=clock.parts,
-    )
-    sec_per_iter = clock.seconds_per_iteration(skip=2)
-    shutil.rmtree(cal_dir, ignore_errors=True)
-    budget_iters = max(
-        int(args.schedule_margin * args.minutes * 60 / sec_per_iter), args.curve_points
-    )
-    print(f"[{name}] ~{sec_per_iter:.2f} s/iteration -> schedule of {budget_iters} iterations")
-
-    work_dir = args.out / "runs" / name
-    shutil.rmtree(work_dir, ignore_errors=True)
+    name, seed = job
+    torch.set_num_threads(1)
+    work_dir = args.out / "runs" / f"{name}_seed{seed}"
+    cfg = load_config(name, args.overrides)
     cfg = apply_overrides(
-        base,
+        cfg,
         {
-            **common,
-            "train.max_iters": budget_iters,
-            "train.max_minutes": args.minutes,
-            "train.ckpt_interval": max(budget_iters // args.curve_points, 1),
+            "data.train_infos": str(info_path(root, TRAIN_SPLIT)),
+            "data.val_infos": "",  # scored afterwards, outside the timed training
+            "data.dataroot": str(root),
+            "data.num_workers": 0,
+            "train.device": "cpu",
+            "train.seed": seed,
+            "train.max_iters": args.iters,
+            "train.max_minutes": 0,
+            "train.ckpt_interval": max(args.iters // args.curve_points, 1),
+            "train.keep_checkpoints": 0,
+            "train.log_interval": 10,
         },
     )
-    clock = StepClock()
+    clock = StepTimes()
+    load_before = os.getloadavg()
     t0 = time.perf_counter()
-    final_ckpt = train(cfg, work_dir, parts=clock.parts)
+    if not args.eval_only:
+        train(cfg, work_dir, resume=(work_dir / "latest.pth").exists(), parts=clock.parts)
     train_seconds = time.perf_counter() - t0
-    curve = evaluate_checkpoints(cfg, work_dir, root, final_ckpt)
-    final = evaluate(
-        cfg,
-        final_ckpt,
-        info_path(root, VAL_SPLIT),
-        out_dir=work_dir,
-        save_predictions=args.out / "predictions" / name,
-        progress=False,
-    )
+    stored = load_config(work_dir / "config.yaml")  # with the counted class frequencies
+    curve = []
+    for iteration, path in [(0, None), *list_iter_checkpoints(work_dir)]:
+        seed_everything(seed)  # iteration 0: the initial weights of training
+        model = build_model(stored.model)
+        if path is not None:
+            load_model_weights(model, path, stored)
+        scores = score_model(model, stored, root)
+        seconds = None
+        if clock.stamps and iteration > 0:
+            seconds = clock.stamps[min(iteration, len(clock.stamps)) - 1] - clock.stamps[0]
+        curve.append({"iter": iteration, "train_seconds": seconds, **scores})
+        print(
+            f"[{name} seed {seed}] iteration {iteration}: "
+            + " ".join(f"{k} {fmt(scores[k])}" for k in SCORE_KEYS),
+            flush=True,
+        )
+    gaps = np.diff(clock.stamps[2:]) if len(clock.stamps) > 3 else np.array([np.nan])
     return {
         "config": name,
-        "loss": cfg.train.loss,
-        "occ_loss_mask": cfg.train.occ_loss_mask,
-        "seconds_per_iteration_calibrated": sec_per_iter,
-        "seconds_per_iteration_median": clock.seconds_per_iteration(skip=2),
-        "schedule_iterations": budget_iters,
-        "iterations": len(clock.times),
-        "train_seconds": train_seconds,
-        "final_checkpoint": str(final_ckpt),
+        "seed": seed,
+        "iterations": args.iters,
+        "train_seconds": train_seconds if not args.eval_only else None,
+        "seconds_per_iteration_median": float(np.median(gaps)),
         "losses": read_losses(work_dir / "metrics.jsonl"),
         "curve": curve,
-        "final": final,
+        "final": curve[-1],
+        "train": {k: v for k, v in vars(stored.train).items() if k != "class_frequencies"},
+        "class_frequencies": stored.train.class_frequencies,
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
     }
 
 
-def evaluate_checkpoints(
-    cfg: Config, work_dir: Path, root: Path, final: Path
-) -> list[dict[str, Any]]:
-    """Occupancy scores of the untrained model and the intermediate checkpoints (the final
-    one is scored in full by `evaluate`)."""
-    from tpvkit.data.dataset import LidarSegDataset, build_dataloader
-    from tpvkit.engine.checkpoint import list_iter_checkpoints, load_model_weights
-    from tpvkit.engine.evaluate import evaluate_model
-    from tpvkit.models.tpvformer import build_model
-    from tpvkit.utils.rng import seed_everything
-
-    dataset = LidarSegDataset(info_path(root, VAL_SPLIT), cfg.data, cfg.model, train=False)
-    loader = build_dataloader(dataset, batch_size=1, num_workers=0)
-    points = [(0, None), *list_iter_checkpoints(work_dir)]
-    curve = []
-    for iteration, path in points:
-        if path is not None and Path(path).resolve() == final.resolve():
-            continue
-        seed_everything(cfg.train.seed)  # iteration 0: the same initial weights as training
-        model = build_model(cfg.model)
-        if path is not None:
-            load_model_weights(model, path, cfg)
-        m = evaluate_model(
-            model,
-            loader,
-            "cpu",
-            num_classes=cfg.model.num_classes,
-            voxel_metrics=False,
-            progress=False,
-            occupancy=True,
-        )
-        row = {k: m[k] for k in ("miou", "miou_nomask", "rayiou")}
-        curve.append({"iter": iteration, **row})
-        print(
-            f"  {cfg.name} iteration {iteration}: "
-            + " ".join(f"{k} {fmt(v)}" for k, v in row.items())
-        )
-    return curve
+def read_losses(path: Path) -> list[dict[str, float]]:
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [{k: v for k, v in r.items() if k != "kind"} for r in rows if r.get("kind") == "train"]
 
 
 # ---------------------------------------------------------------------------------------------
 # Reports
 
 
-SCORE_KEYS = ("miou", "miou_nomask", "rayiou_1", "rayiou_2", "rayiou_4", "rayiou")
-
-
-def summary_markdown(runs: list[dict], chance: dict) -> str:
-    lines = [
-        "| model | iterations | train min | s/iter | mIoU (mask) | mIoU (no mask) | "
-        "RayIoU@1 | @2 | @4 | RayIoU |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+def summary_markdown(runs: list[dict], blind: dict) -> str:
+    head = (
+        "| model | seed | iterations | train min | s/iter | mIoU (mask) | object mIoU | geo IoU "
+        "| mIoU (no mask) | RayIoU@1 | @2 | @4 | RayIoU |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    keys = (
+        "miou",
+        "miou_objects",
+        "geometric_iou",
+        "miou_nomask",
+        "rayiou_1",
+        "rayiou_2",
+        "rayiou_4",
+        "rayiou",
+    )
     for run in runs:
         f = run["final"]
+        minutes = "-" if run["train_seconds"] is None else f"{run['train_seconds'] / 60:.1f}"
         lines.append(
-            f"| {run['config']} | {run['iterations']} | {run['train_seconds'] / 60:.1f} | "
+            f"| {run['config']} | {run['seed']} | {run['iterations']} | {minutes} | "
             f"{run['seconds_per_iteration_median']:.2f} | "
-            + " | ".join(fmt(f[k]) for k in SCORE_KEYS)
+            + " | ".join(fmt(f.get(k)) for k in keys)
             + " |"
         )
-    for name in ("frequency draw", "all majority", "position prior"):
-        label = f"chance: {name}"
-        if name == "all majority":
-            label += f" ({chance['majority_class']})"
+    for name in ("position prior", "frequency draw", "all free"):
         lines.append(
-            f"| {label} | | | | " + " | ".join(fmt(chance[name][k]) for k in SCORE_KEYS) + " |"
+            f"| {name} | | | | | " + " | ".join(fmt(blind[name].get(k)) for k in keys) + " |"
         )
     lines += [
         "",
         "| class (IoU inside mask_camera) | "
-        + " | ".join(r["config"] for r in runs)
+        + " | ".join(f"{r['config']} s{r['seed']}" for r in runs)
         + " | position prior | frequency draw |",
         "|---|" + "---|" * (len(runs) + 2),
     ]
     for cls in runs[0]["final"]["iou_per_class"]:
         cells = [fmt(r["final"]["iou_per_class"][cls]) for r in runs]
-        cells += [
-            fmt(chance[n]["iou_per_class"][cls]) for n in ("position prior", "frequency draw")
-        ]
+        cells += [fmt(blind[n]["iou_per_class"][cls]) for n in ("position prior", "frequency draw")]
         lines.append(f"| {cls} | " + " | ".join(cells) + " |")
+    lines += ["", "Held-out curves (mIoU inside mask_camera / object mIoU / RayIoU, x100):", ""]
+    for run in runs:
+        pts = ", ".join(
+            f"{c['iter']}: {fmt(c['miou'])} / {fmt(c['miou_objects'])} / {fmt(c['rayiou'])}"
+            for c in run["curve"]
+        )
+        lines.append(f"- {run['config']} seed {run['seed']}: {pts}")
     return "\n".join(lines) + "\n"
 
 
 def write_curves(out: Path, runs: list[dict]) -> None:
     with open(out / "curves.csv", "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["config", "kind", "iter", "loss", "miou", "miou_nomask", "rayiou"])
+        w.writerow(["config", "seed", "kind", "iter", "train_seconds", "loss", *SCORE_KEYS])
         for run in runs:
             for r in run["losses"]:
-                w.writerow([run["config"], "train", r["iter"], r.get("loss"), "", "", ""])
-            for r in run["curve"]:
+                w.writerow([run["config"], run["seed"], "train", r["iter"], "", r.get("loss")])
+            for c in run["curve"]:
                 w.writerow(
-                    [run["config"], "val", r["iter"], "", r["miou"], r["miou_nomask"], r["rayiou"]]
+                    [run["config"], run["seed"], "val", c["iter"], c["train_seconds"], ""]
+                    + [c.get(k) for k in SCORE_KEYS]
                 )
-            f = run["final"]
-            w.writerow(
-                [
-                    run["config"],
-                    "val",
-                    run["iterations"],
-                    "",
-                    f["miou"],
-                    f["miou_nomask"],
-                    f["rayiou"],
-                ]
-            )
+
+
+def plot_curves(out: Path, runs: list[dict], blind: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for run in runs:
+        label = f"{run['config']} seed {run['seed']}"
+        losses = run["losses"]
+        axes[0].plot([r["iter"] for r in losses], [r["loss"] for r in losses], label=label, lw=1)
+        it = [c["iter"] for c in run["curve"]]
+        axes[1].plot(it, [100 * (c["miou"] or 0) for c in run["curve"]], "o-", label=label)
+        axes[2].plot(it, [100 * (c["miou_objects"] or 0) for c in run["curve"]], "o-", label=label)
+    prior = blind["position prior"]
+    axes[1].axhline(100 * prior["miou"], color="gray", ls="--", label="position prior")
+    axes[2].axhline(
+        100 * (prior["miou_objects"] or 0), color="gray", ls="--", label="position prior"
+    )
+    axes[0].set(title="training loss", xlabel="iteration", yscale="log")
+    axes[1].set(title="held-out mIoU inside mask_camera (x100)", xlabel="iteration")
+    axes[2].set(title="held-out object-class mIoU (x100)", xlabel="iteration")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     root = ensure_data(args)
-    names = [name for name in args.configs.split(",") if name]
-    if args.parallel:
+    jobs = [(c, int(s)) for s in args.seeds.split(",") for c in args.configs.split(",") if c]
+    if args.jobs > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(
-            len(names), mp_context=multiprocessing.get_context("spawn")
-        ) as pool:
-            runs = list(pool.map(run_config, names, [args] * len(names), [root] * len(names)))
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(args.jobs, len(jobs)), mp_context=ctx) as pool:
+            runs = list(pool.map(run_one, jobs, [args] * len(jobs), [root] * len(jobs)))
     else:
-        runs = [run_config(name, args, root) for name in names]
-    chance = chance_levels(root, args.seed)
+        runs = [run_one(job, args, root) for job in jobs]
+    blind = label_blind(root, args.data_seed)
     results = {
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if argv is None else argv,
-        "minutes_per_model": args.minutes,
-        "data": {
-            "root": str(root),
-            "scenes": args.scenes,
-            "samples_per_scene": args.samples_per_scene,
-            "seed": args.seed,
-        },
-        "torch_threads": args.threads,
+        "command": " ".join(
+            [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]
+        ),
+        "iterations": args.iters,
+        "data": {"root": str(root), "samples_per_scene": args.samples_per_scene},
         "cpu_count": os.cpu_count(),
-        "load_average": os.getloadavg(),
-        "chance": chance,
+        "label_blind": blind,
         "runs": runs,
         "total_seconds": time.perf_counter() - started,
     }
     atomic_write_text(args.out / "results.json", json.dumps(results, indent=1, default=str) + "\n")
     write_curves(args.out, runs)
-    summary = summary_markdown(runs, chance)
+    plot_curves(args.out, runs, blind)
+    summary = summary_markdown(runs, blind)
     atomic_write_text(args.out / "summary.md", summary)
     print(summary)
-    print(f"wrote {args.out / 'results.json'}, curves.csv, summary.md")
+    print(f"wrote {args.out / 'results.json'}, curves.csv, curves.png, summary.md")
     return 0
 
 

@@ -144,9 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     for n in names:
         if iou[n] is not None:
-            print(
-                f"  {n:<22} {100 * iou[n]:5.1f}  (no mask {100 * results['iou_per_class_nomask'][n]:5.1f})"
-            )
+            nomask = results["iou_per_class_nomask"][n]
+            print(f"  {n:<22} {100 * iou[n]:5.1f}  (no mask {100 * (nomask or 0.0):5.1f})")
     failed = [c for c in args.check.split(",") if c and 100 * (iou.get(c) or 0.0) < args.min_iou]
     if failed:
         print(f"FAIL: {', '.join(failed)} below {args.min_iou} IoU on the training frames")

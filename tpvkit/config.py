@@ -120,6 +120,11 @@ class DataConfig:
     img_std: list[float] = field(default_factory=lambda: list(IMG_STD))
     to_rgb: bool = False  # False: BGR channel order (caffe backbones)
     photometric_aug: bool = True
+    # Colour changes of photometric_aug: a hue shift of up to this many degrees and a random
+    # permutation of the colour channels (mmdet's defaults). Where colour carries the class
+    # (the synthetic world's classes are colour families) 0 and false keep classes apart.
+    photometric_hue_delta: float = 18.0
+    photometric_channel_swap: bool = True
     grid_mask: bool = True
     grid_mask_prob: float = 0.7
     # "exact": voxel size = range / grid; "tpvformer": range / (grid - 1), the public code's rule

@@ -286,6 +286,29 @@ def test_photometric_distortion_is_seeded_and_bounded():
     assert all(o.min() >= -1e-3 and o.max() <= 255 * 1.5 + 1e-3 for o in outs)
 
 
+def test_photometric_distortion_can_keep_hues():
+    """hue_delta=0 and channel_swap=False: a reddish colour keeps its hue (its values stay
+    inside [0, 255] under every brightness and contrast draw), while the default draws
+    recolour it for some seed; the random draws stay the same."""
+    from tpvkit.data.dataset import _rgb_to_hsv
+
+    img = torch.zeros(3, 4, 4)
+    img[0], img[1], img[2] = 120.0, 70.0, 50.0
+    hue = _rgb_to_hsv(img)[0]
+    recoloured = False
+    for seed in range(16):
+        torch.manual_seed(seed)
+        kept = photometric_distortion(img, hue_delta=0.0, channel_swap=False)
+        after = torch.rand(())
+        torch.manual_seed(seed)
+        default = photometric_distortion(img)
+        assert torch.equal(after, torch.rand(()))  # same number of draws
+        kept_hue = _rgb_to_hsv(kept.clamp(0, 255))[0]
+        assert torch.allclose(kept_hue, hue, atol=1e-3)
+        recoloured |= not torch.allclose(_rgb_to_hsv(default.clamp(0, 255))[0], hue, atol=1.0)
+    assert recoloured
+
+
 def _grid_mask_loop(h, w, d, st_h, st_w, ratio=0.5):
     """BEVFormer's GridMask (use_h, use_w, mode 1, rotate 1) with its Python loops."""
     hh, ww = int(1.5 * h), int(1.5 * w)

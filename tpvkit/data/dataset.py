@@ -139,13 +139,16 @@ def photometric_distortion(
     contrast_range: tuple[float, float] = (0.5, 1.5),
     saturation_range: tuple[float, float] = (0.5, 1.5),
     hue_delta: float = 18.0,
+    channel_swap: bool = True,
 ) -> torch.Tensor:
     """mmdet's PhotoMetricDistortion on a (3, H, W) RGB float image in [0, 255].
 
     Each step runs with probability 1/2: brightness shift, contrast scale (before or after the
     HSV steps, chosen at random), saturation scale, hue shift, a random channel permutation.
     Unlike mmdet the values are clipped to [0, 255] before the HSV conversion, where negative
-    intensities have no meaning.
+    intensities have no meaning. hue_delta=0 and channel_swap=False leave colours' hues alone
+    (for data whose classes are told apart by colour, such as the synthetic world). The random
+    draws are the same whatever the options, so switching one off changes nothing else.
     """
     img = img.clone()
     if _coin():
@@ -160,12 +163,14 @@ def photometric_distortion(
         if do_saturation:
             hsv[1] = (hsv[1] * _uniform(*saturation_range)).clamp(0.0, 1.0)
         if do_hue:
-            hsv[0] = (hsv[0] + _uniform(-hue_delta, hue_delta)) % 360.0
+            hsv[0] = (hsv[0] + _uniform(-hue_delta, hue_delta)) % 360.0  # delta 0: unchanged
         img = _hsv_to_rgb(hsv)
     if not contrast_first and _coin():
         img *= _uniform(*contrast_range)
     if _coin():
-        img = img[torch.randperm(3)]
+        perm = torch.randperm(3)
+        if channel_swap:
+            img = img[perm]
     return img
 
 
@@ -288,7 +293,11 @@ class LidarSegDataset(torch.utils.data.Dataset):
         )
         img = torch.from_numpy(np.array(im)).permute(2, 0, 1)  # (3, H, W) uint8 RGB
         if self.train and self.data_cfg.photometric_aug:
-            img = photometric_distortion(img.float())
+            img = photometric_distortion(
+                img.float(),
+                hue_delta=self.data_cfg.photometric_hue_delta,
+                channel_swap=self.data_cfg.photometric_channel_swap,
+            )
         # BGR unless to_rgb (caffe-style backbones); the padding bottom/right stays zero
         view = out[:, :H, :W]
         view.copy_(img if self.data_cfg.to_rgb else img.flip(0))
