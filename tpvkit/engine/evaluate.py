@@ -343,6 +343,11 @@ def _report(
 ) -> dict[str, Any]:
     """Print the table, write the metrics file, say what was written."""
     print_metrics(metrics, title=f"{name} on {split} ({metrics['num_samples']} samples)")
+    from tpvkit.outputs.degenerate import evaluation_warning, warn
+
+    warning = evaluation_warning(metrics)
+    if warning is not None:
+        warn(warning)
     atomic_write_text(path, _dumps(metrics))
     print(f"wrote {path}")
     if save_predictions is not None:

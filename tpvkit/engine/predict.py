@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from tpvkit.config import Config
 from tpvkit.engine.inference import (
     PredictionFileSink,
@@ -14,6 +16,8 @@ from tpvkit.engine.inference import (
     run_inference,
 )
 from tpvkit.errors import TpvkitError
+from tpvkit.outputs.degenerate import single_class_warning, warn
+from tpvkit.outputs.prediction_file import load_prediction
 from tpvkit.utils.io import check_output_dir
 
 
@@ -50,4 +54,21 @@ def predict(
     loader = inference_loader(loaded.cfg, subset, loaded.device, batch_size=1)
     sink = PredictionFileSink(loaded.cfg, subset, out_dir, save_confidence=save_confidence)
     (result,) = run_inference(loaded.model, loader, loaded.device, [sink], progress, "predict")
+    _warn_if_single_class(result["written"], out_dir)
     return result["written"]
+
+
+def _warn_if_single_class(paths: Sequence[Path], out_dir: Path) -> None:
+    """One warning when every voxel of every written file has the same class (free, say)."""
+    counts: np.ndarray | None = None
+    names: tuple[str, ...] = ()
+    for path in paths:
+        pred = load_prediction(path)
+        hist = np.bincount(pred.voxels.ravel(), minlength=pred.num_classes)
+        counts = hist if counts is None else counts + hist[: len(counts)]
+        names = pred.class_names
+    if counts is not None:
+        where = f"{len(paths)} prediction file(s) in {out_dir}"
+        warning = single_class_warning(counts, names, where)
+        if warning is not None:
+            warn(warning)

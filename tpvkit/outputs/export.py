@@ -17,6 +17,7 @@ import numpy as np
 from plyfile import PlyData, PlyElement
 
 from tpvkit.errors import TpvkitError
+from tpvkit.outputs.degenerate import empty_output_warning, warn
 from tpvkit.outputs.prediction_file import (
     Prediction,
     load_prediction,
@@ -71,6 +72,12 @@ def resolve_excluded(pred: Prediction, exclude: Sequence[str] | None) -> np.ndar
     for name in names:
         mask[pred.class_id(name)] = True  # raises TpvkitError listing the valid names
     return mask
+
+
+def hidden_class_names(pred: Prediction, exclude: Sequence[str] | None) -> list[str]:
+    """The names of the classes `exclude` (None: the record's default) leaves out."""
+    excluded = resolve_excluded(pred, exclude)
+    return [name for name, hidden in zip(pred.class_names, excluded, strict=True) if hidden]
 
 
 def gt_occupied(pred: Prediction) -> np.ndarray:
@@ -230,6 +237,8 @@ def export_prediction_ply(
     out = Path(out)
     with atomic_path(out) as tmp:
         ply.write(str(tmp))
+    if len(xyz) == 0 and not source.startswith("gt_"):  # the model's own output is empty
+        warn(empty_output_warning(f"{out} ({source})", hidden_class_names(pred, exclude)))
     return ExportResult(
         path=out,
         num_vertices=len(vertices),

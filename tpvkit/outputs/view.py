@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from tpvkit.errors import TpvkitError
+from tpvkit.outputs.degenerate import empty_output_warning, warn
 from tpvkit.outputs.prediction_file import Prediction, load_prediction
 from tpvkit.utils.io import atomic_write_text, check_output_file
 
@@ -426,6 +427,8 @@ def write_viewer(
     payload = scene_payload(preds, options, ground_truth)
     html = build_html(payload)
     atomic_write_text(out, html)
+    if not any(p.occupied.any() for p in preds):
+        warn(empty_output_warning(f"the viewer page {out} ({len(preds)} frames)"))
     return ViewerResult(
         path=out,
         num_frames=len(preds),

@@ -15,7 +15,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from tpvkit.data.geometry import project_points
 from tpvkit.errors import TpvkitError
-from tpvkit.outputs.export import gt_occupied, resolve_excluded
+from tpvkit.outputs.degenerate import empty_output_warning, warn
+from tpvkit.outputs.export import gt_occupied, hidden_class_names, resolve_excluded
 from tpvkit.outputs.prediction_file import (
     Prediction,
     load_prediction,
@@ -564,6 +565,9 @@ def visualize_prediction(
     if "bev" in views:
         written.append(_save_png(render_bev(pred, exclude), out_dir / "bev.png"))
     if "voxels_3d" in views:
+        if not shown_voxels(pred, exclude)[1].any():
+            what = f"{out_dir / 'voxels_3d.png'} (sample {pred.token})"
+            warn(empty_output_warning(what, hidden_class_names(pred, exclude)))
         image = render_voxels_3d(pred, view, exclude)
         written.append(_save_png(image, out_dir / "voxels_3d.png"))
         if pred.gt_voxels is not None:
