@@ -5,6 +5,12 @@ The defaults are the public lidarseg Base model (TPV 200x200x16, C=128, ResNet-1
 training recipe. A YAML file in configs/ may name a `_base_` config (another shipped name or a
 path) and then lists only the keys that differ. Unknown keys are errors that name the nearest
 valid key.
+
+The task (what the model predicts: label space, grid frame, the ground truth that scores it;
+tpvkit.task.TASKS) is the top-level key `task`. A config or stored checkpoint config that does
+not state it gets it from one rule, `infer_task_name`, applied once where the config is made
+(load_config, from_dict, apply_overrides), and from then on states it; a bare `Config()` in
+code leaves it "" and `task_of` applies the same rule.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import yaml
 
 from tpvkit.constants import IMG_MEAN_BGR, IMG_STD, NUM_CLASSES, POINT_CLOUD_RANGE
 from tpvkit.errors import TpvkitError
+from tpvkit.task import TASKS, Grid, Task, get_task, voxel_grid_shape, voxel_size
 
 # The YAML files live in the repository's top-level configs/ folder; a wheel or `pip install .`
 # ships them as the package data folder tpvkit/configs/ (see setup.py). A source checkout on
@@ -193,6 +200,9 @@ class EvalConfig:
 @dataclass
 class Config:
     name: str = "tpv_lidarseg_base"
+    # What the model predicts, a name of tpvkit.task.TASKS: "lidarseg", "tpv_occupancy",
+    # "occ3d". "" (not stated): named by infer_task_name when the config is loaded.
+    task: str = ""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -396,14 +406,16 @@ def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Confi
         node[parts[-1]] = value
         _merge(cfg, nested, "")
     validate(cfg)
-    return cfg
+    return settle_task(cfg)
 
 
 def from_dict(data: dict[str, Any]) -> Config:
+    """The Config of a plain dict (e.g. a checkpoint's stored config); one that does not state
+    its task (tpvkit 0.2) gets it from infer_task_name, here, once."""
     cfg = Config()
     _merge(cfg, data, "")
     validate(cfg)
-    return cfg
+    return settle_task(cfg)
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
@@ -424,7 +436,58 @@ def load_config(
     if overrides:
         cfg = apply_overrides(cfg, overrides)
     validate(cfg)
+    return settle_task(cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# The task
+
+
+def infer_task_name(cfg: Config) -> str:
+    """The task of a config that does not state it (tpvkit 0.2 configs and checkpoints): the
+    one rule, from what such a config holds.
+
+    18 classes on an ego-frame grid: "occ3d"; 18 on a lidar-frame grid: "tpv_occupancy" (the
+    released occupancy recipe, lidarseg classes + empty); 17 on a lidar-frame grid: "lidarseg".
+    Anything else must state `task`.
+    """
+    m = cfg.model
+    if m.num_classes == 18:
+        return "occ3d" if m.grid_frame == "ego" else "tpv_occupancy"
+    if m.num_classes == 17 and m.grid_frame == "lidar":
+        return "lidarseg"
+    raise ConfigError(
+        f"task: a config with model.num_classes={m.num_classes} on a {m.grid_frame}-frame grid "
+        f"must state its task (one of {', '.join(TASKS)})"
+    )
+
+
+def settle_task(cfg: Config) -> Config:
+    """Write the inferred task into `cfg` (in place) when it states none; returns `cfg`."""
+    if not cfg.task:
+        cfg.task = infer_task_name(cfg)
     return cfg
+
+
+def model_grid(cfg: Config) -> Grid:
+    """The model's output grid: tpv size x head scales over model.point_cloud_range, in
+    model.grid_frame, voxel size by data.voxel_convention."""
+    m = cfg.model
+    shape = voxel_grid_shape(
+        m.tpv_w, m.tpv_h, m.tpv_z, m.head.scale_w, m.head.scale_h, m.head.scale_z
+    )
+    size = voxel_size(m.point_cloud_range, shape, cfg.data.voxel_convention)
+    return Grid(
+        frame=m.grid_frame,
+        range=tuple(float(v) for v in m.point_cloud_range),
+        shape=shape,
+        voxel_size=(float(size[0]), float(size[1]), float(size[2])),
+    )
+
+
+def task_of(cfg: Config) -> Task:
+    """The Task `cfg` states (tpvkit.task.TASKS), on the model's own grid."""
+    return get_task(cfg.task or infer_task_name(cfg)).with_grid(model_grid(cfg))
 
 
 def _choice(value: str, choices: tuple[str, ...], key: str) -> None:
@@ -458,6 +521,7 @@ def validate(cfg: Config) -> None:
         )
     if m.head.refine_layers < 0:
         raise ConfigError(f"model.head.refine_layers: {m.head.refine_layers} must be 0 or more")
+    _check_task(cfg)
     if m.backbone.depth not in (18, 34, 50, 101):
         raise ConfigError(f"model.backbone.depth: {m.backbone.depth} is not one of 18, 34, 50, 101")
     if len(m.backbone.dcn_stages) != 4:
@@ -497,4 +561,25 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"model.encoder.num_levels ({m.encoder.num_levels}) must equal "
             f"model.neck.num_outs ({m.neck.num_outs})"
+        )
+
+
+def _check_task(cfg: Config) -> None:
+    """A stated task must exist and fit model.num_classes and model.grid_frame."""
+    if not cfg.task:
+        infer_task_name(cfg)  # an unstated task must be inferable (else: "state it")
+        return
+    _choice(cfg.task, tuple(TASKS), "task")
+    task = TASKS[cfg.task]
+    m = cfg.model
+    if m.num_classes != task.label_space.num_classes:
+        raise ConfigError(
+            f"model.num_classes: {m.num_classes}, but task {task.name} predicts the "
+            f"{task.label_space.num_classes} classes of {task.label_space.name}: set "
+            f"model.num_classes={task.label_space.num_classes} or another task"
+        )
+    if m.grid_frame != task.grid_frame:
+        raise ConfigError(
+            f"model.grid_frame: '{m.grid_frame}', but task {task.name} works in the "
+            f"{task.grid_frame} frame: set model.grid_frame={task.grid_frame} or another task"
         )

@@ -1,4 +1,5 @@
-"""The facts of the nuScenes-lidarseg label space, the camera rig and the TPV grid, in one place.
+"""The facts of the nuScenes-lidarseg and Occ3D label spaces, the camera rig and the grids, in
+one place.
 
 Every other module imports these names; nothing else spells out a class list, a colour or the
 camera order.
@@ -69,6 +70,15 @@ IGNORE_INDEX = 0
 # The occupancy variant adds a free-space class after the 16 semantic ones.
 EMPTY_CLASS_NAME = "empty"
 OCCUPANCY_CLASS_NAMES: tuple[str, ...] = CLASS_NAMES + (EMPTY_CLASS_NAME,)
+
+# Occ3D-nuScenes (tpvkit.data.occ3d reads its files): the same 18 indices, class 0 "others" (a
+# real class, not ignored) and 17 "free"; ego frame of the key frame, 0.4 m voxels.
+OCC3D_RANGE: tuple[float, ...] = (-40.0, -40.0, -1.0, 40.0, 40.0, 5.4)  # ego frame, metres
+OCC3D_VOXEL_SIZE = 0.4
+OCC3D_GRID: tuple[int, int, int] = (200, 200, 16)  # (X, Y, Z), indexed [x, y, z]
+OCC3D_NUM_CLASSES = 18  # 0 others, 1..16 lidarseg, 17 free
+OCC3D_FREE = 17
+OCC3D_CLASS_NAMES: tuple[str, ...] = ("others", *OCCUPANCY_CLASS_NAMES[1:-1], "free")
 
 # general index (0..31) -> challenge index (0..16)
 LABEL_MAP_32_TO_16: tuple[int, ...] = (

@@ -14,6 +14,7 @@ from tpvkit.models.tpvformer import TPVFormer, build_model
 # An occupancy-style tiny model: 18 classes and the released occupancy encoder (HW-plane
 # self-attention, no HAB), on the tiny backbone and planes.
 OCC_TINY = [
+    "task=tpv_occupancy",
     "model.num_classes=18",
     "model.encoder.cvha_mode=hw_self",
     "model.encoder.num_hab=0",

@@ -18,7 +18,7 @@ from deploy_helpers import (
     tiny_config,
 )
 
-from tpvkit.config import to_dict
+from tpvkit.config import task_of, to_dict
 from tpvkit.deploy import (
     compare_with_pytorch,
     config_from_onnx,
@@ -104,7 +104,7 @@ def test_the_check_catches_a_graph_with_frozen_camera_packing(tmp_path) -> None:
     with export_mode(model), torch.no_grad(), pytest.warns(torch.jit.TracerWarning):
         model.encoder.dense_camera_hits = False  # what the exporter must not do
         torch.onnx.export(
-            InferenceGraph(model, ("points",)).eval(),
+            InferenceGraph(model, ("points",), label_space=task_of(cfg).label_space).eval(),
             (img, l2i, points),
             str(out),
             dynamo=False,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from tpvkit.config import Config, apply_overrides, to_dict
+from tpvkit.config import Config, apply_overrides, task_of, to_dict
 from tpvkit.engine import checkpoint as ckpt_mod
 from tpvkit.engine.checkpoint import (
     CheckpointError,
@@ -27,6 +27,7 @@ from tpvkit.engine.checkpoint import (
     save_checkpoint,
 )
 from tpvkit.errors import TpvkitError
+from tpvkit.task import task_from_dict
 
 
 class TinyNet(nn.Module):
@@ -63,7 +64,9 @@ def test_checkpoint_round_trips_through_a_weights_only_load(tmp_path):
     path = save_checkpoint(state, tmp_path / "a.pth")
     loaded = torch.load(path, weights_only=True)  # the safe loader must accept every value
     assert loaded["iteration"] == 7 and loaded["epoch"] == 1 and loaded["iter_in_epoch"] == 2
-    assert loaded["config"] == to_dict(Config())
+    # a config that did not state its task has it written down (tpvkit.config.infer_task_name)
+    assert loaded["config"] == {**to_dict(Config()), "task": "lidarseg"}
+    assert task_from_dict(loaded["task"]) == task_of(Config())
     assert loaded["tpvkit_version"]
     for key, value in model.state_dict().items():
         assert torch.equal(loaded["model"][key], value)
@@ -285,10 +288,17 @@ def test_the_input_contract_compares_what_the_network_sees_and_not_runtime_keys(
     )
     assert contract_differences(to_dict(trained), runtime) == []
     changed = apply_overrides(
-        trained, ["data.to_rgb=true", "data.img_size=[224,400]", "model.num_classes=18"]
+        trained,
+        [
+            "data.to_rgb=true",
+            "data.img_size=[224,400]",
+            "task=tpv_occupancy",
+            "model.num_classes=18",
+        ],
     )
     diffs = {key: (old, new) for key, old, new in contract_differences(to_dict(trained), changed)}
     assert diffs == {
+        "task": ("lidarseg", "tpv_occupancy"),
         "model.num_classes": (17, 18),
         "data.to_rgb": (False, True),
         "data.img_size": ([900, 1600], [224, 400]),
@@ -298,6 +308,7 @@ def test_the_input_contract_compares_what_the_network_sees_and_not_runtime_keys(
     older = {"model": to_dict(trained)["model"]}
     assert contract_differences(older, trained) == []
     assert [d[0] for d in contract_differences(older, changed)] == [
+        "task",
         "model.num_classes",
         "data.img_size",
         "data.to_rgb",

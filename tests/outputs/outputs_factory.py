@@ -10,6 +10,7 @@ from PIL import Image
 
 from tpvkit.constants import CAMERA_ORDER, CLASS_NAMES, OCCUPANCY_CLASS_NAMES
 from tpvkit.outputs.prediction_file import Prediction, default_palette
+from tpvkit.task import Grid, get_task
 
 GRID = (6, 5, 4)
 PC_RANGE = np.array([-3.0, -2.5, -1.0, 3.0, 2.5, 1.0])
@@ -120,6 +121,9 @@ def make_prediction(
         lidar_token="lid0",
         scene_token="scene0",
         timestamp=1000,
+        task=get_task("tpv_occupancy" if occupancy else "lidarseg").with_grid(
+            Grid("lidar", tuple(PC_RANGE), GRID, tuple(VOXEL_SIZE))
+        ),
         **fields,
     )
 

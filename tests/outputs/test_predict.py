@@ -126,7 +126,7 @@ def test_predict_writes_the_models_argmax_with_consistent_geometry(tmp_path, tin
 def test_occupancy_models_mark_free_space_with_the_empty_class(tmp_path, synthetic_infos):
     from tpvkit.data.infos import load_infos
 
-    cfg = load_config("tpv_tiny", [*OVERRIDES, "model.num_classes=18"])
+    cfg = load_config("tpv_tiny", [*OVERRIDES, "task=tpv_occupancy", "model.num_classes=18"])
     ckpt = tmp_path / "occ.pth"
     _checkpoint(cfg, ckpt)
     infos = synthetic_infos["mini_val"]
@@ -200,16 +200,16 @@ def test_outputs_import_nothing_from_engine():
 
 
 def test_argmax_over_all_classes_for_occ3d_models():
-    """Occ3D models train class 0 ('others'): exclude_ignore=False may predict it, with the
+    """Occ3D models train class 0 ('others'): ignore_index=None may predict it, with the
     softmax over all classes as its confidence (a loop reference in float64)."""
     gen = torch.Generator().manual_seed(3)
     logits = torch.randn(18, 5, 3, 2, generator=gen)
     logits[0, 1, 1, 1] = 9.0  # class 0 wins here
-    labels, conf = argmax_voxels(logits, chunk=2, exclude_ignore=False)
+    labels, conf = argmax_voxels(logits, chunk=2, ignore_index=None)
     for idx in np.ndindex(5, 3, 2):
         column = logits[(slice(None), *idx)].double()
         assert int(labels[idx]) == int(column.argmax())
         expected = float(torch.softmax(column, 0).max())
         assert abs(float(conf[idx]) - expected) < 1e-3
     assert int(labels[1, 1, 1]) == 0
-    assert int(argmax_voxels(logits, exclude_ignore=True)[0][1, 1, 1]) != 0
+    assert int(argmax_voxels(logits, ignore_index=0)[0][1, 1, 1]) != 0

@@ -11,9 +11,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tpvkit.errors import TpvkitError
+from tpvkit.task import VOXEL_CONVENTIONS, voxel_grid_shape, voxel_size
 
-VOXEL_CONVENTIONS: tuple[str, ...] = ("exact", "tpvformer")
+# The grid shape and voxel size rules live in tpvkit.task (the config layer needs them too).
+__all__ = ["VOXEL_CONVENTIONS", "voxel_grid_shape", "voxel_size"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,27 +149,6 @@ def project_points(lidar2img: np.ndarray, points_xyz: np.ndarray) -> tuple[np.nd
 
 # ---------------------------------------------------------------------------------------------
 # Voxels
-
-
-def voxel_grid_shape(
-    tpv_w: int, tpv_h: int, tpv_z: int, scale_w: int = 1, scale_h: int = 1, scale_z: int = 1
-) -> tuple[int, int, int]:
-    """The model's output grid (X, Y, Z): X along LiDAR x (tpv_w), Y along y (tpv_h), Z along z."""
-    return (tpv_w * scale_w, tpv_h * scale_h, tpv_z * scale_z)
-
-
-def voxel_size(
-    point_cloud_range: Sequence[float], grid: Sequence[int], convention: str = "exact"
-) -> np.ndarray:
-    """(3,) float64 metres per voxel: range / grid ("exact") or range / (grid - 1) ("tpvformer")."""
-    if convention not in VOXEL_CONVENTIONS:
-        raise TpvkitError(
-            f"voxel convention '{convention}' is not one of {', '.join(VOXEL_CONVENTIONS)} "
-            "(config key data.voxel_convention)"
-        )
-    pc = np.asarray(point_cloud_range, dtype=np.float64)
-    grid_arr = np.asarray(grid, dtype=np.float64)
-    return (pc[3:] - pc[:3]) / (grid_arr if convention == "exact" else grid_arr - 1)
 
 
 def point_voxel_indices(

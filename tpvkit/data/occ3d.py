@@ -20,19 +20,27 @@ from typing import Any
 
 import numpy as np
 
-from tpvkit.constants import OCCUPANCY_CLASS_NAMES
+from tpvkit.constants import (
+    OCC3D_CLASS_NAMES,
+    OCC3D_FREE,
+    OCC3D_GRID,
+    OCC3D_NUM_CLASSES,
+    OCC3D_RANGE,
+    OCC3D_VOXEL_SIZE,
+)
 from tpvkit.data import geometry
 from tpvkit.errors import TpvkitError
 from tpvkit.utils.io import atomic_write_bytes
 
-OCC3D_RANGE: tuple[float, ...] = (-40.0, -40.0, -1.0, 40.0, 40.0, 5.4)  # ego frame, metres
-OCC3D_VOXEL_SIZE = 0.4
-OCC3D_GRID: tuple[int, int, int] = (200, 200, 16)  # (X, Y, Z), indexed [x, y, z]
-OCC3D_NUM_CLASSES = 18  # 0 others ("noise" in tpvkit's class list), 1..16 lidarseg, 17 free
-OCC3D_FREE = 17
-# Occ3D names class 0 "others" and 17 "free"; tpvkit's 18-class list (constants) is the same
-# label space, calling them "noise" and "empty".
-OCC3D_CLASS_NAMES: tuple[str, ...] = ("others", *OCCUPANCY_CLASS_NAMES[1:-1], "free")
+# The grid and class facts live in tpvkit.constants (the label space: tpvkit.task); re-exported.
+__all__ = [
+    "OCC3D_CLASS_NAMES",
+    "OCC3D_FREE",
+    "OCC3D_GRID",
+    "OCC3D_NUM_CLASSES",
+    "OCC3D_RANGE",
+    "OCC3D_VOXEL_SIZE",
+]
 LABELS_FILE = "labels.npz"
 LABEL_KEYS: tuple[str, ...] = ("semantics", "mask_lidar", "mask_camera")
 INFO_FIELD = "occ3d_path"  # the sample record's link to its labels.npz (docs/data.md)

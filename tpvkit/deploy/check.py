@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tpvkit.config import Config
-from tpvkit.constants import CAMERA_ORDER, IGNORE_INDEX
+from tpvkit.config import Config, task_of
+from tpvkit.constants import CAMERA_ORDER
 from tpvkit.deploy.graph import OUTPUT_CHOICES, padded_img_hw
 from tpvkit.errors import TpvkitError
 from tpvkit.models.tpvformer import TPVFormer
@@ -129,25 +129,31 @@ class CheckReport:
         return [o.line() for o in self.outputs] + [timing]
 
 
-def _real_class_argmax(logits: torch.Tensor) -> torch.Tensor:
-    """logits (1, n_cls, ...) -> classes (1, ...), the ignore class excluded."""
+def _real_class_argmax(logits: torch.Tensor, ignore_index: int | None) -> torch.Tensor:
+    """logits (1, n_cls, ...) -> classes (1, ...), the label space's ignored class excluded."""
     from tpvkit.outputs.metrics import predict_classes
 
-    return predict_classes(logits.double(), class_dim=1)
+    if ignore_index is None:
+        return logits.double().argmax(dim=1)
+    return predict_classes(logits.double(), class_dim=1, ignore_index=ignore_index)
 
 
 def _argmax_check(
-    name: str, reference: torch.Tensor, predicted: torch.Tensor, err: float
+    name: str,
+    reference: torch.Tensor,
+    predicted: torch.Tensor,
+    err: float,
+    ignore_index: int | None,
 ) -> OutputCheck:
     """reference logits (1, n_cls, ...) vs predicted classes (1, ...)."""
     ref = reference.double()
-    ref_cls = _real_class_argmax(ref)
+    ref_cls = _real_class_argmax(ref, ignore_index)
     same = predicted == ref_cls
     # A mismatch is a tie when the predicted class's reference logit is within the tolerance
     # of the best one: float noise may legitimately pick either.
     masked = ref.clone()
-    if 0 <= IGNORE_INDEX < ref.shape[1]:
-        masked[:, IGNORE_INDEX] = float("-inf")
+    if ignore_index is not None:
+        masked[:, ignore_index] = float("-inf")
     best = masked.max(dim=1).values
     at_pred = masked.gather(1, predicted.clamp(0, ref.shape[1] - 1).long().unsqueeze(1))[:, 0]
     tie = (best - at_pred) <= TIE_TOLERANCE
@@ -207,12 +213,15 @@ def compare_with_pytorch(
         model.train(training)
     t2 = time.perf_counter()
     report = CheckReport(seconds_onnxruntime=t1 - t0, seconds_pytorch=t2 - t1)
+    ignore = task_of(cfg).label_space.ignore_index
     by_name = dict(zip([o.name for o in session.get_outputs()], got, strict=True))
     for key in outputs:
         name = OUTPUT_CHOICES[key]
         value = torch.from_numpy(np.asarray(by_name[name]))
         if name == "voxel_argmax":
-            report.outputs.append(_argmax_check(name, ref["voxel_logits"], value.long(), 0.0))
+            report.outputs.append(
+                _argmax_check(name, ref["voxel_logits"], value.long(), 0.0, ignore)
+            )
             continue
         reference = ref[name]
         if value.shape != reference.shape:
@@ -221,7 +230,8 @@ def compare_with_pytorch(
                 f"{tuple(reference.shape)}; export again with this tpvkit"
             )
         err = float((value.double() - reference.double()).abs().max()) if value.numel() else 0.0
-        report.outputs.append(_argmax_check(name, reference, _real_class_argmax(value), err))
+        predicted = _real_class_argmax(value, ignore)
+        report.outputs.append(_argmax_check(name, reference, predicted, err, ignore))
     return report
 
 

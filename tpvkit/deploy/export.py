@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from tpvkit.config import Config
+from tpvkit.config import Config, task_of
 from tpvkit.deploy.check import CheckReport, compare_with_pytorch, graph_operator_types
 from tpvkit.deploy.graph import (
     DEFAULT_OUTPUTS,
@@ -127,7 +127,8 @@ def export_onnx(
         dynamic_axes = {"points": {1: "num_points"}, "point_logits": {2: "num_points"}}
     with export_mode(model), torch.no_grad():
         net = copy.deepcopy(model).half() if fp16 else model
-        graph = InferenceGraph(net, outputs, fp16=fp16).eval()
+        space = task_of(cfg).label_space
+        graph = InferenceGraph(net, outputs, label_space=space, fp16=fp16).eval()
         buffer = io.BytesIO()
         with warnings.catch_warnings():
             # TracerWarnings flag Python values taken from shapes (fixed per export) and the

@@ -19,11 +19,11 @@ import torch
 from torch import nn
 
 from tpvkit.config import Config
-from tpvkit.constants import IGNORE_INDEX
 from tpvkit.deploy.msda import msda_export
 from tpvkit.errors import TpvkitError
 from tpvkit.models.tpvformer import TPVFormer
 from tpvkit.ops.dcn import ModulatedDeformConv2dPack, deform_columns
+from tpvkit.task import LabelSpace
 
 # --outputs spelling -> the graph output it adds.
 OUTPUT_CHOICES: dict[str, str] = {
@@ -127,20 +127,34 @@ class InferenceGraph(nn.Module):
 
     With `fp16` the model's weights and activations are float16 while the I/O stays float32
     (the camera projection and the deformable-attention sampling run in float32 inside the
-    model anyway, as they do under autocast).
+    model anyway, as they do under autocast). The "argmax" output never returns the label
+    space's ignored class (lidarseg's 0 "noise") and may return every other one (Occ3D's 0
+    "others" included), as `tpvkit predict` does.
     """
 
-    def __init__(self, model: TPVFormer, outputs: Sequence[str], fp16: bool = False) -> None:
+    def __init__(
+        self,
+        model: TPVFormer,
+        outputs: Sequence[str],
+        *,
+        label_space: LabelSpace,
+        fp16: bool = False,
+    ) -> None:
         super().__init__()
         self.model = model
         self.outputs = tuple(outputs)
         self.fp16 = fp16
         num_classes = model.cfg.num_classes
-        # Adding -inf to the ignore class's logit is the export-friendly form of predict_classes
-        # (no in-place index assignment in the graph).
+        if label_space.num_classes != num_classes:
+            raise TpvkitError(
+                f"label space {label_space.name} has {label_space.num_classes} classes, the "
+                f"model {num_classes}"
+            )
+        # Adding -inf to the ignored class's logit is the export-friendly form of
+        # predict_classes (no in-place index assignment in the graph).
         mask = torch.zeros(num_classes)
-        if 0 <= IGNORE_INDEX < num_classes:
-            mask[IGNORE_INDEX] = float("-inf")
+        if label_space.ignore_index is not None:
+            mask[label_space.ignore_index] = float("-inf")
         self.register_buffer("argmax_mask", mask.view(1, num_classes, 1, 1, 1), persistent=False)
 
     def forward(

@@ -1,5 +1,6 @@
 """What an exported file says about itself: ONNX metadata_props with the full tpvkit config
-(JSON), the I/O contract and the export settings, and the way back to a Config."""
+(JSON), its task (label space, grid; tpvkit.task), the I/O contract and the export settings,
+and the way back to a Config and a Task."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from pathlib import Path
 import torch
 
 import tpvkit
-from tpvkit.config import Config, from_dict, to_dict
+from tpvkit.config import Config, from_dict, task_of, to_dict
 from tpvkit.deploy.graph import input_names, output_names, padded_img_hw
 from tpvkit.errors import TpvkitError
+from tpvkit.task import Task, task_from_dict, task_to_dict
 
 METADATA_FORMAT = "tpvkit-onnx"
 METADATA_FORMAT_VERSION = 1
@@ -23,12 +25,14 @@ def build_metadata(
 ) -> dict[str, str]:
     """key -> string value, every key prefixed "tpvkit."; "tpvkit.config" is the JSON config."""
     hp, wp = padded_img_hw(cfg)
+    task = task_of(cfg)
     return {
         "tpvkit.format": METADATA_FORMAT,
         "tpvkit.format_version": str(METADATA_FORMAT_VERSION),
         "tpvkit.version": tpvkit.__version__,
         "tpvkit.torch_version": str(torch.__version__),
-        "tpvkit.config": json.dumps(to_dict(cfg), sort_keys=True),
+        "tpvkit.config": json.dumps({**to_dict(cfg), "task": task.name}, sort_keys=True),
+        "tpvkit.task": json.dumps(task_to_dict(task), sort_keys=True),
         "tpvkit.inputs": json.dumps(input_names(outputs)),
         "tpvkit.outputs": json.dumps(output_names(outputs)),
         "tpvkit.img_hw": json.dumps([hp, wp]),
@@ -58,3 +62,12 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 def config_from_onnx(path: str | Path) -> Config:
     """The config an exported file was made from."""
     return from_dict(json.loads(read_metadata(path)["tpvkit.config"]))
+
+
+def task_from_onnx(path: str | Path) -> Task:
+    """The task an exported file was made for (a file without a task record, from before
+    tpvkit 0.3: the task of its config, inferred once here)."""
+    props = read_metadata(path)
+    if "tpvkit.task" in props:
+        return task_from_dict(json.loads(props["tpvkit.task"]), str(path))
+    return task_of(config_from_onnx(path))

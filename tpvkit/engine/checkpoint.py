@@ -2,14 +2,15 @@
 
 A tpvkit checkpoint is a plain dict that `torch.load(path, weights_only=True)` can read: tensors,
 dicts, lists, numbers and strings only. RNG states (tpvkit.utils.rng) are stored as tensors and
-lists, the config as the plain dict of `tpvkit.config.to_dict`. Files are written through
+lists, the config as the plain dict of `tpvkit.config.to_dict` (its `task` always stated), the task
+itself as `tpvkit.task.task_to_dict` under "task". Files are written through
 `tpvkit.utils.io.atomic_path` so that a crash at any moment leaves the previous checkpoint intact.
 
 `apply_model_weights` (through tpvkit.engine.inference.load_for_inference for eval and predict)
 accepts a tpvkit checkpoint, a bare state dict, or a public TPVFormer checkpoint (mapped with
 `public_to_tpvkit`), and refuses one that does not fit the config with a message naming what
-differs. The checkpoint's contract is its stored model.* (less RUNTIME_MODEL_KEYS) and the
-INPUT_CONTRACT_KEYS of data.*.
+differs. The checkpoint's contract is its stored task, its model.* (less RUNTIME_MODEL_KEYS) and
+the INPUT_CONTRACT_KEYS of data.*.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ import torch
 from torch import nn
 
 import tpvkit
-from tpvkit.config import Config, to_dict
+from tpvkit.config import Config, ConfigError, from_dict, infer_task_name, task_of, to_dict
 from tpvkit.errors import TpvkitError
 from tpvkit.models.checkpoint_keys import strip_module_prefix
+from tpvkit.task import task_to_dict
 from tpvkit.utils.io import atomic_path, copy_atomic
 from tpvkit.utils.rng import capture_rng_state, restore_rng_state
 
@@ -286,12 +288,14 @@ def build_checkpoint(
     `epoch`/`iter_in_epoch` name the next batch to run: (epoch, 0) after a finished epoch.
     `rng` is one capture_rng_state() dict, or a list of them (one per rank) under DDP.
     """
+    task = task_of(cfg)
     return {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_FORMAT_VERSION,
         "tpvkit_version": tpvkit.__version__,
         "torch_version": str(torch.__version__),
-        "config": to_dict(cfg),
+        "config": {**to_dict(cfg), "task": task.name},
+        "task": task_to_dict(task),
         "model": unwrap_model(model).state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -356,10 +360,24 @@ def config_differences(
     return diffs
 
 
+def stored_task_name(stored: Mapping[str, Any]) -> str:
+    """The task a stored config states, or (tpvkit 0.2: none stated) the one config.
+    infer_task_name gives it; "" when the stored config does not load at all."""
+    if stored.get("task"):
+        return str(stored["task"])
+    try:
+        return infer_task_name(from_dict(dict(stored)))
+    except ConfigError:
+        return ""
+
+
 def contract_differences(stored: Mapping[str, Any], cfg: Config) -> list[tuple[str, Any, Any]]:
-    """config_differences over the checkpoint's input contract: every model.* key that is not
-    runtime (RUNTIME_MODEL_KEYS) and the INPUT_CONTRACT_KEYS of data.*."""
+    """config_differences over the checkpoint's input contract: the task, every model.* key
+    that is not runtime (RUNTIME_MODEL_KEYS) and the INPUT_CONTRACT_KEYS of data.*."""
     diffs = config_differences(stored, cfg, "model")
+    old_task, new_task = stored_task_name(stored), task_of(cfg).name
+    if old_task and old_task != new_task:
+        diffs.insert(0, ("task", old_task, new_task))
     current = _flatten(to_dict(cfg))
     defaults = _flatten(to_dict(Config()))
     saved = _flatten(stored)

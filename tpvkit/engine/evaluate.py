@@ -1,5 +1,5 @@
-"""Evaluation: devkit-exact LiDAR-segmentation mIoU, and for Occ3D occupancy models (an
-ego-frame grid, model.grid_frame = "ego") the Occ3D mIoU and SparseOcc's RayIoU.
+"""Evaluation: devkit-exact LiDAR-segmentation mIoU, and for a task scored on a dense volume
+(tpvkit.task: "occ3d") the Occ3D mIoU and SparseOcc's RayIoU.
 
 Lidarseg: two predictions are scored for every LiDAR point of a split:
 - "points": the point itself is the query (its features sampled from the three planes), the
@@ -284,7 +284,7 @@ def evaluate(
             "split with samples"
         )
     labelled = any(sample.get("lidarseg_path") for sample in info_set)
-    occupancy = is_occupancy_model(cfg)
+    occupancy = loaded.task.scored_on == "dense"
     loader = inference_loader(cfg, info_set, loaded.device)
     results = evaluate_model(
         loaded.model,
@@ -360,18 +360,6 @@ def default_metrics_path(checkpoint: Path, infos: Path) -> Path:
     it and the info file (metrics_latest_tpvkit_infos_mini_val.json), so that evaluating another
     checkpoint or another info file never replaces an earlier evaluation's results."""
     return checkpoint.parent / f"metrics_{checkpoint.stem}_{infos.stem}.json"
-
-
-def is_occupancy_model(cfg: Config) -> bool:
-    """An Occ3D occupancy model: 18 classes decoded on the ego-frame grid (model.grid_frame).
-
-    Such a model is scored on the dense Occ3D volume; a lidar-frame model (the lidarseg
-    configs, and the tpv_occupancy release, whose 100x100x8 grid is not Occ3D's) is scored on
-    the LiDAR points.
-    """
-    from tpvkit.data.occ3d import OCC3D_NUM_CLASSES
-
-    return cfg.model.grid_frame == "ego" and cfg.model.num_classes == OCC3D_NUM_CLASSES
 
 
 def has_occ3d_labels(info_set: Any, where: str) -> bool:

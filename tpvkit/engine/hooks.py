@@ -93,8 +93,9 @@ def validate(trainer: Trainer) -> dict[str, Any] | None:
     val_set = trainer.parts.val_set
     if val_set is None:
         return None
+    from tpvkit.config import task_of
     from tpvkit.engine.checkpoint import unwrap_model
-    from tpvkit.engine.evaluate import evaluate_model, has_occ3d_labels, is_occupancy_model
+    from tpvkit.engine.evaluate import evaluate_model, has_occ3d_labels
 
     cfg, ctx = trainer.cfg, trainer.ctx
     sampler = ShardedSampler(
@@ -112,9 +113,9 @@ def validate(trainer: Trainer) -> dict[str, Any] | None:
         collate_fn=trainer.parts.collate_fn,
         pin_memory=trainer.device.type == "cuda",
     )
-    # An Occ3D model is scored on its volume when the validation samples link Occ3D labels (a
-    # hand-built dataset without an info set is taken to carry them in its batches).
-    occupancy = is_occupancy_model(cfg)
+    # A task scored on a dense volume (Occ3D) is scored so when the validation samples link
+    # Occ3D labels (a hand-built dataset without an info set is taken to carry them).
+    occupancy = task_of(cfg).scored_on == "dense"
     val_infos = getattr(val_set, "infos", None)
     occ_labels = occupancy and (
         val_infos is None or has_occ3d_labels(val_infos, cfg.data.val_infos)

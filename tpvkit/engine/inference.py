@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tpvkit.config import Config, ConfigError, apply_overrides, from_dict
+from tpvkit.config import Config, ConfigError, apply_overrides, from_dict, task_of
 from tpvkit.constants import CLASS_NAMES, NUM_CLASSES
 from tpvkit.engine.checkpoint import (
     CheckpointError,
@@ -29,6 +29,7 @@ from tpvkit.engine.distributed import select_device, to_device
 from tpvkit.errors import TpvkitError
 from tpvkit.outputs.metrics import ConfusionMatrix, iou_dict, nan_to_none, predict_classes
 from tpvkit.outputs.submission import SubmissionWriter
+from tpvkit.task import Task
 
 
 @runtime_checkable
@@ -53,10 +54,11 @@ class InferenceSink(Protocol):
 
 @dataclass
 class InferenceModel:
-    """A model ready for inference with the config it runs under."""
+    """A model ready for inference with the config and the task it runs under."""
 
     model: nn.Module  # in eval mode, on `device`
     cfg: Config
+    task: Task  # task_of(cfg): stated by the config, or inferred once when it was loaded
     device: torch.device
     checkpoint: Path
     source: str  # "tpvkit" | "state_dict" | "public"
@@ -146,6 +148,7 @@ def load_for_inference(
     return InferenceModel(
         model=model,
         cfg=cfg,
+        task=task_of(cfg),
         device=torch_device,
         checkpoint=path,
         source=meta.pop("source"),
@@ -342,6 +345,8 @@ class PredictionFileSink:
         self.save_confidence = save_confidence
         self.samples = {str(s["token"]): s for s in info_set.samples}
         self.written: list[Path] = []
+        # the dense ground truth (Occ3D) goes with a task scored on it (its grid, its frame)
+        self.dense_gt = task_of(cfg).scored_on == "dense"
 
     def add(self, batch: Mapping[str, Any], out: Mapping[str, torch.Tensor]) -> None:
         from tpvkit.outputs.predict import build_prediction
@@ -351,8 +356,7 @@ class PredictionFileSink:
             sample = self.samples[str(token)]
             n = int(batch["num_points"][b])
             has_gt = bool(sample.get("lidarseg_path")) and "point_labels" in batch
-            # the dense Occ3D ground truth goes with a model on its (ego-frame) grid
-            dense = "occ_semantics" in batch and self.cfg.model.grid_frame == "ego"
+            dense = self.dense_gt and "occ_semantics" in batch
             occ = {
                 key: _numpy(batch[key][b]) if dense else None
                 for key in ("occ_semantics", "occ_mask_camera", "occ_mask_lidar")

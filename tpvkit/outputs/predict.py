@@ -14,14 +14,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from tpvkit.config import Config, ModelConfig
-from tpvkit.constants import CAMERA_ORDER, EMPTY_CLASS_NAME, IGNORE_INDEX
+from tpvkit.config import Config, ModelConfig, task_of
+from tpvkit.constants import CAMERA_ORDER, IGNORE_INDEX
 from tpvkit.errors import TpvkitError
-from tpvkit.outputs.prediction_file import (
-    Prediction,
-    default_class_names,
-    default_palette,
-)
+from tpvkit.outputs.prediction_file import Prediction
 
 if TYPE_CHECKING:
     from tpvkit.data.infos import InfoSet
@@ -122,30 +118,30 @@ def _displayable_gt(voxel_labels: np.ndarray, observed: np.ndarray) -> np.ndarra
 
 
 def argmax_voxels(
-    voxel_logits: torch.Tensor, chunk: int = 8, exclude_ignore: bool = True
+    voxel_logits: torch.Tensor, chunk: int = 8, ignore_index: int | None = IGNORE_INDEX
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(C, X, Y, Z) logits -> class (X, Y, Z) uint8 and its probability (float16).
 
-    With `exclude_ignore` (the lidarseg models) the ignore class is never predicted
-    (tpvkit.outputs.metrics.predict_classes) and its logit, meaningless after training with it
-    ignored, is left out of the softmax too. Occ3D models train class 0 ("others") like any
-    other: `exclude_ignore=False` takes the plain argmax over all classes, as the Occ3D
-    evaluation does. X is walked in slices so the temporary copies stay small for the
-    200x200x16 grid.
+    `ignore_index` is the label space's ignored class (tpvkit.task.LabelSpace; lidarseg's 0
+    "noise"): it is never predicted (tpvkit.outputs.metrics.predict_classes) and its logit,
+    meaningless after training with it ignored, is left out of the softmax too. None (Occ3D,
+    whose class 0 "others" is trained like any other) takes the plain argmax over all classes,
+    as the Occ3D evaluation does. X is walked in slices so the temporary copies stay small for
+    the 200x200x16 grid.
     """
     from tpvkit.outputs.metrics import predict_classes
 
     labels, confidence = [], []
     for start in range(0, voxel_logits.shape[1], chunk):
         part = voxel_logits[:, start : start + chunk].float()
-        if not exclude_ignore:
+        if ignore_index is None:
             prob, cls = torch.softmax(part, dim=0).max(dim=0)
             labels.append(cls.to(torch.uint8))
             confidence.append(prob.half())
             continue
-        cls = predict_classes(part, class_dim=0)  # (x, Y, Z)
+        cls = predict_classes(part, class_dim=0, ignore_index=ignore_index)  # (x, Y, Z)
         real = part.clone()
-        real[IGNORE_INDEX] = float("-inf")
+        real[ignore_index] = float("-inf")
         prob = torch.softmax(real, dim=0).gather(0, cls[None])[0]
         labels.append(cls.to(torch.uint8))
         confidence.append(prob.half())
@@ -153,29 +149,32 @@ def argmax_voxels(
 
 
 def _base_fields(cfg: Config, info_set: InfoSet, sample: dict[str, Any]) -> dict[str, Any]:
-    """The fields every record of `sample` shares: grid, frame, classes, tokens, cameras.
+    """The fields every record of `sample` shares: task, grid, frame, classes, tokens, cameras.
 
-    An ego-frame model (model.grid_frame = "ego", Occ3D) gets frame "ego" and cam_lidar2img
-    mapping ego-frame points to pixels (tpvkit.data.occ3d.ego2img_from_lidar2img).
+    The task (tpvkit.config.task_of) gives the classes, their colours and the grid; a task whose
+    inputs are in the ego frame (Occ3D) gets cam_lidar2img mapping ego-frame points to pixels
+    (tpvkit.data.occ3d.ego2img_from_lidar2img).
     """
     from tpvkit.data.occ3d import ego2img_from_lidar2img
 
-    class_names = default_class_names(cfg.model.num_classes)
+    task = task_of(cfg)
+    assert task.grid is not None  # task_of always places the task on the model's grid
+    space = task.label_space
     cams = camera_fields(info_set, sample)
-    frame = cfg.model.grid_frame
-    if frame == "ego":
+    if task.input_frame == "ego":
         cams["cam_lidar2img"] = ego2img_from_lidar2img(cams["cam_lidar2img"], lidar2ego_of(sample))
     return {
-        "point_cloud_range": np.asarray(cfg.model.point_cloud_range, dtype=np.float64),
-        "voxel_size": voxel_size_of(cfg.model, cfg.data.voxel_convention),
+        "task": task,
+        "point_cloud_range": np.asarray(task.grid.range, dtype=np.float64),
+        "voxel_size": np.asarray(task.grid.voxel_size, dtype=np.float64),
         "lidar2ego": lidar2ego_of(sample),
-        "class_names": class_names,
-        "palette": default_palette(class_names),
+        "class_names": space.class_names,
+        "palette": np.array(space.palette, dtype=np.uint8),
         "token": str(sample["token"]),
         "lidar_token": str(sample.get("lidar_token") or ""),
         "scene_token": str(sample.get("scene_token") or ""),
         "timestamp": int(sample.get("timestamp", -1)),
-        "frame": frame,
+        "frame": task.grid_frame,
         **cams,
     }
 
@@ -200,21 +199,23 @@ def build_prediction(
 
     `voxel_logits` (C, X, Y, Z) and `point_logits` (C, n) of the n points (N, 3) of the cloud
     (in the model's grid frame), whose voxels the dataset gives as `point_voxel_index` (n, 3).
-    The class is the argmax over the real classes (over all 18 for an ego-frame Occ3D model,
-    whose class 0 "others" is trained); occupancy follows the "empty" class when the model has
-    one, else the voxels holding a LiDAR point. The ground truth (labels (n,), voxels
-    (X, Y, Z)) is stored when given; the dense Occ3D ground truth (`occ_semantics` 0..17, the
-    two masks) replaces the point-voted gt_voxels when given.
+    The class is the argmax over the classes of the task's label space less its ignored one
+    (all 18 for Occ3D, whose class 0 "others" is trained); occupancy follows the free class
+    when the label space has one, else the voxels holding a LiDAR point. The ground truth
+    (labels (n,), voxels (X, Y, Z)) is stored when given; the dense Occ3D ground truth
+    (`occ_semantics` 0..17, the two masks) replaces the point-voted gt_voxels when given.
     """
     from tpvkit.outputs.metrics import predict_classes
 
-    class_names = default_class_names(cfg.model.num_classes)
-    empty_label = class_names.index(EMPTY_CLASS_NAME) if EMPTY_CLASS_NAME in class_names else -1
+    space = task_of(cfg).label_space
+    empty_label = -1 if space.free_index is None else space.free_index
     pc_range = np.asarray(cfg.model.point_cloud_range, dtype=np.float64)
-    dense = cfg.model.grid_frame == "ego"
-    voxels, confidence = argmax_voxels(voxel_logits, exclude_ignore=not dense)
+    voxels, confidence = argmax_voxels(voxel_logits, ignore_index=space.ignore_index)
     voxels_np = voxels.cpu().numpy()
-    point_labels = predict_classes(point_logits, class_dim=0)  # (n,)
+    if space.ignore_index is None:
+        point_labels = point_logits.argmax(dim=0)  # (n,)
+    else:
+        point_labels = predict_classes(point_logits, class_dim=0, ignore_index=space.ignore_index)
     observed = _in_range_occupancy(point_voxel_index, points, pc_range, voxels_np.shape)
     if empty_label >= 0:
         rule, occupied = "empty_class", voxels_np != empty_label

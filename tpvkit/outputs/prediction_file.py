@@ -8,14 +8,16 @@ pickles), so any numpy can read them.
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tpvkit.constants import CLASS_NAMES, EMPTY_CLASS_NAME, OCCUPANCY_CLASS_NAMES, PALETTE
+from tpvkit.constants import EMPTY_CLASS_NAME
 from tpvkit.errors import TpvkitError
+from tpvkit.task import LABEL_SPACES, TASKS, Grid, Task, task_from_dict, task_to_dict
 from tpvkit.utils.io import atomic_write_bytes
 
 FORMAT_VERSION = 1
@@ -60,6 +62,7 @@ OPTIONAL_KEYS: tuple[str, ...] = (
     "gt_mask_lidar",
     "scene_token",
     "timestamp",
+    "task",
     *CAMERA_KEYS,
 )
 
@@ -70,21 +73,23 @@ def safe_file_stem(token: str) -> str:
     return stem or "sample"
 
 
-def default_class_names(num_classes: int) -> tuple[str, ...]:
-    """The class list of a model with `num_classes` outputs (17 lidarseg or 18 occupancy)."""
-    if num_classes == len(CLASS_NAMES):
-        return CLASS_NAMES
-    if num_classes == len(OCCUPANCY_CLASS_NAMES):
-        return OCCUPANCY_CLASS_NAMES
-    raise TpvkitError(
-        f"a model with {num_classes} classes has no known class list: use "
-        f"{len(CLASS_NAMES)} (lidarseg) or {len(OCCUPANCY_CLASS_NAMES)} (occupancy)"
-    )
+def task_of_record(class_names: tuple[str, ...], grid: Grid) -> Task | None:
+    """The known task whose label space and grid frame a file without a task record holds (a
+    tpvkit 0.2 file, or a hand-made one), on the file's grid; None when none matches. Applied
+    once, at load."""
+    for task in TASKS.values():
+        if task.label_space.class_names == class_names and task.grid_frame == grid.frame:
+            return task.with_grid(grid)
+    return None
 
 
 def default_palette(class_names: tuple[str, ...]) -> np.ndarray:
-    """(C, 3) uint8 colours of `class_names` from tpvkit.constants.PALETTE (by name)."""
-    by_name = dict(zip(OCCUPANCY_CLASS_NAMES, PALETTE, strict=True))
+    """(C, 3) uint8 colours of `class_names`, by name, from the known label spaces."""
+    by_name = {
+        name: colour
+        for space in LABEL_SPACES.values()
+        for name, colour in zip(space.class_names, space.palette, strict=True)
+    }
     missing = [n for n in class_names if n not in by_name]
     if missing:
         raise TpvkitError(f"no palette colour for classes {missing}")
@@ -122,6 +127,9 @@ class Prediction:
     cam_image_sizes: np.ndarray | None = None  # int64 (N_cam, 2) original (H, W)
     scene_token: str = ""
     timestamp: int = -1  # microseconds, -1 unknown
+    # What made the file (label space, grid): tpvkit.task; None for a file that records none and
+    # whose classes and frame match no known task (task_of_record).
+    task: Task | None = None
     source: str = ""  # where this record came from (a file path), for error messages
 
     @property
@@ -144,7 +152,10 @@ class Prediction:
         return self.class_names.index(name)
 
     def default_excluded(self) -> tuple[str, ...]:
-        """The classes hidden unless asked for: noise (ignore) and free space."""
+        """The classes hidden unless asked for: the label space's ignored class (lidarseg's
+        "noise") and free space. Occ3D's class 0 "others" is a real class and is shown."""
+        if self.task is not None:
+            return self.task.label_space.hidden_by_default()
         return tuple(n for n in ("noise", EMPTY_CLASS_NAME) if n in self.class_names)
 
 
@@ -233,6 +244,8 @@ def prediction_to_arrays(pred: Prediction) -> dict[str, np.ndarray]:
         "scene_token": np.array(pred.scene_token),
         "timestamp": np.array(pred.timestamp, dtype=np.int64),
     }
+    if pred.task is not None:
+        arrays["task"] = np.array(json.dumps(task_to_dict(pred.task), sort_keys=True))
     if pred.points is not None:
         arrays["points"] = np.asarray(pred.points, dtype=np.float32)
     for key in ("point_labels", "gt_point_labels", "gt_voxels"):
@@ -318,19 +331,35 @@ def prediction_from_arrays(data: dict[str, np.ndarray], source: str = "<arrays>"
             occupied = np.asarray(data["occupied"], dtype=bool)
         else:
             occupied = occupancy_from_rule(voxels, rule, empty_label, points, pc_range, voxel_size)
+        class_names = tuple(str(n) for n in np.asarray(data["class_names"]).reshape(-1))
+        frame = _str(data["frame"])
+        if "task" in data:
+            try:
+                record = json.loads(_str(data["task"]))
+            except json.JSONDecodeError as err:
+                raise TpvkitError(f"{source}: its task record is not JSON ({err})") from err
+            task = task_from_dict(record, source)
+        else:
+            grid = Grid(
+                frame,
+                tuple(float(v) for v in pc_range),
+                tuple(int(v) for v in voxels.shape),  # type: ignore[arg-type]
+                tuple(float(v) for v in voxel_size),  # type: ignore[arg-type]
+            )
+            task = task_of_record(class_names, grid)
         pred = Prediction(
             voxels=voxels,
             occupied=occupied,
             point_cloud_range=pc_range,
             voxel_size=voxel_size,
             lidar2ego=np.asarray(data["lidar2ego"], dtype=np.float64),
-            class_names=tuple(str(n) for n in np.asarray(data["class_names"]).reshape(-1)),
+            class_names=class_names,
             palette=np.asarray(data["palette"]),
             empty_label=empty_label,
             token=_str(data["token"]),
             lidar_token=_str(data["lidar_token"]),
             occupancy_rule=rule,
-            frame=_str(data["frame"]),
+            frame=frame,
             points=points,
             point_labels=data.get("point_labels"),
             gt_point_labels=data.get("gt_point_labels"),
@@ -344,6 +373,7 @@ def prediction_from_arrays(data: dict[str, np.ndarray], source: str = "<arrays>"
             cam_image_sizes=data.get("cam_image_sizes"),
             scene_token=_str(data["scene_token"]) if "scene_token" in data else "",
             timestamp=int(data["timestamp"]) if "timestamp" in data else -1,
+            task=task,
             source=source,
         )
     except (TypeError, ValueError) as err:
@@ -381,6 +411,23 @@ def validate_prediction(pred: Prediction) -> None:
     _check(pred.palette.shape == (num_classes, 3), src, f"palette must be ({num_classes}, 3)")
     _check(-1 <= pred.empty_label < num_classes, src, f"empty_label {pred.empty_label} invalid")
     _check(pred.occupancy_rule in OCCUPANCY_RULES, src, f"occupancy_rule '{pred.occupancy_rule}'")
+    if pred.task is not None:
+        space = pred.task.label_space
+        _check(
+            space.class_names == tuple(pred.class_names),
+            src,
+            f"class_names differ from those of its task's label space {space.name}",
+        )
+        _check(pred.frame == pred.task.grid_frame, src, f"frame differs from task {pred.task.name}")
+        if pred.task.grid is not None and pred.voxel_size.shape == (3,):
+            _check(
+                pred.task.grid.shape == grid
+                and np.allclose(pred.task.grid.range, pred.point_cloud_range, atol=1e-6)
+                and np.allclose(pred.task.grid.voxel_size, pred.voxel_size, atol=1e-6),
+                src,
+                f"the grid of its task ({pred.task.grid.describe()}) differs from its voxels' "
+                "(point_cloud_range, voxel_size, grid_shape)",
+            )
     if pred.voxels.size:
         _check(
             int(pred.voxels.max()) < num_classes and int(pred.voxels.min()) >= 0,
