@@ -152,7 +152,7 @@ def test_occupancy_model_never_predicts_empty_at_a_lidar_point() -> None:
         occupancy.table[NUM_CLASSES] = 1e6  # "empty" wins every voxel's argmax
     batches = fake_batches()
     a = evaluate_model(lidarseg, batches, "cpu", progress=False)
-    b = evaluate_model(occupancy, batches, "cpu", num_classes=NUM_CLASSES + 1, progress=False)
+    b = evaluate_model(occupancy, batches, "cpu", task="tpv_occupancy", progress=False)
     assert a["confusion_matrix"] == b["confusion_matrix"]
     assert a["confusion_matrix_voxel"] == b["confusion_matrix_voxel"]
 

@@ -73,8 +73,7 @@ def test_prediction_equal_to_ground_truth_scores_100(occ_cfg, synthetic_infos, t
         OracleModel(batches),
         batches,
         "cpu",
-        num_classes=OCC3D_NUM_CLASSES,
-        occupancy=True,
+        task="occ3d",
         save_predictions=tmp_path / "pred",
         progress=False,
     )
@@ -104,7 +103,7 @@ def test_a_wrong_voxel_lowers_exactly_its_classes(occ_cfg, synthetic_infos):
         for b in batches
     ]
     model = OracleModel(edited)
-    res = evaluate_model(model, batches, "cpu", num_classes=18, occupancy=True, progress=False)
+    res = evaluate_model(model, batches, "cpu", task="occ3d", progress=False)
     assert res["iou_per_class"]["car"] == 0.0
     others = [v for k, v in res["iou_per_class"].items() if k != "car" and v is not None]
     assert others and all(v == pytest.approx(1.0) for v in others)

@@ -20,8 +20,8 @@ from outputs_factory import make_street
 from PIL import Image
 
 from tpvkit.outputs.export import resolve_excluded
+from tpvkit.outputs.pictures import FREE_BEV, bev_image
 from tpvkit.outputs.view import ground_truth_voxels, write_viewer
-from tpvkit.outputs.visualize import FREE_BEV, bev_image
 
 pytestmark = pytest.mark.slow  # a real browser: seconds per test
 
@@ -225,7 +225,7 @@ def _blocks(classes: np.ndarray, block: int, n: int) -> np.ndarray:
 
 
 def test_birds_eye_view_matches_the_software_bev_layout(page, scene):
-    """The bird's-eye preset against tpvkit.outputs.visualize.bev_image of the same frame.
+    """The bird's-eye preset against tpvkit.outputs.pictures.bev_image of the same frame.
 
     Both are reduced to the dominant class of each 4x4-voxel block. Flat colours (shading and
     edges off) make every top face its exact palette colour, so a pixel's class is its nearest

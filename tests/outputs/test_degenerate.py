@@ -76,14 +76,7 @@ def test_eval_report_prints_the_warning(tmp_path, capsys):
     lidarseg = np.zeros((m, m), np.int64)
     lidarseg[1:, 5] = 4
     metrics = {"miou": 0.0, "iou_per_class": None, "num_samples": 2, "confusion_matrix": lidarseg}
-    _report(
-        {**metrics, "confusion_matrix": lidarseg.tolist()},
-        "x",
-        "val",
-        tmp_path / "m.json",
-        None,
-        "",
-    )
+    _report({**metrics, "confusion_matrix": lidarseg.tolist()}, tmp_path / "m.json", None, "")
     _one_warning(capsys.readouterr().err)
 
 

@@ -13,8 +13,7 @@ from tpvkit.cli import app
 from tpvkit.constants import PALETTE
 from tpvkit.data.geometry import project_points
 from tpvkit.errors import TpvkitError
-from tpvkit.outputs.prediction_file import save_prediction
-from tpvkit.outputs.visualize import (
+from tpvkit.outputs.pictures import (
     BACKGROUND,
     ViewOptions,
     bev_image,
@@ -24,8 +23,9 @@ from tpvkit.outputs.visualize import (
     render_cameras,
     render_voxels_3d,
     top_labels,
-    visualize,
 )
+from tpvkit.outputs.prediction_file import save_prediction
+from tpvkit.outputs.visualize import visualize
 
 PAL = np.array(PALETTE, np.uint8)
 SMALL = ViewOptions(width=160, height=120, supersample=1)
@@ -245,7 +245,7 @@ def test_cli_video_options(tmp_path):
 
 
 def test_fade_unseen_dims_exactly_the_columns_whose_top_voxel_no_camera_saw():
-    from tpvkit.outputs.visualize import FREE_BEV, UNSEEN_FADE, fade_unseen
+    from tpvkit.outputs.pictures import FREE_BEV, UNSEEN_FADE, fade_unseen
 
     labels = np.zeros((3, 2, 2), dtype=np.uint8)
     visible = np.zeros((3, 2, 2), bool)
@@ -262,7 +262,7 @@ def test_fade_unseen_dims_exactly_the_columns_whose_top_voxel_no_camera_saw():
 
 
 def test_occupancy_pictures_mark_the_camera_mask(tmp_path):
-    from tpvkit.outputs.visualize import render_bev, render_voxels_3d
+    from tpvkit.outputs.pictures import render_bev, render_voxels_3d
 
     pred = make_prediction(occupancy=True, with_points=False)
     gt = np.full(pred.voxels.shape, 17, dtype=np.uint8)

@@ -61,7 +61,7 @@ def visualize(
         check_output_dir(  # before anything is read or rendered
             out, "--out", overwrite=overwrite, inputs=[("the input", input)]
         )
-        from tpvkit.outputs.visualize import ViewOptions
+        from tpvkit.outputs.pictures import ViewOptions
         from tpvkit.outputs.visualize import visualize as run_visualize
 
         view = ViewOptions(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -402,17 +402,24 @@ def build_dataloader(
     pin_memory: bool = False,
     num_replicas: int | None = None,
     rank: int | None = None,
+    *,
+    sampler: torch.utils.data.Sampler | None = None,
+    collate_fn: Callable[[list[Any]], Any] = collate_batch,
+    persistent_workers: bool | None = None,
 ) -> torch.utils.data.DataLoader:
-    """A DataLoader with collate_batch and seeded shuffling/augmentation.
+    """The one DataLoader builder (training, validation, eval, predict): collate_batch, worker
+    RNGs seeded from `seed` (torch's worker seeds come from a generator seeded with it, numpy's
+    and random's follow them), and the sample order from `sampler` or `shuffle`.
 
-    With distributed=True a DistributedSampler splits the samples over the ranks of the
-    initialised process group (or over `num_replicas` given explicitly, this being `rank`);
-    call loader.sampler.set_epoch(epoch) every epoch.
+    `sampler` (e.g. the trainer's tpvkit.engine.distributed.ShardedSampler) decides the order
+    and the share of this rank; without one, distributed=True uses a DistributedSampler over
+    the ranks of the initialised process group (or `num_replicas` given explicitly, this being
+    `rank`; call loader.sampler.set_epoch(epoch) every epoch). `persistent_workers` None keeps
+    the workers of a loader that has any (a loader iterated once passes False).
     """
-    sampler = None
     generator = torch.Generator()
     generator.manual_seed(seed)
-    if distributed:
+    if sampler is None and distributed:
         sampler = torch.utils.data.DistributedSampler(
             dataset,
             num_replicas=num_replicas,
@@ -421,16 +428,18 @@ def build_dataloader(
             seed=seed,
             drop_last=drop_last,
         )
+    if persistent_workers is None:
+        persistent_workers = num_workers > 0
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle if sampler is None else False,
         sampler=sampler,
         num_workers=num_workers,
-        collate_fn=collate_batch,
+        collate_fn=collate_fn,
         drop_last=drop_last,
         pin_memory=pin_memory,
         worker_init_fn=_seed_worker,
         generator=generator,
-        persistent_workers=num_workers > 0,
+        persistent_workers=persistent_workers and num_workers > 0,
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,12 +127,28 @@ def barrier(ctx: DistContext) -> None:
             dist.barrier()
 
 
-def all_reduce(tensor: torch.Tensor, ctx: DistContext, op: str = "sum") -> torch.Tensor:
-    """In-place all-reduce ("sum" | "max") on this rank's device; a no-op in one process."""
-    if ctx.distributed:
-        ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
-        dist.all_reduce(tensor, op=ops[op])
-    return tensor
+def _group_active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def reduce_over_ranks(tensors: Sequence[torch.Tensor], op: str = "sum") -> None:
+    """Reduce ("sum" | "max") every tensor over the ranks of the initialised process group, in
+    place; a no-op in one process. The one cross-rank reduction of tpvkit (evaluation counts,
+    confusion matrices, the logged losses, the stop vote): a tensor away from the backend's
+    device (CPU counts under NCCL) travels there and back."""
+    if not _group_active():
+        return
+    ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
+    device = torch.device("cpu")
+    if dist.get_backend() == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    for t in tensors:
+        if t.device == device:
+            dist.all_reduce(t, op=ops[op])
+        else:
+            moved = t.to(device)
+            dist.all_reduce(moved, op=ops[op])
+            t.copy_(moved.to(t.device))
 
 
 def any_rank(flag: bool, ctx: DistContext) -> bool:
@@ -140,7 +156,8 @@ def any_rank(flag: bool, ctx: DistContext) -> bool:
     if not ctx.distributed:
         return flag
     t = torch.tensor([1.0 if flag else 0.0], device=ctx.device)
-    return bool(all_reduce(t, ctx, "max").item() > 0)
+    reduce_over_ranks([t], "max")
+    return bool(t.item() > 0)
 
 
 def gather_objects(obj: Any, ctx: DistContext) -> list[Any]:

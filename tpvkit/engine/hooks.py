@@ -8,16 +8,39 @@ the validation of the same step, so a crash during validation loses nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from torch.utils.data import DataLoader
+import torch
+from torch import nn
 
-from tpvkit.engine.distributed import ShardedSampler
+from tpvkit.engine.distributed import DistContext, ShardedSampler
 from tpvkit.utils.rng import isolated_rng, mix_seed
 
 if TYPE_CHECKING:
+    from tpvkit.config import Config
     from tpvkit.engine.runlog import RunLog
-    from tpvkit.engine.trainer import Trainer
+
+
+class LoopParts(Protocol):
+    """What the hooks read of the loop's parts (tpvkit.engine.trainer.TrainParts)."""
+
+    val_set: Any  # a Dataset, or None: no validation
+    collate_fn: Any
+
+
+class Loop(Protocol):
+    """What the hooks see of the training loop (tpvkit.engine.trainer.Trainer implements it):
+    a protocol, so that the hooks need not import the loop that calls them."""
+
+    cfg: Config
+    ctx: DistContext
+    device: torch.device
+    model: nn.Module
+    iteration: int
+    parts: LoopParts
+
+    def save(self) -> Path: ...
 
 
 @dataclass(frozen=True)
@@ -31,7 +54,7 @@ class StepInfo:
 
 
 class Hook(Protocol):
-    def after_step(self, trainer: Trainer, step: StepInfo, log: RunLog) -> None: ...
+    def after_step(self, trainer: Loop, step: StepInfo, log: RunLog) -> None: ...
 
 
 class CheckpointHook:
@@ -45,14 +68,15 @@ class CheckpointHook:
         periodic = step.iteration % self.interval == 0 if self.interval > 0 else step.epoch_done
         return periodic or step.finished or step.stopping
 
-    def after_step(self, trainer: Trainer, step: StepInfo, log: RunLog) -> None:
+    def after_step(self, trainer: Loop, step: StepInfo, log: RunLog) -> None:
         if self.due(step):
             log.info(f"saved {trainer.save()}")
 
 
 class ValidationHook:
-    """Runs evaluate_model on the validation set every `interval` iterations (0: at the end of
-    every epoch; with an interval also at the end of the schedule) and logs its mIoU."""
+    """Scores the model on the validation set with the evaluators of its task every `interval`
+    iterations (0: at the end of every epoch; with an interval also at the end of the
+    schedule) and logs what they name (tpvkit.engine.evaluators.validation_record)."""
 
     def __init__(self, interval: int) -> None:
         self.interval = interval
@@ -62,73 +86,67 @@ class ValidationHook:
             return step.iteration % self.interval == 0 or step.finished
         return step.epoch_done
 
-    def after_step(self, trainer: Trainer, step: StepInfo, log: RunLog) -> None:
+    def after_step(self, trainer: Loop, step: StepInfo, log: RunLog) -> None:
         if not self.due(step):
             return
-        metrics = validate(trainer)
-        if metrics is None:
+        validated = validate(trainer)
+        if validated is None:
             return
-        values = {
-            "miou": metrics["miou"],
-            "miou_voxel": metrics.get("miou_voxel"),
-            "num_samples": metrics["num_samples"],
-        }
-        extra = ""
-        if metrics.get("task") == "occupancy":  # Occ3D mIoU (camera mask) is "miou"
-            values.update({k: metrics.get(k) for k in ("miou_nomask", "rayiou")})
-            extra = "".join(
-                f" {k}={'n/a' if values[k] is None else f'{values[k]:.4f}'}"
-                for k in ("miou_nomask", "rayiou")
-            )
-        miou = "n/a" if values["miou"] is None else f"{values['miou']:.4f}"
+        values, text = validated
         log.info(
-            f"validation at iteration {step.iteration}: miou={miou}{extra} "
-            f"({values['num_samples']} samples)"
+            f"validation at iteration {step.iteration}: {text} ({values['num_samples']} samples)"
         )
         log.record("val", step.iteration, values)
 
 
-def validate(trainer: Trainer) -> dict[str, Any] | None:
-    """Metrics of the trainer's model on its validation set (None: it has none); collective."""
+def validate(trainer: Loop) -> tuple[dict[str, Any], str] | None:
+    """(the recorded values, the log line's scores) of the trainer's model on its validation
+    set, scored by the evaluators of its task (None: it has none); collective."""
     val_set = trainer.parts.val_set
     if val_set is None:
         return None
     from tpvkit.config import task_of
+    from tpvkit.data.dataset import build_dataloader
     from tpvkit.engine.checkpoint import unwrap_model
-    from tpvkit.engine.evaluate import evaluate_model, has_occ3d_labels
+    from tpvkit.engine.evaluate import dense_labels_linked
+    from tpvkit.engine.evaluators import (
+        EvalOptions,
+        build_evaluators,
+        run_evaluators,
+        validation_record,
+    )
 
     cfg, ctx = trainer.cfg, trainer.ctx
     sampler = ShardedSampler(
-        len(val_set),  # type: ignore[arg-type]
+        len(val_set),
         rank=ctx.rank,
         world_size=ctx.world_size,
         shuffle=False,
-        pad=False,  # evaluate_model sums over ranks: no sample may be counted twice
+        pad=False,  # the evaluators sum over ranks: no sample may be counted twice
     )
-    loader = DataLoader(
+    loader = build_dataloader(
         val_set,
         batch_size=cfg.eval.batch_size,
-        sampler=sampler,
         num_workers=cfg.data.num_workers,
-        collate_fn=trainer.parts.collate_fn,
         pin_memory=trainer.device.type == "cuda",
+        sampler=sampler,
+        collate_fn=trainer.parts.collate_fn,
+        persistent_workers=False,
     )
-    # A task scored on a dense volume (Occ3D) is scored so when the validation samples link
-    # Occ3D labels (a hand-built dataset without an info set is taken to carry them).
-    occupancy = task_of(cfg).scored_on == "dense"
+    task = task_of(cfg)
+    # a hand-built dataset without an info set is taken to carry whatever labels it scores
     val_infos = getattr(val_set, "infos", None)
-    occ_labels = occupancy and (
-        val_infos is None or has_occ3d_labels(val_infos, cfg.data.val_infos)
+    dense = val_infos is None or dense_labels_linked(task, val_infos, cfg.data.val_infos)
+    evaluators = build_evaluators(
+        task, EvalOptions(voxel_metrics=cfg.eval.voxel_metrics, dense_labels=dense)
     )
     # Its own random stream: validating (or not) leaves the training streams untouched.
     with isolated_rng(mix_seed(cfg.train.seed, 7, trainer.iteration)):
-        return evaluate_model(
+        results = run_evaluators(
             unwrap_model(trainer.model),  # plain forward: no DDP hooks during evaluation
             loader,
             trainer.device,
-            num_classes=cfg.model.num_classes,
-            voxel_metrics=cfg.eval.voxel_metrics,
+            evaluators,
             progress=False,
-            occupancy=occupancy,
-            occupancy_labels=occ_labels,
         )
+    return validation_record(evaluators, results)

@@ -25,8 +25,7 @@ from tpvkit.engine.checkpoint import (
     is_tpvkit_checkpoint,
     load_checkpoint_file,
 )
-from tpvkit.engine.distributed import select_device, to_device
-from tpvkit.errors import TpvkitError
+from tpvkit.engine.distributed import reduce_over_ranks, select_device, to_device
 from tpvkit.outputs.metrics import ConfusionMatrix, iou_dict, nan_to_none, predict_classes
 from tpvkit.outputs.submission import SubmissionWriter
 from tpvkit.task import Task
@@ -224,10 +223,6 @@ def _len_or_none(loader: Any) -> int | None:
         return None
 
 
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
 # ---------------------------------------------------------------------------------------------
 # Sinks
 
@@ -242,16 +237,17 @@ class LidarSegSink:
     never scored.
     """
 
+    logged_keys = ("miou", "miou_voxel", "num_samples")
+    shown_keys = ("miou",)
+
     def __init__(self, voxel_metrics: bool = True) -> None:
         self.needs_voxels = voxel_metrics
         self.cm_points = ConfusionMatrix(NUM_CLASSES)
         self.cm_voxels = ConfusionMatrix(NUM_CLASSES)
         self.num_samples = 0
         self.num_points = 0
-        self._device = torch.device("cpu")
 
     def add(self, batch: Mapping[str, Any], out: Mapping[str, torch.Tensor]) -> None:
-        self._device = out["point_logits"].device
         point_pred = predict_classes(out["point_logits"][:, :NUM_CLASSES]).cpu()  # (B, Nmax)
         voxel_pred = None
         if self.needs_voxels:
@@ -273,13 +269,9 @@ class LidarSegSink:
     def finish(self) -> dict[str, Any]:
         """miou, iou_per_class, freq_weighted_iou (and "_voxel" twins), counts, matrices."""
         totals = torch.tensor([self.num_samples, self.num_points], dtype=torch.int64)
-        if _distributed():
-            self.cm_points.all_reduce()
-            self.cm_voxels.all_reduce()
-            if torch.distributed.get_backend() == "nccl":
-                totals = totals.to(self._device)
-            torch.distributed.all_reduce(totals)
-            totals = totals.cpu()
+        # the matrices are summed in place through tensors that share their numpy memory
+        matrices = [torch.from_numpy(cm.matrix) for cm in (self.cm_points, self.cm_voxels)]
+        reduce_over_ranks([*matrices, totals])
         # A split without labels (v1.0-test) has no point_labels, or labels that are all ignore.
         has_labels = self.cm_points.num_points > 0
 
@@ -306,11 +298,28 @@ class LidarSegSink:
             "confusion_matrix_voxel": matrix_v,
         }
 
+    def print_results(self, results: Mapping[str, Any], title: str) -> None:
+        """The per-class table of the points (and the voxel look-ups when scored), mIoU row."""
+        from tpvkit.outputs.metrics import print_iou_table
+
+        if results.get("iou_per_class") is None:
+            print(f"{title}: no ground-truth labels, nothing to score" if title else "no labels")
+            return
+        columns = {"points": results["iou_per_class"]}
+        mious = {"points": results["miou"]}
+        if results.get("iou_per_class_voxel") is not None:
+            columns["voxels"] = results["iou_per_class_voxel"]
+            mious["voxels"] = results["miou_voxel"]
+        print_iou_table(columns, mious, title)
+
 
 class SubmissionSink:
     """Writes each cloud's point predictions in the official lidarseg submission layout."""
 
     needs_voxels = False
+    logged_keys: tuple[str, ...] = ()
+    shown_keys: tuple[str, ...] = ()
+    writes = "prediction files"  # what `tpvkit eval --save-predictions` says it wrote
 
     def __init__(self, writer: SubmissionWriter) -> None:
         self.writer = writer
@@ -323,8 +332,11 @@ class SubmissionSink:
             self.writer.add(batch["lidar_tokens"][b], point_pred[b, :n], num_points=n)
 
     def finish(self) -> dict[str, Any]:
-        """{"submission_meta": path of submission.json, "written": [files of this rank]}."""
-        return {"submission_meta": self.writer.finish(), "written": list(self.writer.written)}
+        """{"submission_meta": the path of submission.json}."""
+        return {"submission_meta": str(self.writer.finish())}
+
+    def print_results(self, results: Mapping[str, Any], title: str) -> None:
+        pass  # the command says where it wrote
 
 
 class PredictionFileSink:
@@ -384,12 +396,3 @@ class PredictionFileSink:
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().cpu().numpy()
-
-
-def check_scorable(num_classes: int) -> None:
-    """Lidarseg scores need at least the 17 lidarseg outputs (18 with the occupancy "empty")."""
-    if num_classes < NUM_CLASSES:
-        raise TpvkitError(
-            f"model.num_classes is {num_classes}: lidarseg evaluation needs the {NUM_CLASSES} "
-            "classes of tpvkit.constants.CLASS_NAMES"
-        )

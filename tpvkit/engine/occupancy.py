@@ -17,9 +17,10 @@ import numpy as np
 import torch
 
 from tpvkit.data.occ3d import OCC3D_CLASS_NAMES, OCC3D_FREE, OCC3D_GRID, OCC3D_NUM_CLASSES
+from tpvkit.engine.distributed import reduce_over_ranks
 from tpvkit.errors import TpvkitError
 from tpvkit.models.losses import require_occ3d_batch
-from tpvkit.outputs.occ_metrics import OccupancyConfusion, RayIoU
+from tpvkit.outputs.occ_metrics import RAY_THRESHOLDS, OccupancyConfusion, RayIoU
 from tpvkit.utils.io import atomic_write_bytes, check_output_dir
 
 
@@ -37,37 +38,34 @@ def _voxel_predictions(out: Mapping[str, torch.Tensor], grid: tuple[int, ...]) -
     return logits.argmax(dim=1)
 
 
-def _all_reduce_sum(tensors: list[torch.Tensor]) -> None:
-    """Sum int64 counts over the ranks of an initialised process group, in place."""
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return
-    device = torch.device("cpu")
-    if dist.get_backend() == "nccl":
-        device = torch.device("cuda", torch.cuda.current_device())
-    for t in tensors:
-        moved = t.to(device)
-        dist.all_reduce(moved)
-        t.copy_(moved.cpu())
-
-
 def _class_dict(values: np.ndarray, names: tuple[str, ...]) -> dict[str, float | None]:
     return {n: None if np.isnan(v) else float(v) for n, v in zip(names, values, strict=True)}
 
 
 class OccupancyMetricsSink:
     """Occ3D metrics over a split: mIoU inside mask_camera and without a mask, RayIoU at 1, 2,
-    4 m (SparseOcc). Scores are fractions; classes absent from GT and prediction are None."""
+    4 m (SparseOcc). Scores are fractions; classes absent from GT and prediction are None.
+
+    Without `labelled` (a split that links no Occ3D labels) it only counts the samples and
+    reports every score as None; `ray_iou` False reports the RayIoU keys as None. The keys are
+    the same either way (and "task": "occupancy", the kind of report, as tpvkit 0.2 wrote it).
+    """
 
     needs_voxels = True
+    logged_keys = ("miou", "miou_voxel", "num_samples", "miou_nomask", "rayiou")
+    shown_keys = ("miou", "miou_nomask", "rayiou")
 
-    def __init__(self, ray_iou: bool = True) -> None:
+    def __init__(self, ray_iou: bool = True, labelled: bool = True) -> None:
+        self.labelled = labelled
         self.confusion_camera = OccupancyConfusion()
         self.confusion_all = OccupancyConfusion()
-        self.ray_iou = RayIoU() if ray_iou else None
+        self.ray_iou = RayIoU() if ray_iou and labelled else None
         self.num_samples = 0
 
     def add(self, batch: Mapping[str, Any], out: Mapping[str, torch.Tensor]) -> None:
+        if not self.labelled:
+            self.num_samples += len(batch["tokens"])
+            return
         require_occ3d_batch(batch, "the occupancy metrics sink")
         gt = batch["occ_semantics"]  # (B, X, Y, Z)
         pred = _voxel_predictions(out, tuple(gt.shape[1:])).to(gt.device)
@@ -83,24 +81,64 @@ class OccupancyMetricsSink:
         tensors = [self.confusion_camera.matrix, self.confusion_all.matrix, counts]
         if self.ray_iou is not None:
             tensors += self.ray_iou.tensors()
-        _all_reduce_sum(tensors)
+        reduce_over_ranks(tensors)
+        results: dict[str, Any] = {
+            "task": "occupancy",
+            "miou": None,
+            "iou_per_class": None,
+            "miou_nomask": None,
+            "iou_per_class_nomask": None,
+            "rayiou": None,
+            **{f"rayiou_{t:g}": None for t in RAY_THRESHOLDS},
+            **{f"rayiou_per_class_{t:g}": None for t in RAY_THRESHOLDS},
+            "num_rays": 0,
+            "confusion_matrix": None,
+            "confusion_matrix_nomask": None,
+            "num_samples": int(counts.item()),
+            # the voxel look-up of LiDAR points is a lidarseg score: under "lidarseg"
+            "miou_voxel": None,
+            "iou_per_class_voxel": None,
+        }
+        if not self.labelled:
+            return results
         names = tuple(n for i, n in enumerate(OCC3D_CLASS_NAMES) if i != OCC3D_FREE)
         iou_cam = np.delete(self.confusion_camera.iou_per_class(), OCC3D_FREE)
         iou_all = np.delete(self.confusion_all.iou_per_class(), OCC3D_FREE)
         miou_cam, miou_all = self.confusion_camera.miou(), self.confusion_all.miou()
-        results: dict[str, Any] = {
-            "miou": None if np.isnan(miou_cam) else miou_cam,
-            "iou_per_class": _class_dict(iou_cam, names),
-            "miou_nomask": None if np.isnan(miou_all) else miou_all,
-            "iou_per_class_nomask": _class_dict(iou_all, names),
-            "num_samples": int(counts.item()),
-            "confusion_matrix": self.confusion_camera.matrix.tolist(),
-            "confusion_matrix_nomask": self.confusion_all.matrix.tolist(),
-        }
+        results.update(
+            {
+                "miou": None if np.isnan(miou_cam) else miou_cam,
+                "iou_per_class": _class_dict(iou_cam, names),
+                "miou_nomask": None if np.isnan(miou_all) else miou_all,
+                "iou_per_class_nomask": _class_dict(iou_all, names),
+                "confusion_matrix": self.confusion_camera.matrix.tolist(),
+                "confusion_matrix_nomask": self.confusion_all.matrix.tolist(),
+            }
+        )
         if self.ray_iou is not None:
             results.update(self.ray_iou.summary())
             results["num_rays"] = int(self.ray_iou.gt_count.sum().item())
         return results
+
+    def print_results(self, results: Mapping[str, Any], title: str) -> None:
+        """The Occ3D IoU per class (camera mask, no mask) and the RayIoU at each distance."""
+        from tpvkit.outputs.metrics import print_iou_table
+
+        if results.get("iou_per_class") is None:
+            print(f"{title}: no Occ3D labels, no occupancy scores" if title else "no Occ3D labels")
+            return
+        columns = {
+            "mask_camera": results["iou_per_class"],
+            "no mask": results["iou_per_class_nomask"],
+        }
+        mious = {"mask_camera": results["miou"], "no mask": results["miou_nomask"]}
+        for t in RAY_THRESHOLDS:
+            if results.get(f"rayiou_per_class_{t:g}") is not None:
+                columns[f"ray@{t:g}m"] = results[f"rayiou_per_class_{t:g}"]
+                mious[f"ray@{t:g}m"] = results[f"rayiou_{t:g}"]
+        print_iou_table(columns, mious, f"{title} · Occ3D occupancy" if title else "")
+        if results.get("rayiou") is not None:
+            print(f"RayIoU (mean of 1, 2, 4 m): {100 * results['rayiou']:.2f}")
 
 
 class OccupancyPredictionWriter:
@@ -108,6 +146,9 @@ class OccupancyPredictionWriter:
     (200, 200, 16), the layout the Occ3D / SparseOcc evaluation scripts read."""
 
     needs_voxels = True
+    logged_keys: tuple[str, ...] = ()
+    shown_keys: tuple[str, ...] = ()
+    writes = "prediction volumes"  # what `tpvkit eval --save-predictions` says it wrote
 
     def __init__(self, out_dir: str | Path, option: str = "--save-predictions") -> None:
         self.out_dir = check_output_dir(out_dir, option)
@@ -122,8 +163,11 @@ class OccupancyPredictionWriter:
 
     def finish(self) -> dict[str, Any]:
         counts = torch.tensor([self.written], dtype=torch.int64)
-        _all_reduce_sum([counts])
+        reduce_over_ranks([counts])
         return {"predictions_written": int(counts.item()), "predictions_dir": str(self.out_dir)}
+
+    def print_results(self, results: Mapping[str, Any], title: str) -> None:
+        pass  # the command says where it wrote
 
 
 def write_prediction(path: str | Path, pred: np.ndarray) -> None:

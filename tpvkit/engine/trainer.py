@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from tpvkit.config import Config
+from tpvkit.data.dataset import build_dataloader
 from tpvkit.engine.checkpoint import (
     LATEST_NAME,
     apply_model_weights,
@@ -42,10 +43,10 @@ from tpvkit.engine.checkpoint import (
 from tpvkit.engine.distributed import (
     DistContext,
     ShardedSampler,
-    all_reduce,
     any_rank,
     barrier,
     gather_objects,
+    reduce_over_ranks,
     to_device,
     wrap_ddp,
 )
@@ -272,7 +273,8 @@ class Trainer:
         # One small all-reduce: the logged values are the global means, and every rank sees the
         # same NaN check result, so all stop together instead of hanging in the next collective.
         values = torch.stack([losses[k].detach().float().reshape(()) for k in names])
-        values = all_reduce(values, self.ctx) / self.ctx.world_size
+        reduce_over_ranks([values])
+        values = values / self.ctx.world_size
         terms = dict(zip(names, values.tolist(), strict=True))
         if not all(math.isfinite(v) for v in terms.values()):
             raise self._diverged("loss", terms)
@@ -299,15 +301,16 @@ class Trainer:
     def _loader(self) -> DataLoader:
         self.sampler.set_epoch(self.epoch, start=self.iter_in_epoch * self.batch_size)
         self.train_set.epoch = self.epoch  # read by the workers forked for this epoch
-        return DataLoader(
+        return build_dataloader(
             self.train_set,
             batch_size=self.batch_size,
-            sampler=self.sampler,
             num_workers=self.cfg.data.num_workers,
-            collate_fn=self.parts.collate_fn,
+            # Worker base seeds come from this seed's generator, not from the global RNG.
+            seed=mix_seed(self.cfg.train.seed, self.epoch),
             pin_memory=self.device.type == "cuda",
-            # Worker base seeds come from this generator, not from the global RNG.
-            generator=torch.Generator().manual_seed(mix_seed(self.cfg.train.seed, self.epoch)),
+            sampler=self.sampler,
+            collate_fn=self.parts.collate_fn,
+            persistent_workers=False,  # a new loader every epoch
         )
 
     def _stop_reasons(self) -> list[str]:

@@ -82,19 +82,6 @@ class ConfusionMatrix:
         self.matrix += other.matrix
         return self
 
-    def all_reduce(self) -> None:
-        """Sum the counts over all processes of an initialised torch.distributed group."""
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            return
-        if torch.distributed.get_world_size() == 1:
-            return
-        device = torch.device("cpu")
-        if torch.distributed.get_backend() == "nccl":
-            device = torch.device("cuda", torch.cuda.current_device())
-        counts = torch.from_numpy(self.matrix).to(device)
-        torch.distributed.all_reduce(counts)
-        self.matrix = counts.cpu().numpy().astype(np.int64)
-
     def reset(self) -> None:
         self.matrix[...] = 0
 

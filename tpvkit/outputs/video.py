@@ -12,9 +12,9 @@ import numpy as np
 from PIL import Image
 
 from tpvkit.errors import TpvkitError
+from tpvkit.outputs.pictures import ViewOptions, render_bev, render_voxels_3d
 from tpvkit.outputs.prediction_file import Prediction
 from tpvkit.outputs.render import fit_distance
-from tpvkit.outputs.visualize import ViewOptions, render_bev, render_voxels_3d
 from tpvkit.utils.io import atomic_path
 
 MACRO_BLOCK = 16  # H.264 frames padded to multiples of this (what players expect)
