@@ -193,7 +193,7 @@ def geo_scal_loss(probs: torch.Tensor, labels: torch.Tensor, free_index: int) ->
     inter = (occupied_p * occupied).sum()
     n_occ, n_free = occupied.sum(), (1.0 - occupied).sum()
     loss = probs.sum() * 0.0
-    if float(occupied_p.sum()) > 0:
+    if float(occupied_p.detach().sum()) > 0:
         loss = loss + _neg_log(inter / occupied_p.sum())
     if float(n_occ) > 0:
         loss = loss + _neg_log(inter / n_occ)
