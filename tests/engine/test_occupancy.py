@@ -121,8 +121,21 @@ class _ConstModel(torch.nn.Module):
         return {"voxel_logits": self.logits.expand(img.shape[0], -1, -1, -1, -1)}
 
 
+# tpvkit 0.2's occ3d loss: plain CE + Lovasz (free included) over every supervised voxel.
+PLAIN_OCC3D = [
+    "train.class_weights=none",
+    "train.lovasz_free=true",
+    "train.sem_scal_weight=0",
+    "train.geo_scal_weight=0",
+    "train.occ_free_per_occupied=0",
+    "train.init_bias_from_frequencies=false",
+]
+
+
 def test_occ3d_loss_respects_the_protocol():
-    cfg = load_config("tpv_occ3d_tiny")
+    from tpvkit.config import apply_overrides
+
+    cfg = apply_overrides(load_config("tpv_occ3d_tiny"), PLAIN_OCC3D)
     batch = _batch([_scene(0)])
     batch["img"] = torch.zeros(1, 6, 3, 8, 8)
     batch["lidar2img"] = torch.eye(4).repeat(1, 6, 1, 1)

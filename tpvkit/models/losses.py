@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tpvkit.config import Config
+from tpvkit.config import Config, task_of
 from tpvkit.constants import IGNORE_INDEX
 from tpvkit.data.occ3d import OCC3D_FREE, OCC3D_NUM_CLASSES
 from tpvkit.errors import TpvkitError
@@ -423,6 +423,9 @@ def occ3d_losses(cfg: Config) -> LossFn:
     sample of free ones, decoding only those."""
     _check_occupancy_model(cfg, "occ3d")
     t = cfg.train
+    free = task_of(cfg).label_space.free_index
+    if free is None:
+        raise TpvkitError(f"train.loss=occ3d needs a label space with free space (task {cfg.task})")
     class_weight = None
     if t.class_weights != "none":
         if not t.class_frequencies:
@@ -439,7 +442,7 @@ def occ3d_losses(cfg: Config) -> LossFn:
         mask = supervised_voxels(batch, t.occ_loss_mask)
         if sampled:
             index, valid = sample_voxels(
-                labels, mask, OCC3D_FREE, t.occ_free_per_occupied, t.occ_min_free_samples
+                labels, mask, free, t.occ_free_per_occupied, t.occ_min_free_samples
             )
             out = model(batch["img"], batch["lidar2img"], decode_voxels=False, voxel_index=index)
             logits = out["voxel_logits_at"].movedim(1, -1)[valid]  # (P, C)
@@ -463,7 +466,7 @@ def occ3d_losses(cfg: Config) -> LossFn:
         return occupancy_terms(
             logits,
             target,
-            OCC3D_FREE,
+            free,
             class_weight=class_weight,
             ce_weight=t.ce_weight,
             lovasz_weight=t.lovasz_weight,
