@@ -34,7 +34,9 @@ def test_demo_runs_every_stage_and_repeats_its_metrics(tmp_path, synthetic_root,
         work = tmp_path / name
         work.mkdir()
         (work / "data").symlink_to(synthetic_root, target_is_directory=True)  # reused, unwritten
-        result = run_demo(work, iters=3, overrides=[*REAL_TINY, "train.log_interval=1"])
+        result = run_demo(
+            work, tasks=("lidarseg",), iters=3, overrides=[*REAL_TINY, "train.log_interval=1"]
+        )
         out = capsys.readouterr().out
         for stage in ("data", "train", "eval", "predict", "export", "render"):
             assert result["paths"][stage], stage
@@ -49,7 +51,7 @@ def test_demo_runs_every_stage_and_repeats_its_metrics(tmp_path, synthetic_root,
         assert "reusing the synthetic dataroot" in out
         # A fresh demo has nothing to resume (0.2 logged "--resume: no checkpoint ...").
         assert "starting from scratch" not in (work / "train" / "train.log").read_text()
-        assert "the demo should end in about" in out and "left" in out
+        assert "stages should end in about" in out and "left" in out
         assert result["checkpoint"].name == "iter_000003.pth"  # the schedule ran to its end
         stored = json.loads((work / "eval" / "metrics.json").read_text())
         metrics.append({k: stored[k] for k in RESULT_KEYS})
@@ -57,6 +59,44 @@ def test_demo_runs_every_stage_and_repeats_its_metrics(tmp_path, synthetic_root,
     assert metrics[0] == metrics[1]
     assert torch.get_num_threads() == threads  # the demo's own thread count is not left behind
     assert len(summary) == 1
+
+
+# The occupancy demo model shrunk for a test: a 25x25x2 TPV decoded x8 to the 200x200x16 grid.
+OCC_TINY = [
+    "train.device=cpu",
+    "data.num_workers=0",
+    "data.img_size=[64,96]",
+    "model.tpv_h=25",
+    "model.tpv_w=25",
+    "model.tpv_z=2",
+    "model.head.scale_h=8",
+    "model.head.scale_w=8",
+    "model.head.scale_z=8",
+    "model.encoder.num_hcab=1",
+    "model.encoder.num_hab=0",
+    "model.backbone.base_channels=8",
+    "train.log_interval=1",
+]
+
+
+@pytest.mark.slow
+def test_demo_occupancy_model_runs_every_stage(tmp_path, synthetic_root, capsys):
+    work = tmp_path / "occ"
+    work.mkdir()
+    (work / "data").symlink_to(synthetic_root, target_is_directory=True)
+    result = run_demo(work, tasks=("occupancy",), iters=2, overrides=OCC_TINY)
+    out = capsys.readouterr().out
+    run = result["runs"]["occupancy"]
+    for stage in ("train", "eval", "predict", "export", "render"):
+        for path in run["paths"][stage]:
+            assert path.exists() and str(path) in out, path
+            assert path.is_relative_to(work / "occupancy")
+    assert run["checkpoint"].name == "iter_000002.pth"
+    stored = json.loads((work / "occupancy" / "eval" / "metrics.json").read_text())
+    assert "rayiou" in stored and "miou_nomask" in stored
+    assert "mini_val occupancy mIoU (camera mask)" in out
+    (page,) = [p for p in run["paths"]["render"] if p.suffix == ".html"]
+    assert "<canvas" in page.read_text()
 
 
 def test_the_time_estimate_grows_with_the_schedule():

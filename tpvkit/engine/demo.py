@@ -1,6 +1,7 @@
 """`tpvkit demo`: the whole workflow, end to end, on the built-in synthetic data set.
 
-synthetic dataroot + info files -> train tpv_tiny for a fixed schedule -> evaluate on mini_val
+synthetic dataroot + info files, then for each demo model (tpv_tiny for LiDAR segmentation,
+tpv_occ3d_tiny for dense Occ3D occupancy): train for a fixed schedule -> evaluate on mini_val
 (the per-class table) -> predict two samples -> export them to PLY -> render pictures and write
 the offline 3D viewer page. Eval and predict run through the one inference path
 (tpvkit.engine.inference). Every stage prints what it wrote; a summary lists all paths and the
@@ -16,13 +17,22 @@ the trained model (or finishes an interrupted training run).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tpvkit.config import Config, apply_overrides
-from tpvkit.engine.checkpoint import find_resume_checkpoint
+from tpvkit.config import Config, apply_overrides, load_config
+from tpvkit.data.infos import info_file_name, load_infos
+from tpvkit.data.synthetic import generate_synthetic
+from tpvkit.engine.checkpoint import find_resume_checkpoint, load_resume_checkpoint
+from tpvkit.engine.evaluate import evaluate
+from tpvkit.engine.predict import predict
+from tpvkit.engine.train import build_parts, train
 from tpvkit.errors import TpvkitError
+from tpvkit.outputs.export import export_ply
+from tpvkit.outputs.view import write_viewer
+from tpvkit.outputs.visualize import visualize
 
 DEMO_CONFIG = "tpv_tiny"
 DEMO_SCENES = 10  # the ten v1.0-mini scene names: 8 in mini_train, 2 in mini_val
@@ -42,11 +52,36 @@ DEMO_THREADS = 1
 # units of one training step on this model (see docs/training.md).
 TRAIN_OVERHEAD = 1.15
 AFTER_TRAIN_STEPS = 30
+# The occupancy model: tpvkit's recipe (configs/tpv_occ3d_tiny.yaml) on the same 24 frames.
+# 20 epochs: sized to about 6 minutes on a quiet 2-core machine (docs/learning.md).
+DEMO_OCC_CONFIG = "tpv_occ3d_tiny"
+DEMO_OCC_ITERS = 480
+# Its evaluation decodes the whole 200x200x16 grid and scores RayIoU: more steps' worth.
+OCC_AFTER_TRAIN_STEPS = 60
+
+
+@dataclass(frozen=True)
+class DemoModel:
+    """One model the demo trains and shows: its task, config, schedule and sub-folder."""
+
+    task: str  # "lidarseg" | "occupancy"
+    config: str
+    iters: int
+    folder: str  # "" (the work dir itself) or a sub-folder of it
+    after_train_steps: int
+
+
+DEMO_MODELS: dict[str, DemoModel] = {
+    "lidarseg": DemoModel("lidarseg", DEMO_CONFIG, DEMO_ITERS, "", AFTER_TRAIN_STEPS),
+    "occupancy": DemoModel(
+        "occupancy", DEMO_OCC_CONFIG, DEMO_OCC_ITERS, "occupancy", OCC_AFTER_TRAIN_STEPS
+    ),
+}
 
 
 # What the demo writes in its --work-dir; a second run reuses data/ and train/ and rewrites
 # the rest, so a work dir holding anything else is not a demo's and is refused (check_work_dir).
-DEMO_ENTRIES = ("data", "train", "eval", "predictions", "export", "renders", "view")
+DEMO_ENTRIES = ("data", "train", "eval", "predictions", "export", "renders", "view", "occupancy")
 
 
 def check_work_dir(work_dir: str | Path, overwrite: bool = False) -> Path:
@@ -67,32 +102,21 @@ def check_work_dir(work_dir: str | Path, overwrite: bool = False) -> Path:
     return work_dir
 
 
-def _stage_import(stage: str, module: str, names: list[str]) -> list[Any]:
-    """Import `names` from `module`; a clear message (not a traceback) if it is missing."""
-    import importlib
-
-    try:
-        mod = importlib.import_module(module)
-        return [getattr(mod, n) for n in names]
-    except (ImportError, AttributeError) as err:
-        raise TpvkitError(
-            f"demo stage '{stage}' needs {module}.{', '.join(names)}, which is not available "
-            f"({err}); is the installation complete?"
-        ) from err
-
-
 def _banner(text: str) -> None:
     print(f"\n=== {text} ===", flush=True)
 
 
-def demo_config(data_root: Path, iters: int, overrides: list[str] | None = None) -> Config:
-    """tpv_tiny pointed at the demo's info files, with the demo's fixed schedule on the CPU."""
-    from tpvkit.config import load_config
-    from tpvkit.data.infos import info_file_name
-
+def demo_config(
+    data_root: Path,
+    iters: int,
+    overrides: list[str] | None = None,
+    config: str = DEMO_CONFIG,
+) -> Config:
+    """A demo model's config pointed at the demo's info files, with the demo's fixed schedule
+    on the CPU."""
     infos = data_root / "infos"
     return load_config(
-        DEMO_CONFIG,
+        config,
         [
             f"data.train_infos={infos / info_file_name('mini_train')}",
             f"data.val_infos={infos / info_file_name('mini_val')}",
@@ -116,7 +140,6 @@ def seconds_per_iteration(cfg: Config, steps: int = 3) -> float:
     import torch
 
     from tpvkit.engine.distributed import select_device, to_device
-    from tpvkit.engine.train import build_parts
     from tpvkit.utils.rng import isolated_rng
 
     with isolated_rng(DEMO_SEED):
@@ -140,9 +163,12 @@ def seconds_per_iteration(cfg: Config, steps: int = 3) -> float:
     return elapsed / steps
 
 
-def estimated_seconds(iters: int, per_iter: float) -> float:
-    """Seconds from the start of training to the end of the demo at `per_iter` s/iteration."""
-    return (iters * TRAIN_OVERHEAD + AFTER_TRAIN_STEPS) * per_iter
+def estimated_seconds(
+    iters: int, per_iter: float, after_train_steps: int = AFTER_TRAIN_STEPS
+) -> float:
+    """Seconds from the start of a model's training to the end of its stages at `per_iter`
+    s/iteration."""
+    return (iters * TRAIN_OVERHEAD + after_train_steps) * per_iter
 
 
 def _clock(seconds: float) -> str:
@@ -153,8 +179,6 @@ def _clock(seconds: float) -> str:
 def _stored_train_config(train_dir: Path, cfg: Config) -> tuple[Config, int]:
     """`cfg` with the schedule keys of the run already in `train_dir` (a second run finishes or
     reuses that run rather than starting another schedule), and the iterations it has done."""
-    from tpvkit.engine.checkpoint import load_resume_checkpoint
-
     found = load_resume_checkpoint(train_dir)
     assert found is not None
     _, ckpt = found
@@ -166,61 +190,77 @@ def _stored_train_config(train_dir: Path, cfg: Config) -> tuple[Config, int]:
 def run_demo(
     work_dir: str | Path = "work_dirs/demo",
     *,
-    iters: int = DEMO_ITERS,
+    tasks: Sequence[str] = ("lidarseg", "occupancy"),
+    iters: int | None = None,
     scenes: int = DEMO_SCENES,
     samples_per_scene: int = DEMO_SAMPLES_PER_SCENE,
     overrides: list[str] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run every stage in `work_dir`; return {"checkpoint", "metrics", "paths", "seconds"}.
+    """Run every stage in `work_dir` for the demo models `tasks` (DEMO_MODELS); return
+    {"runs": {task: {"checkpoint", "metrics", "paths"}}, "seconds"}, plus the first model's
+    "checkpoint", "metrics" and "paths" (data included) at the top level.
 
-    work_dir/data (synthetic dataroot + infos), work_dir/train (checkpoints, logs, TensorBoard),
-    work_dir/eval/metrics.json, work_dir/predictions/*.npz, work_dir/export/*.ply,
-    work_dir/renders/<token>/*.png. `iters` is the fixed training schedule (warm-up + cosine).
+    work_dir/data (synthetic dataroot + infos); per model, in work_dir (lidarseg) or
+    work_dir/occupancy: train/ (checkpoints, logs, TensorBoard), eval/metrics.json,
+    predictions/*.npz, export/*.ply, renders/<token>/*.png, view/scene.html. `iters` replaces
+    every model's fixed schedule (warm-up + cosine); `overrides` apply to every model.
     """
     import torch
 
-    if iters < 1:
+    unknown = [t for t in tasks if t not in DEMO_MODELS]
+    if unknown or not tasks:
+        raise TpvkitError(
+            f"--task {', '.join(unknown) or '(none)'}: give one of {', '.join(DEMO_MODELS)}"
+        )
+    if iters is not None and iters < 1:
         raise TpvkitError(f"--iters {iters}: give at least 1 training iteration")
     start = time.monotonic()
     work_dir = Path(work_dir)
-    data_root = work_dir / "data"
-    paths: dict[str, list[Path]] = {}
     threads = torch.get_num_threads()
     torch.set_num_threads(DEMO_THREADS)
     try:
-        return _run_stages(
-            work_dir, data_root, paths, iters, scenes, samples_per_scene, overrides, log, start
-        )
+        data_paths = _data_stage(work_dir / "data", scenes, samples_per_scene, log)
+        runs: dict[str, dict[str, Any]] = {}
+        for number, task in enumerate(tasks, start=1):
+            model = DEMO_MODELS[task]
+            label = f"{task} ({number}/{len(tasks)})"
+            runs[task] = _run_model(
+                model, work_dir, data_paths, iters, overrides, log, start, label
+            )
     finally:
         torch.set_num_threads(threads)  # a caller (a test session) keeps its own setting
+    seconds = time.monotonic() - start
+    eta = sum(run["eta"] for run in runs.values())
+    _banner(f"demo finished in {_clock(seconds)} (min:s; estimated {_clock(eta)} + data)")
+    for task, run in runs.items():
+        paths = {"data": data_paths, **run["paths"]} if task == tasks[0] else run["paths"]
+        for stage, items in paths.items():
+            for p in items:
+                log(f"  {task:9s} {stage:8s} {p}")
+    for task, run in runs.items():
+        log(_metrics_line(task, run["metrics"]))
+        log(f"TensorBoard ({task}): tensorboard --logdir {run['train_dir'] / 'tb'}")
+    first = runs[tasks[0]]
+    return {
+        "checkpoint": first["checkpoint"],
+        "metrics": first["metrics"],
+        "paths": {"data": data_paths, **first["paths"]},
+        "runs": runs,
+        "seconds": seconds,
+    }
 
 
-def _run_stages(
-    work_dir: Path,
-    data_root: Path,
-    paths: dict[str, list[Path]],
-    iters: int,
-    scenes: int,
-    samples_per_scene: int,
-    overrides: list[str] | None,
-    log: Callable[[str], None],
-    start: float,
-) -> dict[str, Any]:
-    """The five stages of run_demo, under its fixed thread count."""
-
-    # 1. Data -----------------------------------------------------------------------------
-    _banner("1/5 synthetic data")
-    from tpvkit.data.infos import info_file_name
-
+def _data_stage(
+    data_root: Path, scenes: int, samples_per_scene: int, log: Callable[[str], None]
+) -> list[Path]:
+    """The synthetic dataroot and its info files (reused when they exist)."""
+    _banner("synthetic data")
     train_info = data_root / "infos" / info_file_name("mini_train")
     val_info = data_root / "infos" / info_file_name("mini_val")
     if train_info.is_file() and val_info.is_file():
         log(f"reusing the synthetic dataroot {data_root}")
     else:
-        (generate_synthetic,) = _stage_import(
-            "data", "tpvkit.data.synthetic", ["generate_synthetic"]
-        )
         # A dataroot without its info files is a leftover we replace (generation is atomic).
         generate_synthetic(
             data_root,
@@ -230,26 +270,44 @@ def _run_stages(
             overwrite=data_root.exists(),
             workers=1,  # the same bytes with any worker count; 1 keeps the cores for training
         )
-    paths["data"] = [data_root, train_info, val_info]
+    return [data_root, train_info, val_info]
 
-    # 2. Train ----------------------------------------------------------------------------
-    from tpvkit.engine.train import train
 
-    cfg = demo_config(data_root, iters, overrides)
-    train_dir = work_dir / "train"
+def _run_model(
+    model: DemoModel,
+    work_dir: Path,
+    data_paths: list[Path],
+    iters: int | None,
+    overrides: list[str] | None,
+    log: Callable[[str], None],
+    start: float,
+    label: str,
+) -> dict[str, Any]:
+    """Train, evaluate, predict, export and render one demo model, under the demo's fixed
+    thread count."""
+    data_root, _, val_info = data_paths
+    out = work_dir / model.folder if model.folder else work_dir
+    paths: dict[str, list[Path]] = {}
+
+    # Train --------------------------------------------------------------------------------
+    cfg = demo_config(data_root, iters or model.iters, overrides, model.config)
+    train_dir = out / "train"
     done = 0
     # A second run continues the first one's; a fresh demo has nothing to resume from.
     resuming = find_resume_checkpoint(train_dir) is not None
     if resuming:
         cfg, done = _stored_train_config(train_dir, cfg)
-    iters = cfg.train.max_iters
-    _banner(f"2/5 train {DEMO_CONFIG} for {iters} iterations" + (f" ({done} done)" if done else ""))
+    total = cfg.train.max_iters
+    _banner(
+        f"{label}: train {model.config} for {total} iterations"
+        + (f" ({done} done)" if done else "")
+    )
     per_iter = seconds_per_iteration(cfg)
     train_start = time.monotonic()
-    eta = estimated_seconds(max(iters - done, 0), per_iter)
+    eta = estimated_seconds(max(total - done, 0), per_iter, model.after_train_steps)
     log(
-        f"{per_iter:.2f} s/iteration measured here: the demo should end in about {_clock(eta)} "
-        f"(min:s; {_clock(train_start - start)} so far)"
+        f"{per_iter:.2f} s/iteration measured here: the {model.task} model's stages should end "
+        f"in about {_clock(eta)} (min:s; {_clock(train_start - start)} so far)"
     )
     checkpoint = train(cfg, train_dir, resume=resuming)
     paths["train"] = [
@@ -263,64 +321,63 @@ def _run_stages(
     def progress(stage: str) -> None:
         now = time.monotonic()
         left = train_start + eta - now
-        _banner(stage)
-        log(f"elapsed {_clock(now - start)}, about {_clock(max(left, 0))} left")
+        _banner(f"{label}: {stage}")
+        log(f"elapsed {_clock(now - start)}, about {_clock(max(left, 0))} left for this model")
 
-    # 3. Evaluate -------------------------------------------------------------------------
-    progress("3/5 evaluate on mini_val")
-    (evaluate,) = _stage_import("eval", "tpvkit.engine.evaluate", ["evaluate"])
-    eval_dir = work_dir / "eval"
+    # Evaluate -----------------------------------------------------------------------------
+    progress("evaluate on mini_val")
+    eval_dir = out / "eval"
     metrics = evaluate(cfg, checkpoint, val_info, split="mini_val", out_dir=eval_dir)
     paths["eval"] = [eval_dir / "metrics.json"]
 
-    # 4. Predict + export -----------------------------------------------------------------
-    progress(f"4/5 predict {DEMO_PREDICT_SAMPLES} samples and export PLY")
-    (predict,) = _stage_import("predict", "tpvkit.engine.predict", ["predict"])
-    (export_ply,) = _stage_import("export", "tpvkit.outputs.export", ["export_ply"])
+    # Predict + export ---------------------------------------------------------------------
+    progress(f"predict {DEMO_PREDICT_SAMPLES} samples and export PLY")
     tokens = _first_tokens(val_info, DEMO_PREDICT_SAMPLES)
-    predictions = predict(cfg, checkpoint, val_info, work_dir / "predictions", tokens=tokens)
+    predictions = predict(cfg, checkpoint, val_info, out / "predictions", tokens=tokens)
     paths["predict"] = list(predictions)
     paths["export"] = []
     for npz in predictions:
-        result = export_ply(npz, work_dir / "export" / f"{npz.stem}.ply", mode="cubes")
+        result = export_ply(npz, out / "export" / f"{npz.stem}.ply", mode="cubes")
         paths["export"].append(Path(result.path))
         log(f"wrote {result.path} ({result.num_items} voxels)")
 
-    # 5. Render ---------------------------------------------------------------------------
-    progress("5/5 render pictures and the 3D viewer")
-    (visualize,) = _stage_import("render", "tpvkit.outputs.visualize", ["visualize"])
+    # Render -------------------------------------------------------------------------------
+    progress("render pictures and the 3D viewer")
     paths["render"] = []
     for npz in predictions:
-        written = visualize(npz, work_dir / "renders" / npz.stem)
+        written = visualize(npz, out / "renders" / npz.stem)
         paths["render"].extend(Path(p) for p in written)
         for p in written:
             log(f"wrote {p}")
-    (write_viewer,) = _stage_import("view", "tpvkit.outputs.view", ["write_viewer"])
-    viewer = write_viewer(predictions, work_dir / "view" / "scene.html")
+    viewer = write_viewer(predictions, out / "view" / "scene.html")
     paths["render"].append(Path(viewer.path))
     log(f"wrote {viewer.path} ({viewer.size_bytes / 1e6:.1f} MB; open it in a browser, offline)")
-
-    seconds = time.monotonic() - start
-    _banner(f"demo finished in {_clock(seconds)} (min:s; estimated {_clock(eta)} + data)")
-    for stage, items in paths.items():
-        for p in items:
-            log(f"  {stage:8s} {p}")
-    log(_metrics_line(metrics))
-    log(f"TensorBoard: tensorboard --logdir {train_dir / 'tb'}")
-    return {"checkpoint": checkpoint, "metrics": metrics, "paths": paths, "seconds": seconds}
+    return {
+        "checkpoint": checkpoint,
+        "metrics": metrics,
+        "paths": paths,
+        "eta": eta,
+        "train_dir": train_dir,
+    }
 
 
 def _first_tokens(info_path: Path, count: int) -> list[str]:
-    from tpvkit.data.infos import load_infos
-
     infos = load_infos(info_path)
     return [infos[i]["token"] for i in range(min(count, len(infos)))]
 
 
-def _metrics_line(metrics: dict[str, Any]) -> str:
+def _metrics_line(task: str, metrics: dict[str, Any]) -> str:
     def pct(value: Any) -> str:
         return "n/a" if value is None else f"{100 * value:.2f}"
 
+    if task == "occupancy":
+        occ = metrics.get("occupancy", metrics)
+        per_class = occ.get("iou_per_class") or {}
+        return (
+            f"mini_val occupancy mIoU (camera mask) {pct(occ.get('miou'))}, "
+            f"RayIoU {pct(occ.get('rayiou'))}, car {pct(per_class.get('car'))}, "
+            f"manmade {pct(per_class.get('manmade'))}, {occ.get('num_samples')} samples"
+        )
     return (
         f"mini_val mIoU (points) {pct(metrics.get('miou'))}, "
         f"mIoU (voxel look-up) {pct(metrics.get('miou_voxel'))}, "
