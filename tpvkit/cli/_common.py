@@ -32,6 +32,39 @@ def overwrite_option(what: str = "Replace an existing --out file") -> Any:
     )
 
 
+def threads_option() -> Any:
+    """--threads of train, eval, predict and deploy (tpvkit.utils.threads)."""
+    return typer.Option(
+        None,
+        "--threads",
+        min=1,
+        help="CPU threads in all: torch's intra-op threads plus the data-loading workers "
+        "(default: $OMP_NUM_THREADS, else the CPUs available; docs/training.md).",
+    )
+
+
+def use_threads(
+    threads: int | None, set_: list[str] | None, cfg: Config | None, loads_data: bool = True
+) -> list[str]:
+    """Set torch's intra-op threads for `threads` (None: the default) and return the override
+    that gives the data loader the plan's workers (none without `loads_data`). The workers are
+    capped by a data.num_workers in `set_`, else by `cfg`'s (the config default when the config
+    is still unknown: it comes from the checkpoint)."""
+    from tpvkit.config import DataConfig
+    from tpvkit.utils.threads import apply_threads
+
+    if not loads_data:
+        apply_threads(threads, 0)
+        return []
+    cap = cfg.data.num_workers if cfg is not None else DataConfig().num_workers
+    for item in set_ or []:
+        key, _, value = item.partition("=")
+        if key.strip() == "data.num_workers" and value.strip().isdigit():
+            cap = int(value)
+    plan = apply_threads(threads, cap)
+    return [f"data.num_workers={plan.workers}"]
+
+
 def config_file(config: str | None) -> Path | None:
     """CONFIG when it names a file (an input an output may not replace), else None."""
     if config and Path(config).is_file():

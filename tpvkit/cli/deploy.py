@@ -6,7 +6,13 @@ from pathlib import Path
 
 import typer
 
-from tpvkit.cli._common import config_file, overwrite_option, user_errors
+from tpvkit.cli._common import (
+    config_file,
+    overwrite_option,
+    threads_option,
+    use_threads,
+    user_errors,
+)
 
 
 def deploy(
@@ -29,6 +35,7 @@ def deploy(
         False, "--check", help="Run the file once in ONNX Runtime against PyTorch."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the --check inputs."),
+    threads: int = threads_option(),
     overwrite: bool = overwrite_option(),
 ) -> None:
     """Export the whole inference graph to ONNX: six camera images and their lidar2img in,
@@ -45,6 +52,7 @@ def deploy(
             overwrite=overwrite,
             inputs=[("the checkpoint", checkpoint), ("the config file", config_file(config))],
         )
+        use_threads(threads, set_, None, loads_data=False)
         result = run_deploy(
             checkpoint,
             out,

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import typer
 
-from tpvkit.cli._common import config_and_checkpoint, overwrite_option, user_errors
+from tpvkit.cli._common import (
+    config_and_checkpoint,
+    overwrite_option,
+    threads_option,
+    use_threads,
+    user_errors,
+)
 
 
 def eval_(
@@ -47,6 +53,7 @@ def eval_(
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     set_: list[str] = typer.Option(None, "--set", help="Override: dotted.key=value (repeatable)."),
+    threads: int = threads_option(),
     overwrite: bool = overwrite_option(
         "Replace an existing metrics file; write into a non-empty --save-predictions folder"
     ),
@@ -74,6 +81,13 @@ def eval_(
         cfg, checkpoint, overrides = config_and_checkpoint(first, second, config, set_)
         if not voxels:
             overrides.append("eval.voxel_metrics=false")
+        workers = use_threads(threads, set_, cfg)
+        if cfg is not None:
+            from tpvkit.config import apply_overrides
+
+            cfg = apply_overrides(cfg, workers)
+        else:
+            overrides += workers
         from tpvkit.engine.evaluate import evaluate
 
         evaluate(

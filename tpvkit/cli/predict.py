@@ -11,6 +11,8 @@ from tpvkit.cli._common import (
     config_and_checkpoint,
     config_file,
     overwrite_option,
+    threads_option,
+    use_threads,
     user_errors,
 )
 
@@ -38,6 +40,7 @@ def predict(
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     set_: list[str] = typer.Option(None, "--set", help="Override: dotted.key=value (repeatable)."),
+    threads: int = threads_option(),
     overwrite: bool = overwrite_option(INTO_FOLDER),
 ) -> None:
     """Predict semantic voxels (and point labels) per sample into compressed .npz files.
@@ -66,6 +69,13 @@ def predict(
         if tokens is not None and not token_list:
             raise TpvkitError("--tokens is empty: give comma-separated sample tokens")
         cfg, checkpoint, overrides = config_and_checkpoint(first, second, config, set_)
+        workers = use_threads(threads, set_, cfg)
+        if cfg is not None:
+            from tpvkit.config import apply_overrides
+
+            cfg = apply_overrides(cfg, workers)
+        else:
+            overrides += workers
         from tpvkit.engine.predict import predict as run_predict
 
         paths = run_predict(

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import typer
 
-from tpvkit.cli._common import EXIT_TERMINATED, config_file, load_cli_config, user_errors
+from tpvkit.cli._common import (
+    EXIT_TERMINATED,
+    config_file,
+    load_cli_config,
+    threads_option,
+    use_threads,
+    user_errors,
+)
 
 
 def train(
@@ -20,6 +27,7 @@ def train(
         False, "--resume", help="Continue from the last checkpoint, with the work dir's config."
     ),
     set_: list[str] = typer.Option(None, "--set", help="Override: dotted.key=value (repeatable)."),
+    threads: int = threads_option(),
 ) -> None:
     """Train a model (CPU, one GPU, or many through torchrun).
 
@@ -55,7 +63,10 @@ def train(
                 work_dir / CONFIG_FILE, "--work-dir", inputs=[("CONFIG", config_file(config))]
             )
             cfg = load_cli_config(config, set_)
+        from tpvkit.config import apply_overrides
         from tpvkit.engine.train import run_training
+
+        cfg = apply_overrides(cfg, use_threads(threads, set_, cfg))
 
         outcome = run_training(cfg, work_dir, resume=resume)
         typer.echo(f"final checkpoint: {outcome.checkpoint}")

@@ -209,7 +209,7 @@ def prepare_nuscenes_infos(
     `occ3d` (an Occ3D-nuScenes gts folder) every sample is linked to its dense labels (field
     occ3d_path). Returns the written paths.
     """
-    from tqdm import tqdm
+    from tpvkit.utils.progress import Progress
 
     dataroot = Path(dataroot).resolve()
     out_dir = Path(out_dir)
@@ -235,7 +235,7 @@ def prepare_nuscenes_infos(
         )
 
     built: dict[str, list[dict[str, Any]]] = {}
-    bar = tqdm(total=len(nusc.sample), desc=f"infos {version}", unit="sample", disable=not progress)
+    bar = Progress(len(nusc.sample), f"infos {version}", "sample", enabled=progress)
     with bar:
         for split in splits:
             samples, absent = build_split_infos(nusc, split)

@@ -585,8 +585,13 @@ def _render_scene(args: tuple[SyntheticOptions, int, str]) -> dict[str, list[dic
     return _scene_tables(opts, index, Path(root))
 
 
-def write_dataroot(root: Path, opts: SyntheticOptions, workers: int = 1) -> None:
-    """Write the complete dataroot into the (empty) folder `root`."""
+def write_dataroot(
+    root: Path, opts: SyntheticOptions, workers: int = 1, progress: bool = False
+) -> None:
+    """Write the complete dataroot into the (empty) folder `root`; with `progress`, a bar over
+    the scenes (a line every few seconds in a log file: tpvkit.utils.progress)."""
+    from tpvkit.utils.progress import track
+
     for sub in (*CAMERA_ORDER, LIDAR_CHANNEL):
         (root / "samples" / sub).mkdir(parents=True, exist_ok=True)
         (root / "sweeps" / sub).mkdir(parents=True, exist_ok=True)
@@ -597,9 +602,11 @@ def write_dataroot(root: Path, opts: SyntheticOptions, workers: int = 1) -> None
     jobs = [(opts, i, str(root)) for i in range(opts.scenes)]
     if workers > 1 and opts.scenes > 1:
         with ProcessPoolExecutor(max_workers=min(workers, opts.scenes)) as pool:
-            per_scene = list(pool.map(_render_scene, jobs))
+            rendered = pool.map(_render_scene, jobs)  # in order, as each scene completes
+            per_scene = list(track(rendered, len(jobs), "synthetic", "scene", progress, 5.0))
     else:
-        per_scene = [_render_scene(job) for job in jobs]
+        rendered = map(_render_scene, jobs)
+        per_scene = list(track(rendered, len(jobs), "synthetic", "scene", progress, 5.0))
 
     tables: dict[str, list[dict]] = {}
     for scene_tables in per_scene:
@@ -670,7 +677,7 @@ def generate_synthetic(
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{time.time_ns()}"
     tmp.mkdir()
     try:
-        write_dataroot(tmp, opts, workers=workers or _default_workers())
+        write_dataroot(tmp, opts, workers=workers or _default_workers(), progress=verbose)
         if out.is_dir():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             out.rename(old)
@@ -691,5 +698,7 @@ def generate_synthetic(
     if write_infos:
         from tpvkit.data.infos import prepare_nuscenes_infos
 
+        if verbose:  # the devkit's index and the Occ3D links take a few seconds
+            print(f"building the info files in {out / 'infos'} ...", flush=True)
         prepare_nuscenes_infos(out, VERSION, out / "infos", progress=False, occ3d=out / OCC3D_DIR)
     return out

@@ -89,6 +89,10 @@ class ValidationHook:
     def after_step(self, trainer: Loop, step: StepInfo, log: RunLog) -> None:
         if not self.due(step):
             return
+        val_set = trainer.parts.val_set
+        if val_set is not None:  # it can take a while: say so before the bar stops moving
+            size = len(val_set)
+            log.info(f"validation at iteration {step.iteration}: {size} samples ...")
         validated = validate(trainer)
         if validated is None:
             return
@@ -147,6 +151,7 @@ def validate(trainer: Loop) -> tuple[dict[str, Any], str] | None:
             loader,
             trainer.device,
             evaluators,
-            progress=False,
+            progress=ctx.is_main,
+            desc="validate",
         )
     return validation_record(evaluators, results)

@@ -194,9 +194,9 @@ def run_inference(
     needs_voxels = any(sink.needs_voxels for sink in sinks)
     iterator: Iterable[Mapping[str, Any]] = loader
     if progress:
-        from tqdm import tqdm
+        from tpvkit.utils.progress import track
 
-        iterator = tqdm(loader, total=_len_or_none(loader), desc=desc, unit="batch")
+        iterator = track(loader, _len_or_none(loader), desc, "batch", leave=desc != "validate")
     was_training = model.training
     model.eval()
     try:

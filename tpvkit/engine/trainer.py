@@ -368,7 +368,9 @@ class Trainer:
             f"{len(self.parts.train_set)} samples, "  # type: ignore[arg-type]
             f"global batch {self.batch_size * ctx.world_size}, "
             f"{self.iters_per_epoch} iterations/epoch, {self.total_iters} iterations, "
-            f"{n_params / 1e6:.2f} M trainable parameters, work dir {self.work_dir}"
+            f"{n_params / 1e6:.2f} M trainable parameters, {torch.get_num_threads()} torch "
+            f"thread(s) + {self.cfg.data.num_workers} data-loading worker(s), "
+            f"work dir {self.work_dir}"
         )
         val_infos = self.cfg.data.val_infos
         if self.parts.val_set is None and val_infos:
@@ -376,14 +378,16 @@ class Trainer:
         elif self.parts.val_set is None:
             log.info("no validation (data.val_infos is empty)")
 
-        from tqdm import tqdm
+        from tpvkit.utils.progress import Progress
 
-        bar = tqdm(
-            total=self.total_iters,
+        # A bar on a terminal; in a log file nothing (the log lines below report the progress).
+        bar = Progress(
+            self.total_iters,
+            "train",
+            "it",
             initial=self.iteration,
-            disable=not ctx.is_main,
-            desc="train",
-            unit="it",
+            enabled=ctx.is_main,
+            log_every=None,
             dynamic_ncols=True,
             mininterval=1.0,
         )
@@ -443,7 +447,7 @@ class Trainer:
     def _log_step(
         self, log: RunLog, terms: Mapping[str, float], lr: float, grad_norm: float, bar: Any
     ) -> None:
-        rate = bar.format_dict.get("rate") or 0.0
+        rate = bar.rate
         eta = (self.total_iters - self.iteration) / rate if rate > 0 else float("nan")
         eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) else "?"
         memory = ""
