@@ -146,3 +146,14 @@ def test_table_lists_every_class(capsys: pytest.CaptureFixture[str]) -> None:
     assert "50.00" in text and "66.67" in text and "58.33" in text
     print_iou_table({"points": col, "voxels": col}, {"points": 0.5, "voxels": None})
     assert "driveable_surface" in capsys.readouterr().out
+
+
+def test_a_wide_table_in_a_pipe_cuts_no_class_name(capsys: pytest.CaptureFixture[str]) -> None:
+    # 0.2 printed "construct…" in the 5-column Occ3D table when stdout was not a terminal.
+    names = ["others", *CLASS_NAMES[1:]]
+    columns = {k: {n: 0.5 for n in names} for k in ("mask", "no mask", "ray@1", "ray@2", "ray@4")}
+    print_iou_table(columns, {k: 0.5 for k in columns}, title="occupancy")
+    out = capsys.readouterr().out
+    for name in names:
+        assert f" {name} " in out, name
+    assert "…" not in out

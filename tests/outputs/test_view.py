@@ -201,3 +201,12 @@ def test_ground_truth_from_infos_fills_frames_without_it(tmp_path, monkeypatch):
     gt_labels, gt_occ = unpack_voxels(data["frames"][1]["gt"], truth.grid_shape)
     np.testing.assert_array_equal(gt_occ, truth.gt_voxels != 0)
     assert "gt_point_labels" in data["frames"][1]
+
+
+def test_the_viewer_legend_cuts_no_name_or_count():
+    # 0.2 clipped legend cells with an ellipsis in a fixed-width table.
+    from tpvkit.outputs.view import _resource
+
+    page = _resource("template.html")
+    legend_css = [line for line in page.splitlines() if "table.legend" in line]
+    assert legend_css and not any("ellipsis" in line or "fixed" in line for line in legend_css)

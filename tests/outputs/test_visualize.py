@@ -281,3 +281,20 @@ def test_occupancy_pictures_mark_the_camera_mask(tmp_path):
     differ = np.any(seen != all_seen, axis=-1)
     assert differ.any() and seen[differ].astype(int).sum() > all_seen[differ].astype(int).sum()
     assert pred_gt_only.shape[1] > 2 * 6 * 4  # prediction and ground-truth panels
+
+
+def test_the_legend_with_counts_is_wide_enough_for_every_name():
+    # 0.2 cut names to 16 characters in the 3D picture's legend ("driveable_surfac").
+    from PIL import ImageDraw
+
+    from tpvkit.constants import CLASS_NAMES, PALETTE
+    from tpvkit.outputs.pictures import _font, render_legend
+
+    counts = np.full(len(CLASS_NAMES), 1_234_567)
+    legend = render_legend(CLASS_NAMES, np.asarray(PALETTE, np.uint8), counts > 0, counts=counts)
+    measure = ImageDraw.Draw(legend)
+    font = _font(16)
+    needed = measure.textlength("driveable_surface", font=font) + measure.textlength(
+        "1234567", font=font
+    )
+    assert legend.size[0] >= needed + 18 + 10 + 16 + 20  # swatch, gaps, margins

@@ -25,7 +25,8 @@ def demo(
         "--iters",
         min=1,
         help="Training iterations of each model (default: 576 for lidarseg, 480 for "
-        "occupancy; about 3-4 and 6 min on a quiet 2-core machine).",
+        "occupancy; 3-4 and about 6 min on the quiet 2-core development machine, more on "
+        "slower CPUs and under load).",
     ),
     minutes: float = typer.Option(
         None, "--minutes", hidden=True, help="Deprecated and ignored: use --iters."

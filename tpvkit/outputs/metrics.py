@@ -227,16 +227,23 @@ def print_iou_table(
         print(format_iou_table(columns, mious, title))
         return
     table = Table(title=title or None)
-    table.add_column("class")
-    for name in columns:
-        table.add_column(f"IoU {name} (%)", justify="right")
     names = list(next(iter(columns.values())).keys()) if columns else []
+    # Class names are never cut ("construct…", "driveable_surfac"): the column is as wide as
+    # the longest, and a console narrower than the table (a pipe is 80) is widened to fit.
+    name_width = max((len(n) for n in names), default=5)
+    table.add_column("class", no_wrap=True, min_width=name_width)
+    for name in columns:
+        table.add_column(f"IoU {name} (%)", justify="right", min_width=6)
     for name in names:
         table.add_row(name, *(_pct(col.get(name)) for col in columns.values()))
     if mious is not None:
         table.add_section()
         table.add_row("mIoU", *(_pct(mious.get(c)) for c in columns), style="bold")
-    Console().print(table)
+    console = Console()
+    needed = name_width + 4 + 9 * len(columns)  # borders and padding: 3 per column
+    if console.width < needed:
+        console = Console(width=needed)
+    console.print(table)
 
 
 def _pct(value: float | None) -> str:

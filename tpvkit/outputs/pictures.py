@@ -501,15 +501,22 @@ def render_legend(
     ids = [i for i in range(len(class_names)) if shown is None or shown[i]]
     font = _font(16)
     row_h, swatch, pad = 24, 18, 10
-    width = 300 if counts is None else 240
+    texts = {c: f"{c:2d}  {class_names[c]}" if counts is None else class_names[c] for c in ids}
+    # As wide as the longest row: names are never cut ("driveable_surfac").
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_w = max((measure.textlength(t, font=font) for t in texts.values()), default=0.0)
+    count_w = 0.0
+    if counts is not None:
+        numbers = [measure.textlength(str(int(counts[c])), font=font) for c in ids]
+        count_w = 16 + max(numbers, default=0.0)
+    width = max(300 if counts is None else 240, int(pad + swatch + 10 + text_w + count_w + pad + 1))
     out = Image.new("RGB", (width, pad * 2 + row_h * max(1, len(ids))), BACKGROUND)
     draw = ImageDraw.Draw(out)
     for row, cls in enumerate(ids):
         y = pad + row * row_h
         color = tuple(int(c) for c in palette[cls])
         draw.rectangle([pad, y, pad + swatch, y + swatch], fill=color, outline=(60, 60, 60))
-        name = class_names[cls] if counts is None else class_names[cls][:16]
-        text = f"{cls:2d}  {name}" if counts is None else name
+        text = texts[cls]
         draw.text((pad + swatch + 10, y + 1), text, fill=TEXT, font=font)
         if counts is not None:
             number = f"{int(counts[cls])}"
