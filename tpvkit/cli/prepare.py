@@ -91,3 +91,60 @@ def nuscenes(
         from tpvkit.data.infos import prepare_nuscenes_infos
 
         prepare_nuscenes_infos(dataroot, version, out, overwrite=overwrite, occ3d=occ3d)
+
+
+@app.command("occupancy")
+def occupancy(
+    dataroot: Path = typer.Option(..., "--dataroot", help="nuScenes-format dataroot."),
+    version: str = typer.Option(..., "--version", help="v1.0-mini | v1.0-trainval | ..."),
+    out: Path = typer.Option(..., "--out", help="GTDIR: <scene>/<sample_token>/labels.npz."),
+    split: str | None = typer.Option(
+        None, "--split", help="Only the scenes of this devkit split (mini_val, train, ...)."
+    ),
+    sweeps: int = typer.Option(
+        10, "--sweeps", help="Non-key LiDAR sweeps per key frame (nearest in time)."
+    ),
+    keyframes: int = typer.Option(
+        2, "--keyframes", help="Neighbouring key frames accumulated on each side."
+    ),
+    point_range: tuple[float, float, float, float, float, float] = typer.Option(
+        (-40.0, -40.0, -1.0, 40.0, 40.0, 5.4),
+        "--range",
+        help="Grid x0 y0 z0 x1 y1 z1 in the key frame's ego frame, metres (Occ3D's default).",
+    ),
+    voxel_size: float = typer.Option(0.4, "--voxel-size", help="Voxel edge, metres."),
+    box_frame: bool = typer.Option(
+        True, "--box-frame/--no-box-frame", help="Move points inside boxes with their box."
+    ),
+    densify: bool = typer.Option(
+        True,
+        "--densify/--no-densify",
+        help="All densification steps (isolated-voxel removal, box fill, ground fill, holes).",
+    ),
+    workers: int = typer.Option(1, "--workers", help="Processes, one scene each."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Rewrite frames already in --out (default: skip them)."
+    ),
+) -> None:
+    """Generate Occ3D-format dense occupancy labels from LiDAR (docs/occupancy.md)."""
+    with user_errors():
+        from tpvkit.data.occ_gt import OccGTOptions, generate_occupancy
+
+        opts = OccGTOptions(
+            point_cloud_range=tuple(float(v) for v in point_range),  # type: ignore[arg-type]
+            voxel_size=voxel_size,
+            sweeps=sweeps,
+            keyframes=keyframes,
+            box_frame=box_frame,
+            remove_isolated=densify,
+            fill_boxes=densify,
+            fill_ground=densify,
+            close_holes=densify,
+        )
+        result = generate_occupancy(
+            dataroot, version, out, split=split, options=opts, workers=workers, overwrite=overwrite
+        )
+        print(
+            f"wrote {result['written']} labels.npz to {out} ({result['skipped']} already there, "
+            f"{result['frames']} key frames, {result['seconds']:.1f} s)"
+        )

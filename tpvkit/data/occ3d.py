@@ -65,15 +65,29 @@ def label_relpath(scene_name: str, sample_token: str) -> str:
 
 
 def check_labels(
-    semantics: np.ndarray, mask_lidar: np.ndarray, mask_camera: np.ndarray, where: str
+    semantics: np.ndarray,
+    mask_lidar: np.ndarray,
+    mask_camera: np.ndarray,
+    where: str,
+    shape: tuple[int, int, int] | None = OCC3D_GRID,
 ) -> Occ3DLabels:
-    """Validate the three arrays of one frame (shape, dtype, value range) -> Occ3DLabels."""
+    """Validate the three arrays of one frame (shape, dtype, value range) -> Occ3DLabels.
+
+    `shape` None accepts any grid (labels generated for another range or voxel size) as long
+    as the three arrays are 3-D and of one shape.
+    """
     arrays = {"semantics": semantics, "mask_lidar": mask_lidar, "mask_camera": mask_camera}
     for key, arr in arrays.items():
-        if arr.shape != OCC3D_GRID:
+        if shape is None:
+            if arr.ndim != 3 or arr.shape != semantics.shape:
+                raise TpvkitError(
+                    f"{where}: '{key}' has shape {arr.shape}; the three arrays must be 3-D "
+                    f"(x, y, z) and of one shape (semantics: {semantics.shape})"
+                )
+        elif arr.shape != shape:
             raise TpvkitError(
                 f"{where}: '{key}' has shape {arr.shape}, Occ3D-nuScenes labels are "
-                f"{OCC3D_GRID} (x, y, z): this is not an Occ3D-nuScenes labels.npz"
+                f"{shape} (x, y, z): this is not an Occ3D-nuScenes labels.npz"
             )
     if semantics.dtype != np.uint8:
         raise TpvkitError(
@@ -96,8 +110,9 @@ def check_labels(
     return Occ3DLabels(semantics, masks["mask_lidar"], masks["mask_camera"])
 
 
-def read_labels(path: str | Path) -> Occ3DLabels:
-    """Read and validate one `labels.npz`; every problem is a TpvkitError naming the file."""
+def read_labels(path: str | Path, shape: tuple[int, int, int] | None = OCC3D_GRID) -> Occ3DLabels:
+    """Read and validate one `labels.npz`; every problem is a TpvkitError naming the file.
+    `shape` None accepts any grid (check_labels)."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as data:
@@ -116,12 +131,17 @@ def read_labels(path: str | Path) -> Occ3DLabels:
         ) from None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise TpvkitError(f"Occ3D labels {path} cannot be read ({err}): re-extract it") from err
-    return check_labels(*arrays, where=f"Occ3D labels {path}")
+    return check_labels(*arrays, where=f"Occ3D labels {path}", shape=shape)
 
 
-def write_labels(path: str | Path, labels: Occ3DLabels) -> None:
-    """Write one labels.npz in the distributed format (uint8 arrays), atomically."""
-    check_labels(labels.semantics, labels.mask_lidar, labels.mask_camera, where=str(path))
+def write_labels(
+    path: str | Path, labels: Occ3DLabels, shape: tuple[int, int, int] | None = OCC3D_GRID
+) -> None:
+    """Write one labels.npz in the distributed format (uint8 arrays), atomically (`shape`
+    None: any grid, check_labels)."""
+    check_labels(
+        labels.semantics, labels.mask_lidar, labels.mask_camera, where=str(path), shape=shape
+    )
     buf = io.BytesIO()
     np.savez_compressed(
         buf,
