@@ -70,8 +70,8 @@ class OccGTOptions:
     fill_ground: bool = True  # close holes of the ground layer
     close_holes: bool = True  # fill a free voxel between two occupied ones
     ground_fill_distance: float = 8.0  # m: furthest ground column a hole takes its height from
-    surface_offset: float = 0.1  # m: returns pushed this far along their ray, into the surface
-    ground_offset: float = 0.1  # m: ground-class points lowered this much (solid is below)
+    surface_offset: float = 0.1  # m: returns pushed this far into the surface they lie on
+    surface_normals: bool = True  # push along the local surface normal (else along the ray)
     camera_ray_deg: float = 0.35  # angular spacing of the mask_camera rays (pixel stride)
 
     def grid(self) -> VoxelGrid:
@@ -295,8 +295,10 @@ class _FramePoints:
     """One LiDAR frame split into static points (global) and in-box points (box-local)."""
 
     static_xyz: np.ndarray  # (S, 3) float64 global
+    static_dir: np.ndarray  # (S, 3) unit ray direction (sensor -> return), global
     static_label: np.ndarray  # (S,) int64 Occ3D class 0..16, -1 unknown (sweep)
     box_xyz: np.ndarray  # (B, 3) float64 box frame
+    box_dir: np.ndarray  # (B, 3) unit ray direction, box frame
     box_instance: np.ndarray  # (B,) int64
     box_label: np.ndarray  # (B,) int64
     origin: np.ndarray  # (3,) LiDAR position, global
@@ -324,15 +326,11 @@ def _in_box(local: np.ndarray, wlh: np.ndarray) -> np.ndarray:
     )
 
 
-def _split_frame(frame: LidarFrame, box_frame: bool, surface_offset: float = 0.0) -> _FramePoints:
+def _split_frame(frame: LidarFrame, box_frame: bool) -> _FramePoints:
     xyz_l = _read_points(frame.path)
     T = frame.lidar2global
-    rays = xyz_l @ T[:3, :3].T + T[:3, 3]
-    # a return lies on a surface; the solid is behind it along the ray: pushing it a quarter
-    # voxel in puts it in the voxel that the surface fills more than half of
-    rng = np.linalg.norm(xyz_l, axis=1, keepdims=True)
-    xyz_l = xyz_l * (1.0 + surface_offset / np.maximum(rng, 1e-6))
     xyz = xyz_l @ T[:3, :3].T + T[:3, 3]
+    dirs = (xyz_l / np.maximum(np.linalg.norm(xyz_l, axis=1, keepdims=True), 1e-9)) @ T[:3, :3].T
     n = xyz.shape[0]
     if frame.lidarseg_path is not None:
         general = np.fromfile(frame.lidarseg_path, dtype=np.uint8).astype(np.int64)
@@ -347,6 +345,7 @@ def _split_frame(frame: LidarFrame, box_frame: bool, surface_offset: float = 0.0
         label = np.full(n, -1, dtype=np.int64)
     box_of = np.full(n, -1, dtype=np.int64)
     local_all = np.zeros((n, 3))
+    local_dir = np.zeros((n, 3))
     box_label = np.full(n, -1, dtype=np.int64)
     for box in frame.boxes:
         r = np.linalg.norm(box.wlh) / 2 + BOX_MARGIN
@@ -362,6 +361,7 @@ def _split_frame(frame: LidarFrame, box_frame: bool, surface_offset: float = 0.0
         sel, loc = sel[own], local[inside][own]
         box_of[sel] = box.instance
         local_all[sel] = loc
+        local_dir[sel] = dirs[sel] @ box.rotation
         box_label[sel] = box.label
     moved = (box_of >= 0) if box_frame else np.zeros(n, dtype=bool)
     if not box_frame:  # sweep points in boxes still take the box's class
@@ -370,12 +370,14 @@ def _split_frame(frame: LidarFrame, box_frame: bool, surface_offset: float = 0.0
     keep_static = ~moved & (label != -2)
     return _FramePoints(
         static_xyz=xyz[keep_static],
+        static_dir=dirs[keep_static],
         static_label=label[keep_static],
         box_xyz=local_all[moved],
+        box_dir=local_dir[moved],
         box_instance=box_of[moved],
         box_label=np.where(label[moved] >= 0, label[moved], box_label[moved]),
         origin=T[:3, 3].copy(),
-        rays=rays,
+        rays=xyz,
     )
 
 
@@ -421,10 +423,11 @@ def accumulate(
     """(M, 3) ego-frame points of the key frame and (M,) their Occ3D classes (0..16)."""
     global2ego = invert_pose(job.frames[key.frame].ego2global)
     key_boxes = {b.instance: b for b in job.frames[key.frame].boxes}
-    xyz, lab = [], []
+    xyz, dirs, lab = [], [], []
     for i in _chosen_frames(job, key):
         p = points[i]
         xyz.append(p.static_xyz)
+        dirs.append(p.static_dir)
         lab.append(p.static_label)
         if p.box_xyz.size:
             have = np.array([inst in key_boxes for inst in p.box_instance])
@@ -433,13 +436,44 @@ def accumulate(
                 R = np.stack([key_boxes[j].rotation for j in inst])  # (B, 3, 3)
                 c = np.stack([key_boxes[j].center for j in inst])
                 xyz.append(np.einsum("bij,bj->bi", R, loc) + c)
+                dirs.append(np.einsum("bij,bj->bi", R, p.box_dir[have]))
                 lab.append(p.box_label[have])
     all_xyz = np.concatenate(xyz) if xyz else np.zeros((0, 3))
+    all_dir = np.concatenate(dirs) if dirs else np.zeros((0, 3))
     all_lab = np.concatenate(lab) if lab else np.zeros(0, dtype=np.int64)
     ego = all_xyz @ global2ego[:3, :3].T + global2ego[:3, 3]
-    if job.options.ground_offset:
-        ego[np.isin(all_lab, GROUND_CLASSES), 2] -= job.options.ground_offset
+    ego_dir = all_dir @ global2ego[:3, :3].T
+    if job.options.surface_offset:
+        # a return lies on a surface with the solid behind it: pushed a quarter voxel into
+        # the solid, it lands in the voxel the surface reaches at least a quarter into
+        inward = surface_inward(ego, ego_dir) if job.options.surface_normals else ego_dir
+        inward[np.isin(all_lab, GROUND_CLASSES)] = (0.0, 0.0, -1.0)  # the ground: straight down
+        ego = ego + job.options.surface_offset * inward
     return ego, all_lab
+
+
+NORMAL_NEIGHBOURS = 10
+
+
+def surface_inward(xyz: np.ndarray, ray_dir: np.ndarray) -> np.ndarray:
+    """(N, 3) unit direction into the surface at each point: minus the local normal (the
+    least-variance axis of its NORMAL_NEIGHBOURS nearest points), turned to face the sensor;
+    the ray direction where the neighbourhood is not a surface (a line, a blob)."""
+    from scipy.spatial import cKDTree
+
+    n = xyz.shape[0]
+    if n < NORMAL_NEIGHBOURS:
+        return ray_dir
+    tree = cKDTree(xyz)
+    _, nb = tree.query(xyz, k=NORMAL_NEIGHBOURS)
+    q = xyz[nb] - xyz[nb].mean(axis=1, keepdims=True)  # (N, k, 3)
+    cov = np.einsum("nki,nkj->nij", q, q)
+    w, v = np.linalg.eigh(cov)  # ascending eigenvalues
+    normal = v[:, :, 0]
+    planar = w[:, 0] < 0.1 * w[:, 1]  # flat: one axis of clearly less spread
+    flip = (normal * ray_dir).sum(1) > 0
+    normal[flip] *= -1.0  # facing the sensor
+    return np.where(planar[:, None], -normal, ray_dir)
 
 
 def vote(grid: VoxelGrid, xyz: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -618,7 +652,7 @@ def run_scene(job: SceneJob, progress: Any = None) -> tuple[int, float]:
     needed = sorted({i for k in todo for i in _chosen_frames(job, k)} | {k.frame for k in job.keys})
     points: list[_FramePoints | None] = [None] * len(job.frames)
     for i in needed:
-        points[i] = _split_frame(job.frames[i], job.options.box_frame, job.options.surface_offset)
+        points[i] = _split_frame(job.frames[i], job.options.box_frame)
     _label_sweeps([p for p in points if p is not None])
     written = 0
     for key in todo:
