@@ -4,11 +4,12 @@ Generates a synthetic world with moving objects and non-key LiDAR sweeps (a seed
 and the demo do not use: held-out scenes), runs the generator on it in several variants and
 scores each with tpvkit's own metrics, the generated labels taken as a prediction of the
 exact ones: Occ3D mIoU inside the exact camera mask (and without one), RayIoU, geometric
-IoU (occupied vs free inside the exact camera mask), the mIoU of the classes that move, and the IoU of the generated
-mask_camera / mask_lidar with the exact ones. Variants: the defaults ("full"), plain
-accumulation (key frames + sweeps, box frame, majority vote; no densification and no surface
-offsets), the defaults without box-frame handling, and the defaults minus each step. Also
-seconds per key frame on one core and the generator's peak memory (a child process).
+IoU (occupied vs free inside the exact camera mask), the mIoU of the classes that move, and
+the IoU of the generated mask_camera / mask_lidar with the exact ones. Variants: the
+defaults ("full"), plain accumulation (key frames + sweeps, box frame, majority vote; no
+densification, no surface offset), the defaults without box-frame handling, and the
+defaults minus each step. Also seconds per key frame on one core and the generator's peak
+memory (a child process).
 
     python tools/bench_occ_gt.py [--scenes 2] [--samples-per-scene 6] [--sweeps 9]
         [--movers 0.6] [--seed 1234] [--no-ablations] [--json out.json]
