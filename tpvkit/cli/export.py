@@ -17,7 +17,10 @@ def export(
     mode: str = typer.Option("points", "--mode", help="points: a vertex per voxel; cubes: meshes."),
     ascii: bool = typer.Option(False, "--ascii", help="ASCII PLY instead of binary little-endian."),
     frame: str = typer.Option(
-        "lidar", "--frame", help="lidar | ego (from the file's own frame through lidar2ego)."
+        None,
+        "--frame",
+        help="lidar | ego (from the file's own frame through lidar2ego). Default: lidar; the "
+        "ego frame for an Occ3D labels.npz, which holds no LiDAR calibration.",
     ),
     source: str = typer.Option(
         "voxels",
@@ -69,7 +72,7 @@ def export(
                 raise TpvkitError("with --infos, --source is voxels or points")
             cfg = load_cli_config(config, set_)
             result = export_ground_truth(
-                cfg, infos, token, out, mode, ascii, frame, excluded, source, faces
+                cfg, infos, token, out, mode, ascii, frame or "lidar", excluded, source, faces
             )
         else:
             if input is None:

@@ -12,6 +12,7 @@ occ_metrics.py places voxel i of axis 0 at x = -40 + 0.4 (i + 0.5)). docs/occupa
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,9 @@ __all__ = [
 LABELS_FILE = "labels.npz"
 LABEL_KEYS: tuple[str, ...] = ("semantics", "mask_lidar", "mask_camera")
 INFO_FIELD = "occ3d_path"  # the sample record's link to its labels.npz (docs/data.md)
+# GTDIR/occ_gt.json, written by `tpvkit prepare occupancy`: the grid the labels were made on,
+# the options, and per scene the key frames' timestamps (docs/occupancy.md)
+GRID_FILE = "occ_gt.json"
 
 # RayIoU origin rules of SparseOcc (loaders/ego_pose_dataset.py)
 RAY_ORIGIN_LIMIT = 39.0  # |x| and |y| of an origin strictly below this (metres, current ego)
@@ -151,6 +155,50 @@ def write_labels(
     )
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, buf.getvalue())
+
+
+@dataclass(frozen=True)
+class LabelsGrid:
+    """Where the voxels of a labels.npz are: its grid and, when known, the frame's timestamp."""
+
+    range_min: tuple[float, float, float]
+    voxel_size: float
+    shape: tuple[int, int, int]
+    timestamp: int = -1  # microseconds, -1 unknown
+
+
+def labels_grid(path: str | Path, shape: tuple[int, int, int]) -> LabelsGrid:
+    """The grid of `GTDIR/<scene>/<token>/labels.npz` of the given shape: from GTDIR's
+    occ_gt.json when there is one (labels of any grid made by `prepare occupancy`), else
+    Occ3D's grid for a (200, 200, 16) file; a TpvkitError otherwise."""
+    path = Path(path)
+    meta_path = path.parent.parent.parent / GRID_FILE
+    if meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            grid = LabelsGrid(
+                tuple(float(v) for v in meta["range_min"]),  # type: ignore[arg-type]
+                float(meta["voxel_size"]),
+                tuple(int(v) for v in meta["shape"]),  # type: ignore[arg-type]
+                int(meta.get("timestamps", {}).get(path.parent.name, -1)),
+            )
+        except (ValueError, KeyError, TypeError) as err:
+            raise TpvkitError(f"{meta_path} is not a readable grid description ({err})") from err
+        if grid.shape != tuple(shape):
+            raise TpvkitError(
+                f"{path} holds a {shape} grid but {meta_path} describes {grid.shape}: the file "
+                "does not belong to this folder"
+            )
+        return grid
+    if tuple(shape) == OCC3D_GRID:
+        return LabelsGrid(
+            (OCC3D_RANGE[0], OCC3D_RANGE[1], OCC3D_RANGE[2]), OCC3D_VOXEL_SIZE, OCC3D_GRID
+        )
+    raise TpvkitError(
+        f"{path} holds a {shape} grid, not Occ3D's {OCC3D_GRID}, and no {GRID_FILE} is beside "
+        "its scene folders to say where it lies: keep the GTDIR layout "
+        "<GTDIR>/<scene>/<token>/labels.npz that `tpvkit prepare occupancy` wrote"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

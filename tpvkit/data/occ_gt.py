@@ -26,6 +26,7 @@ import numpy as np
 from tpvkit.constants import GENERAL_CLASS_NAMES, LABEL_MAP_32_TO_16, LIDAR_CHANNEL
 from tpvkit.data.geometry import invert_pose, pose_matrix, voxel_majority_labels
 from tpvkit.data.occ3d import (
+    GRID_FILE,
     OCC3D_FREE,
     OCC3D_RANGE,
     OCC3D_VOXEL_SIZE,
@@ -53,7 +54,6 @@ SOLID_CATEGORIES = (
 GROUND_CLASSES = (11, 12, 13, 14)  # driveable_surface, other_flat, sidewalk, terrain
 BOX_GROUND_CLEARANCE = 0.1  # m: points this close above a box's bottom face are ground
 BOX_MARGIN = 0.2  # m: boxes grown by this much (sides and top) to catch their surface returns
-META_FILE = "occ_gt.json"  # GTDIR/occ_gt.json: the grid and options the labels were made with
 
 
 @dataclass(frozen=True)
@@ -711,16 +711,26 @@ def generate_occupancy(
     """
     check_options(options)
     dataroot, out = Path(dataroot), Path(out)
-    check_output_dir(out, "--out")
-    meta_path = out / META_FILE
+    check_output_dir(out, "--out", inputs=[("the dataroot", dataroot)])
+    meta_path = out / GRID_FILE
     meta = _meta(options, dataroot, version)
-    if meta_path.is_file() and not overwrite:
-        old = json.loads(meta_path.read_text(encoding="utf-8"))
-        if old.get("options") != meta["options"]:
+    old: dict[str, Any] = {}
+    if meta_path.is_file():
+        try:
+            old = json.loads(meta_path.read_text(encoding="utf-8"))
+        except ValueError:
+            old = {}
+        if not overwrite and old.get("options") != meta["options"]:
             raise TpvkitError(
                 f"--out {out} holds labels made with other options ({meta_path}): pass "
                 "--overwrite to replace them or choose another --out"
             )
+    elif out.is_dir() and any(out.iterdir()) and not overwrite:
+        # resuming is for folders this command made; anything else is somebody's files
+        raise TpvkitError(
+            f"--out {out} is not empty and holds no {GRID_FILE} (not labels made by `tpvkit "
+            "prepare occupancy`): choose a new folder, or pass --overwrite to write into it"
+        )
     if nusc is None:
         from tpvkit.data.infos import _load_devkit
 
@@ -750,6 +760,11 @@ def generate_occupancy(
         ]
         total += len(job.keys)
         skipped += sum(job.skip)
+    # key frame timestamps (viewers order frames by them), those of earlier runs kept
+    meta["timestamps"] = dict(old.get("timestamps", {}))
+    for job in jobs:
+        for k in job.keys:
+            meta["timestamps"][k.sample_token] = job.frames[k.frame].timestamp
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(meta_path, json.dumps(meta, indent=1) + "\n")
     start = time.perf_counter()

@@ -20,6 +20,7 @@ from tpvkit.errors import TpvkitError
 from tpvkit.outputs.degenerate import empty_output_warning, warn
 from tpvkit.outputs.prediction_file import (
     Prediction,
+    has_lidar_calibration,
     load_prediction,
     transform_points,
     voxel_centers,
@@ -109,9 +110,25 @@ def frame_transform(pred: Prediction, frame: str) -> np.ndarray | None:
     _choice(frame, FRAMES, "frame")
     if frame == pred.frame:
         return None
+    if not has_lidar_calibration(pred):
+        raise TpvkitError(
+            f"{pred.source} is an Occ3D labels file: it holds the {pred.frame} frame only (no "
+            f"LiDAR calibration); use --frame {pred.frame}"
+        )
     if frame == "ego":  # the grid is in the LiDAR frame
         return np.asarray(pred.lidar2ego, dtype=np.float64)
     return np.linalg.inv(np.asarray(pred.lidar2ego, dtype=np.float64))
+
+
+def selected_voxels(pred: Prediction, source: str, exclude: Sequence[str] | None) -> np.ndarray:
+    """(N, 3) int64 [x, y, z] indices of the voxels `select_items` exports, in its order."""
+    excluded = resolve_excluded(pred, exclude)
+    if source == "voxels":
+        labels, occupied = pred.voxels, pred.occupied
+    else:
+        labels, occupied = pred.gt_voxels, gt_occupied(pred)
+    keep = occupied & ~excluded[labels.astype(np.int64)]
+    return np.argwhere(keep)  # row-major [x, y, z]
 
 
 def select_items(
@@ -126,14 +143,10 @@ def select_items(
     _choice(source, SOURCES, "source")
     excluded = resolve_excluded(pred, exclude)
     if source in ("voxels", "gt_voxels"):
-        if source == "voxels":
-            labels, occupied = pred.voxels, pred.occupied
-        else:
-            labels, occupied = pred.gt_voxels, gt_occupied(pred)
-        keep = occupied & ~excluded[labels.astype(np.int64)]
-        index = np.argwhere(keep)  # (N, 3) row-major [x, y, z]
+        index = selected_voxels(pred, source, exclude)
+        labels = pred.voxels if source == "voxels" else pred.gt_voxels
         xyz = voxel_centers(index, pred.point_cloud_range, pred.voxel_size)
-        return xyz, labels[keep].astype(np.int64)
+        return xyz, labels[tuple(index.T)].astype(np.int64)
     key = "point_labels" if source == "points" else "gt_point_labels"
     labels = getattr(pred, key)
     if pred.points is None or labels is None:
@@ -168,8 +181,11 @@ def build_ply(
     faces: np.ndarray | None = None,
     ascii: bool = False,
     comments: Sequence[str] = (),
+    extra: dict[str, np.ndarray] | None = None,
 ) -> PlyData:
-    """A PlyData with float32 x/y/z, uchar red/green/blue, uchar label (and faces if given)."""
+    """A PlyData with float32 x/y/z, uchar red/green/blue, uchar label (and faces if given);
+    `extra` adds uchar vertex properties (name -> (N,) values, e.g. the Occ3D masks)."""
+    extra = extra or {}
     vertex = np.empty(
         len(vertices),
         dtype=[
@@ -180,8 +196,11 @@ def build_ply(
             ("green", "u1"),
             ("blue", "u1"),
             ("label", "u1"),
+            *((name, "u1") for name in extra),
         ],
     )
+    for name, values in extra.items():
+        vertex[name] = np.asarray(values).astype(np.uint8)
     vertex["x"], vertex["y"], vertex["z"] = vertices.T.astype(np.float32)
     colors = np.asarray(palette, dtype=np.uint8)[labels]
     vertex["red"], vertex["green"], vertex["blue"] = colors.T
@@ -221,9 +240,19 @@ def export_prediction_ply(
     if matrix is not None:
         xyz = transform_points(matrix, xyz)
         rotation = matrix[:3, :3]
+    # Occ3D masks travel with the voxels: uchar mask_camera / mask_lidar per vertex
+    extra: dict[str, np.ndarray] = {}
+    if source in ("voxels", "gt_voxels"):
+        index = None
+        for name in ("mask_camera", "mask_lidar"):
+            mask = getattr(pred, "gt_" + name)
+            if mask is not None:
+                index = selected_voxels(pred, source, exclude) if index is None else index
+                extra[name] = np.asarray(mask, bool)[tuple(index.T)]
     if mode == "cubes":
         vertices, face_index = cube_mesh(xyz, pred.voxel_size, faces, rotation)
         vertex_labels = np.repeat(labels, 8)
+        extra = {k: np.repeat(v, 8) for k, v in extra.items()}
     else:
         vertices, face_index, vertex_labels = xyz, None, labels
     comments = [
@@ -233,7 +262,7 @@ def export_prediction_ply(
         f"source {source}",
         *(f"class {i} {name}" for i, name in enumerate(pred.class_names)),
     ]
-    ply = build_ply(vertices, vertex_labels, pred.palette, face_index, ascii, comments)
+    ply = build_ply(vertices, vertex_labels, pred.palette, face_index, ascii, comments, extra)
     out = Path(out)
     with atomic_path(out) as tmp:
         ply.write(str(tmp))
@@ -252,12 +281,14 @@ def export_ply(
     out: str | Path,
     mode: str = "points",
     ascii: bool = False,
-    frame: str = "lidar",
+    frame: str | None = "lidar",
     exclude: Sequence[str] | None = None,
     source: str = "voxels",
     faces: str = "quads",
 ) -> ExportResult:
     """Export a prediction file (or record) to PLY.
+
+    frame None: "lidar", or the file's own frame for an Occ3D labels.npz (no LiDAR calibration).
 
     mode: "points" (a vertex per voxel centre or LiDAR point) or "cubes" (8 vertices and 6 quads
     or 12 triangles per voxel). frame: "lidar" or "ego", from the record's own frame through
@@ -266,6 +297,8 @@ def export_ply(
     their predicted labels), "gt_voxels", "gt_points". Binary little-endian unless `ascii`.
     """
     pred = input if isinstance(input, Prediction) else load_prediction(input)
+    if frame is None:
+        frame = "lidar" if has_lidar_calibration(pred) else pred.frame
     return export_prediction_ply(pred, out, mode, ascii, frame, exclude, source, faces)
 
 

@@ -283,6 +283,31 @@ def _str(value: np.ndarray) -> str:
     return str(value.item()) if value.ndim == 0 else str(value)
 
 
+def npz_files_in(folder: str | Path) -> list[Path]:
+    """The .npz files a folder stands for: its own *.npz (prediction files), else the
+    labels.npz of an Occ3D ground-truth folder (GTDIR/<scene>/<token>/ or one scene of it), in
+    key-frame order when GTDIR/occ_gt.json records the timestamps (else by path)."""
+    folder = Path(folder)
+    found = sorted(folder.glob("*.npz"))
+    if found:
+        return found
+    found = sorted(folder.glob("*/labels.npz")) or sorted(folder.glob("*/*/labels.npz"))
+    if not found:
+        return []
+    from tpvkit.data.occ3d import GRID_FILE
+
+    for meta in (folder / GRID_FILE, folder.parent / GRID_FILE):
+        if meta.is_file():
+            try:
+                stamps = json.loads(meta.read_text(encoding="utf-8")).get("timestamps", {})
+            except ValueError:
+                break
+            return sorted(
+                found, key=lambda p: (p.parent.parent.name, stamps.get(p.parent.name, -1), str(p))
+            )
+    return found
+
+
 def load_prediction(path: str | Path) -> Prediction:
     """Read and validate a prediction file; every problem is a TpvkitError naming the file."""
     path = Path(path)
@@ -293,7 +318,63 @@ def load_prediction(path: str | Path) -> Prediction:
             data = {key: npz[key] for key in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise TpvkitError(f"{path} is not a readable .npz prediction file: {err}") from err
+    if "voxels" not in data and all(k in data for k in ("semantics", "mask_camera")):
+        return prediction_from_occ3d_labels(data, path)
     return prediction_from_arrays(data, source=str(path))
+
+
+def has_lidar_calibration(pred: Prediction) -> bool:
+    """False for a record made from an Occ3D labels.npz: it knows no LiDAR -> ego transform."""
+    return bool(np.all(np.isfinite(pred.lidar2ego)))
+
+
+def prediction_from_occ3d_labels(data: dict[str, np.ndarray], path: str | Path) -> Prediction:
+    """A record of an Occ3D-format labels.npz (downloaded, synthetic or made by `tpvkit prepare
+    occupancy`, any grid): the semantics as both the voxels and the ground truth, with both
+    masks, in the ego frame; the grid from GTDIR/occ_gt.json or, for (200, 200, 16), Occ3D's.
+    Such a file carries no LiDAR calibration (lidar2ego is NaN: only the ego frame exists)."""
+    from tpvkit.data.occ3d import LABEL_KEYS, check_labels, labels_grid
+
+    path = Path(path)
+    missing = [k for k in LABEL_KEYS if k not in data]
+    if missing:
+        raise TpvkitError(f"Occ3D labels {path} lacks {', '.join(missing)}")
+    labels = check_labels(
+        *(np.asarray(data[k]) for k in LABEL_KEYS), where=f"Occ3D labels {path}", shape=None
+    )
+    grid = labels_grid(path, labels.semantics.shape)
+    lo = np.asarray(grid.range_min, dtype=np.float64)
+    size = np.full(3, grid.voxel_size, dtype=np.float64)
+    pc_range = np.concatenate([lo, lo + size * np.asarray(grid.shape)])
+    occ3d_task = TASKS["occ3d"]
+    task = occ3d_task.with_grid(
+        Grid("ego", tuple(float(v) for v in pc_range), grid.shape, tuple(float(v) for v in size))
+    )
+    space = task.label_space
+    sem = labels.semantics
+    pred = Prediction(
+        voxels=sem,
+        occupied=sem != space.free_index,
+        point_cloud_range=pc_range,
+        voxel_size=size,
+        lidar2ego=np.full((4, 4), np.nan),
+        class_names=space.class_names,
+        palette=np.asarray(space.palette, dtype=np.uint8),
+        empty_label=int(space.free_index),  # type: ignore[arg-type]
+        token=path.parent.name,
+        lidar_token="",
+        occupancy_rule="empty_class",
+        frame="ego",
+        gt_voxels=sem,
+        gt_mask_camera=labels.mask_camera,
+        gt_mask_lidar=labels.mask_lidar,
+        scene_token=path.parent.parent.name,
+        timestamp=grid.timestamp,
+        source=str(path),
+        task=task,
+    )
+    validate_prediction(pred)
+    return pred
 
 
 def _bool_or_none(value: np.ndarray | None) -> np.ndarray | None:

@@ -25,7 +25,7 @@ from PIL import Image
 
 from tpvkit.errors import TpvkitError
 from tpvkit.outputs.degenerate import empty_output_warning, warn
-from tpvkit.outputs.prediction_file import Prediction, load_prediction
+from tpvkit.outputs.prediction_file import Prediction, load_prediction, npz_files_in
 from tpvkit.utils.io import atomic_write_text, check_output_file
 
 if TYPE_CHECKING:
@@ -377,7 +377,7 @@ def collect_inputs(inputs: Sequence[str | Path] | str | Path) -> list[Path]:
     for item in items:
         path = Path(item)
         if path.is_dir():
-            found = sorted(path.glob("*.npz"))
+            found = npz_files_in(path)
             if not found:
                 raise TpvkitError(f"no .npz prediction files in {path}")
             files += found

@@ -22,7 +22,12 @@ from tpvkit.outputs.pictures import (
     save_png,
     shown_voxels,
 )
-from tpvkit.outputs.prediction_file import Prediction, load_prediction, safe_file_stem
+from tpvkit.outputs.prediction_file import (
+    Prediction,
+    load_prediction,
+    npz_files_in,
+    safe_file_stem,
+)
 from tpvkit.outputs.video import key_frame_images, write_gif, write_video
 
 
@@ -32,7 +37,7 @@ def _inputs(input: str | Path | Prediction | Sequence[str | Path]) -> list[Predi
     if isinstance(input, (str, Path)):
         path = Path(input)
         if path.is_dir():
-            files = sorted(path.glob("*.npz"))
+            files = npz_files_in(path)
             if not files:
                 raise TpvkitError(f"no .npz prediction files in {path}")
             return list(files)
