@@ -13,6 +13,7 @@ memory (a child process).
 
     python tools/bench_occ_gt.py [--scenes 2] [--samples-per-scene 6] [--sweeps 9]
         [--movers 0.6] [--seed 1234] [--no-ablations] [--json out.json]
+        [--points-per-beam 1080 --image-width 800 --image-height 450]   # real-nuScenes density
 """
 
 from __future__ import annotations
@@ -131,6 +132,14 @@ def main() -> None:
     parser.add_argument("--sweeps", type=int, default=9, help="non-key sweeps between key frames")
     parser.add_argument("--movers", type=float, default=0.6, help="share of objects that move")
     parser.add_argument("--seed", type=int, default=1234, help="world seed (held out)")
+    parser.add_argument(
+        "--points-per-beam",
+        type=int,
+        default=200,
+        help="LiDAR azimuth steps (200: the synthetic default; 1080: real nuScenes density)",
+    )
+    parser.add_argument("--image-width", type=int, default=200, help="camera image width")
+    parser.add_argument("--image-height", type=int, default=112, help="camera image height")
     parser.add_argument("--no-ablations", action="store_true", help="skip the minus-one runs")
     parser.add_argument("--workdir", type=Path, default=None, help="keep everything here")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here too")
@@ -149,6 +158,8 @@ def main() -> None:
             seed=args.seed,
             movers=args.movers,
             sweeps=args.sweeps,
+            points_per_beam=args.points_per_beam,
+            image_size=(args.image_width, args.image_height),
             overwrite=True,
             workers=1,
         )
