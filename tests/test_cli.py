@@ -13,6 +13,7 @@ from tpvkit.cli import app
 COMMANDS = [
     ["prepare", "synthetic"],
     ["prepare", "nuscenes"],
+    ["prepare", "occupancy"],
     ["train"],
     ["eval"],
     ["predict"],
@@ -58,8 +59,9 @@ def _blocker(tmp_path):
         (["visualize", "{input}"], "pictures"),
         (["prepare", "synthetic", "--scenes", "1"], "data"),
         (["prepare", "nuscenes", "--dataroot", "{input}", "--version", "v1.0-mini"], "infos"),
+        (["prepare", "occupancy", "--dataroot", "{input}", "--version", "v1.0-mini"], "gts"),
     ],
-    ids=["export", "visualize", "prepare-synthetic", "prepare-nuscenes"],
+    ids=["export", "visualize", "prepare-synthetic", "prepare-nuscenes", "prepare-occupancy"],
 )
 def test_out_below_a_file_is_refused_before_any_work(tmp_path, command, out_name):
     # INPUT does not even exist: the output path is checked before anything is read.

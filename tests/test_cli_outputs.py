@@ -143,8 +143,9 @@ def test_train_never_rewrites_its_config(tmp_path):
     [
         ["prepare", "synthetic", "--scenes", "1"],
         ["prepare", "nuscenes", "--dataroot", "{root}", "--version", "v1.0-mini"],
+        ["prepare", "occupancy", "--dataroot", "{root}", "--version", "v1.0-mini"],
     ],
-    ids=["prepare-synthetic", "prepare-nuscenes"],
+    ids=["prepare-synthetic", "prepare-nuscenes", "prepare-occupancy"],
 )
 def test_prepare(tmp_path, command):
     kept = _owned(tmp_path / "data" / "mine.json")
