@@ -8,8 +8,8 @@ IoU (occupied vs free inside the exact camera mask), the mIoU of the classes tha
 the IoU of the generated mask_camera / mask_lidar with the exact ones. Variants: the
 defaults ("full"), plain accumulation (key frames + sweeps, box frame, majority vote; no
 densification, no surface offset), the defaults without box-frame handling, and the
-defaults minus each step. Also seconds per key frame on one core and the generator's peak
-memory (a child process).
+defaults minus (or plus) each step. Also seconds (wall and CPU) per key frame on one core
+and the generator's peak memory (a child process).
 
     python tools/bench_occ_gt.py [--scenes 2] [--samples-per-scene 6] [--sweeps 9]
         [--movers 0.6] [--seed 1234] [--no-ablations] [--json out.json]
@@ -60,7 +60,7 @@ def variants(ablations: bool) -> dict[str, OccGTOptions]:
         out["full - surface offset"] = replace(full, surface_offset=0.0)
         out["full, surface offset along rays"] = replace(full, surface_normals=False)
         out["full - remove isolated"] = replace(full, remove_isolated=False)
-        out["full - fill boxes"] = replace(full, fill_boxes=False)
+        out["full + fill boxes"] = replace(full, fill_boxes=True)
         out["full - fill ground"] = replace(full, fill_ground=False)
         out["full - close holes"] = replace(full, close_holes=False)
     return out

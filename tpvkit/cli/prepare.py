@@ -119,7 +119,11 @@ def occupancy(
     densify: bool = typer.Option(
         True,
         "--densify/--no-densify",
-        help="All densification steps (isolated-voxel removal, box fill, ground fill, holes).",
+        help="The densification steps on by default (isolated-voxel removal, ground fill, "
+        "hole closing).",
+    ),
+    fill_boxes: bool = typer.Option(
+        False, "--fill-boxes", help="Also close solid vehicles inside their boxes (off: no gain)."
     ),
     workers: int = typer.Option(1, "--workers", help="Processes, one scene each."),
     overwrite: bool = typer.Option(
@@ -137,7 +141,7 @@ def occupancy(
             keyframes=keyframes,
             box_frame=box_frame,
             remove_isolated=densify,
-            fill_boxes=densify,
+            fill_boxes=fill_boxes,
             fill_ground=densify,
             close_holes=densify,
         )

@@ -66,7 +66,7 @@ class OccGTOptions:
     keyframes: int = 2  # neighbouring key frames on each side
     box_frame: bool = True  # points inside boxes move with their box
     remove_isolated: bool = True  # drop one-point voxels with no occupied neighbour
-    fill_boxes: bool = True  # fill the inside of solid vehicles' boxes
+    fill_boxes: bool = False  # close solid vehicles in their boxes (no measurable gain: off)
     fill_ground: bool = True  # close holes of the ground layer
     close_holes: bool = True  # fill a free voxel between two occupied ones
     ground_fill_distance: float = 8.0  # m: furthest ground column a hole takes its height from
