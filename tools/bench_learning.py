@@ -285,8 +285,9 @@ def read_losses(path: Path) -> list[dict[str, float]]:
 
 def evaluate_checkpoints(cfg: Config, work_dir: Path, root: Path) -> list[dict[str, Any]]:
     from tpvkit.data.dataset import LidarSegDataset, build_dataloader
-    from tpvkit.engine.checkpoint import list_iter_checkpoints, load_model_weights
+    from tpvkit.engine.checkpoint import list_iter_checkpoints
     from tpvkit.engine.evaluate import evaluate_model
+    from tpvkit.engine.inference import load_for_inference
     from tpvkit.models.tpvformer import build_model
     from tpvkit.utils.rng import seed_everything
 
@@ -296,9 +297,10 @@ def evaluate_checkpoints(cfg: Config, work_dir: Path, root: Path) -> list[dict[s
     curve = []
     for iteration, path in points:
         seed_everything(cfg.train.seed)  # iteration 0: the same initial weights as training
-        model = build_model(cfg.model)
-        if path is not None:
-            load_model_weights(model, path, cfg)
+        if path is None:
+            model = build_model(cfg.model)
+        else:  # the one setup path of eval and predict
+            model = load_for_inference(path, cfg, device="cpu").model
         m = evaluate_model(model, loader, "cpu", progress=False)
         curve.append({"iter": iteration, "miou": m["miou"], "miou_voxel": m["miou_voxel"]})
         print(f"  iteration {iteration}: val mIoU {fmt(m['miou'])} (voxels {fmt(m['miou_voxel'])})")

@@ -210,7 +210,8 @@ class StepTimes:
 
 def run_one(job: tuple[str, int], args: argparse.Namespace, root: Path) -> dict[str, Any]:
     """Train one (config, seed) for exactly --iters iterations and score its checkpoints."""
-    from tpvkit.engine.checkpoint import list_iter_checkpoints, load_model_weights
+    from tpvkit.engine.checkpoint import list_iter_checkpoints
+    from tpvkit.engine.inference import load_for_inference
     from tpvkit.engine.train import train
     from tpvkit.models.tpvformer import build_model
     from tpvkit.utils.rng import seed_everything
@@ -246,9 +247,10 @@ def run_one(job: tuple[str, int], args: argparse.Namespace, root: Path) -> dict[
     points = [(0, None), *list_iter_checkpoints(work_dir)]
     for iteration, path in points:
         seed_everything(seed)  # iteration 0: the initial weights of training
-        model = build_model(stored.model)
-        if path is not None:
-            load_model_weights(model, path, stored)
+        if path is None:
+            model = build_model(stored.model)
+        else:  # the one setup path of eval and predict
+            model = load_for_inference(path, stored, device="cpu").model
         # RayIoU (a few seconds a frame on one core) for the final checkpoint only
         scores = score_model(model, stored, root, ray_iou=iteration == points[-1][0])
         seconds = None

@@ -66,16 +66,13 @@ def frames_info_file(data: Path, frames: int, out: Path) -> Path:
 
 def score(cfg, checkpoint: Path, infos: Path) -> dict:
     """Occ3D scores of `checkpoint` on the frames of `infos` (no RayIoU: geometry only)."""
-    from tpvkit.engine.checkpoint import apply_model_weights, load_checkpoint_file
-    from tpvkit.engine.inference import inference_loader, run_inference
+    from tpvkit.engine.inference import inference_loader, load_for_inference, run_inference
     from tpvkit.engine.occupancy import OccupancyMetricsSink
-    from tpvkit.models.tpvformer import build_model
 
-    model = build_model(cfg.model)
-    apply_model_weights(model, load_checkpoint_file(checkpoint), cfg, checkpoint)
-    loader = inference_loader(cfg, load_infos(infos), torch.device("cpu"))
+    loaded = load_for_inference(checkpoint, cfg, device="cpu")  # the one setup path
+    loader = inference_loader(loaded.cfg, load_infos(infos), loaded.device)
     sink = OccupancyMetricsSink(ray_iou=False)
-    return run_inference(model, loader, "cpu", [sink], progress=False)[0]
+    return run_inference(loaded.model, loader, loaded.device, [sink], progress=False)[0]
 
 
 def geometric_iou(confusion: list[list[int]]) -> float:

@@ -78,3 +78,14 @@ def test_bad_paths_exit_2(tmp_path, checkpoint) -> None:
 def test_help() -> None:
     result = CliRunner().invoke(app, ["deploy", "--help"])
     assert result.exit_code == 0 and "--outputs" in result.output
+
+
+def test_deploy_sets_up_the_checkpoint_as_eval_does(tmp_path, checkpoint) -> None:
+    """One setup path (tpvkit.engine.inference.load_for_inference): a --set that changes the
+    checkpoint's contract is refused with eval's message, before any export."""
+    ckpt, _ = checkpoint
+    out = tmp_path / "m.onnx"
+    result = _invoke(str(ckpt), "--out", str(out), "--set", "model.encoder.num_hcab=2")
+    assert result.exit_code == 2, result.output
+    assert "trained with a different model config" in result.output
+    assert "--set model.encoder.num_hcab=1" in result.output and not out.exists()

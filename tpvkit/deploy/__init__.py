@@ -24,7 +24,6 @@ from tpvkit.deploy.export import (
     ExportResult,
     deploy,
     export_onnx,
-    load_checkpoint_model,
 )
 from tpvkit.deploy.graph import (
     DEFAULT_OUTPUTS,
@@ -34,7 +33,7 @@ from tpvkit.deploy.graph import (
     padded_img_hw,
     parse_outputs,
 )
-from tpvkit.deploy.metadata import build_metadata, config_from_onnx, read_metadata
+from tpvkit.deploy.metadata import build_metadata, config_from_onnx, read_metadata, task_from_onnx
 
 __all__ = [
     "CHECK_MAX_ABS_ERR",
@@ -54,11 +53,11 @@ __all__ = [
     "export_mode",
     "export_onnx",
     "graph_operator_types",
-    "load_checkpoint_model",
     "onnx_session",
     "padded_img_hw",
     "parse_outputs",
     "random_inputs",
     "read_metadata",
     "rig_lidar2img",
+    "task_from_onnx",
 ]

@@ -170,29 +170,6 @@ def export_onnx(
     )
 
 
-def load_checkpoint_model(
-    checkpoint: str | Path, config: str | Path | None = None, overrides: list[str] | None = None
-) -> tuple[TPVFormer, Config]:
-    """The model of a checkpoint with its weights: the config stored in it (or `config`), plus
-    dotted `overrides`."""
-    from tpvkit.config import apply_overrides, load_config
-    from tpvkit.engine.checkpoint import config_from_checkpoint, load_model_weights
-    from tpvkit.models.tpvformer import build_model
-
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise TpvkitError(f"checkpoint {checkpoint} not found: give a .pth written by tpvkit train")
-    if config is not None:
-        cfg = load_config(config, overrides or [])
-    else:
-        cfg = config_from_checkpoint(checkpoint)
-        if overrides:
-            cfg = apply_overrides(cfg, overrides)
-    model = build_model(cfg.model)
-    load_model_weights(model, checkpoint, cfg)
-    return model.eval(), cfg
-
-
 def deploy(
     checkpoint: str | Path,
     out: str | Path,
@@ -214,7 +191,14 @@ def deploy(
     outputs = parse_outputs(outputs)
     check_opset(opset)
     require_onnx()
-    model, cfg = load_checkpoint_model(checkpoint, config, overrides)
+    from tpvkit.config import load_config
+    from tpvkit.engine.inference import load_for_inference
+
+    # the one setup path of eval and predict: the checkpoint's config (or `config`, checked
+    # against it), `overrides` on top, the task, the weights; on the CPU, where export traces
+    given = load_config(config) if config is not None else None
+    loaded = load_for_inference(checkpoint, given, overrides or (), device="cpu")
+    model, cfg = loaded.model, loaded.cfg
     result = export_onnx(model, cfg, out, outputs=outputs, opset=opset, fp16=fp16)
     if check:
         inputs = random_inputs(cfg, seed=seed, num_points=check_points)
