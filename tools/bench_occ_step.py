@@ -6,10 +6,11 @@ batch, split into image features (backbone + FPN), TPV encoder, head (planes -> 
 supervised voxels), loss and backward + optimizer step, for several loss variants measured in
 the same run, one after the other, interleaved over --repeats rounds (medians reported):
 
-- dense: 0.2's recipe, every voxel of the 200x200x16 grid decoded, loss inside mask_camera;
-- sampled: tpvkit's recipe, only the supervised occupied voxels plus --free-per-occupied free
-  voxels per occupied one are decoded (train.occ_free_per_occupied);
-- sampled + refine: the same with the plane refiner (model.head.refine_layers).
+- 0.2: every voxel of the 200x200x16 grid decoded, CE + Lovasz inside mask_camera;
+- the recipe's loss (class-weighted CE, Lovasz without free, sem_scal, geo_scal) on the dense
+  grid, then on only the supervised occupied voxels plus --free-per-occupied free voxels per
+  occupied one (train.occ_free_per_occupied: the recipe as configs/tpv_occ3d_tiny.yaml runs);
+- the latter with the plane refiner (model.head.refine_layers).
 
 Also prints the multiply-adds of the head per step for each variant (counted from the shapes).
 
@@ -41,12 +42,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+# tpvkit 0.2's occ3d loss: plain CE + Lovasz (free included) over every supervised voxel.
+PLAIN_LOSS = [
+    "train.class_weights=none",
+    "train.lovasz_free=true",
+    "train.sem_scal_weight=0",
+    "train.geo_scal_weight=0",
+    "train.occ_free_per_occupied=0",
+]
+REFERENCE = "0.2: dense decode, CE + Lovasz"
+
+
 def variants(args: argparse.Namespace) -> dict[str, list[str]]:
     sampled = [f"train.occ_free_per_occupied={args.free_per_occupied}"]
     return {
-        "dense (0.2)": ["train.occ_free_per_occupied=0", "model.head.refine_layers=0"],
-        "sampled": [*sampled, "model.head.refine_layers=0"],
-        f"sampled + refine x{args.refine_layers}": [
+        REFERENCE: [*PLAIN_LOSS, "model.head.refine_layers=0"],
+        "recipe loss, dense decode": [
+            "train.occ_free_per_occupied=0",
+            "model.head.refine_layers=0",
+        ],
+        "recipe loss, sampled decode": [*sampled, "model.head.refine_layers=0"],
+        f"recipe, sampled + refine x{args.refine_layers}": [
             *sampled,
             f"model.head.refine_layers={args.refine_layers}",
         ],
@@ -73,14 +89,17 @@ def timed_step(parts: Parts) -> dict[str, float]:
     """One training step with the forward split into its stages by forward hooks."""
     model = parts.model
     marks: dict[str, float] = {}
+
+    def mark(name: str):  # a forward hook that returns None leaves the output alone
+        def hook(*_: object) -> None:
+            marks.setdefault(name, time.perf_counter())
+
+        return hook
+
     handles = [
-        model.neck.register_forward_hook(
-            lambda *_: marks.setdefault("features", time.perf_counter())
-        ),
-        model.encoder.register_forward_hook(
-            lambda *_: marks.setdefault("encoder", time.perf_counter())
-        ),
-        model.head.register_forward_hook(lambda *_: marks.setdefault("head", time.perf_counter())),
+        model.neck.register_forward_hook(mark("features")),
+        model.encoder.register_forward_hook(mark("encoder")),
+        model.head.register_forward_hook(mark("head")),
     ]
     try:
         start = time.perf_counter()
@@ -122,12 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     from tpvkit.config import apply_overrides, load_config
     from tpvkit.data.dataset import LidarSegDataset, collate_batch
     from tpvkit.data.infos import load_infos
+    from tpvkit.data.occ3d import label_frequencies
     from tpvkit.models.losses import sample_voxels, supervised_voxels
 
     base = apply_overrides(
         load_config(args.config), ["data.photometric_aug=false", *args.overrides]
     )
     infos = load_infos(args.data / "infos" / "tpvkit_infos_mini_train.json")
+    freq = label_frequencies(infos, base.train.occ_loss_mask, base.model.num_classes)
+    base = apply_overrides(base, {"train.class_frequencies": freq})
     batch = collate_batch([LidarSegDataset(infos, base.data, base.model, train=True)[0]])
     runs = {name: Parts(apply_overrides(base, ov), batch) for name, ov in variants(args).items()}
     for parts in runs.values():  # warm-up
@@ -144,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     stages = ["features", "encoder", "head", "loss", "backward+step", "total"]
     print(f"| variant | decoded voxels | head GMACs | {' | '.join(stages)} | speed-up |")
     print("|---|---|---|" + "---|" * (len(stages) + 1))
-    ref = statistics.median(t["total"] for t in times["dense (0.2)"])
+    ref = statistics.median(t["total"] for t in times[REFERENCE])
     for name, parts in runs.items():
         if parts.cfg.train.occ_free_per_occupied > 0:
             index, valid = sample_voxels(
