@@ -104,3 +104,14 @@ def test_the_time_estimate_grows_with_the_schedule():
     assert estimated_seconds(480, 0.3) == pytest.approx(
         2 * estimated_seconds(240, 0.3) - estimated_seconds(0, 0.3)
     )
+
+
+def test_demo_task_must_be_known(tmp_path):
+    from typer.testing import CliRunner
+
+    from tpvkit.cli import app
+
+    result = CliRunner().invoke(app, ["demo", "--task", "lidar", "--work-dir", str(tmp_path / "w")])
+    assert result.exit_code == 2
+    assert "--task lidar: give lidarseg, occupancy or all" in result.output
+    assert not (tmp_path / "w").exists()

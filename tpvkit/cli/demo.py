@@ -52,6 +52,10 @@ def demo(
     with user_errors():
         from tpvkit.engine.demo import DEMO_MODELS, check_work_dir, run_demo
 
+        if task not in (*DEMO_MODELS, "all"):
+            from tpvkit.errors import TpvkitError
+
+            raise TpvkitError(f"--task {task}: give {', '.join(DEMO_MODELS)} or all")
         tasks = tuple(DEMO_MODELS) if task == "all" else (task,)
 
         check_work_dir(work_dir, overwrite)
