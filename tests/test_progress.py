@@ -27,6 +27,7 @@ def test_a_log_file_gets_plain_lines():
     assert "\r" not in log.getvalue()
     assert lines[0].startswith("eval: 1/4 batch (25%), 0:00 elapsed")
     assert lines[-1].startswith("eval: 4/4 batch (100%)")
+    assert len(lines) == 4  # the final count once, not again at close
 
 
 def test_silent_in_a_log_file_when_the_caller_logs_and_a_bar_on_a_terminal():

@@ -11,10 +11,7 @@ from typing import Any
 
 import numpy as np
 
-LIKELY_CAUSE = (
-    "the model is likely undertrained (too few iterations; docs/learning.md shows how many "
-    "the tiny models need before they predict more than one class)"
-)
+LIKELY_CAUSE = "likely undertrained: too few iterations (docs/learning.md says how many)"
 
 
 def warn(message: str) -> None:

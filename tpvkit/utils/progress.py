@@ -55,6 +55,7 @@ class Progress:
         self._stream = stream
         self._start = time.monotonic()
         self._last_line = self._start
+        self._last_n = -1  # the count the last plain line reported
         self._log_every = log_every if enabled else None
         self._bar: Any = None
         if enabled and interactive(stream):
@@ -91,6 +92,7 @@ class Progress:
             count = f"{self.n}/{self.total} {self.unit} ({100 * self.n / self.total:.0f}%)"
         else:
             count = f"{self.n} {self.unit}"
+        self._last_n = self.n
         elapsed = _clock(time.monotonic() - self._start)
         print(f"{self.desc}: {count}, {elapsed} elapsed", file=stream, flush=True)
 
@@ -100,7 +102,8 @@ class Progress:
             self._bar = None
         elif self._log_every is not None:
             self._log_every = None
-            self._line()
+            if self._last_n != self.n:  # the final count, unless the last line said it
+                self._line()
 
     def __enter__(self) -> Progress:
         return self
