@@ -439,3 +439,12 @@ def test_cli_reports_bad_options(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "--scenes 12" in result.output
+
+
+def test_generation_reports_progress_per_scene(tmp_path: Path, capsys) -> None:
+    # 0.2 was silent for the 20-45 s of `prepare synthetic`; in a log file (not a terminal)
+    # the progress is plain lines, never carriage-return redraws.
+    kw = dict(scenes=2, samples_per_scene=1, image_size=(48, 27), points_per_beam=32)
+    generate_synthetic(tmp_path / "d", seed=1, workers=1, write_infos=False, **kw)
+    err = capsys.readouterr().err
+    assert "synthetic: 2/2 scene (100%)" in err and "\r" not in err
