@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import platform
 import resource
 import statistics
@@ -32,12 +31,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from bench_model import rig_lidar2img  # noqa: E402
-
-from tpvkit.config import Config, apply_overrides, load_config  # noqa: E402
-from tpvkit.ops.msda import available_backends, multi_scale_deformable_attn  # noqa: E402
+from tpvkit.config import Config, apply_overrides, load_config
+from tpvkit.data.synthetic_render import rig_lidar2img
+from tpvkit.ops.msda import available_backends, multi_scale_deformable_attn
 
 
 @dataclass

@@ -35,6 +35,9 @@ import torch
 
 from tpvkit.config import Config, apply_overrides, load_config
 from tpvkit.constants import CLASS_NAMES, NUM_CLASSES
+from tpvkit.data.synthetic import ensure_synthetic, synthetic_info_path
+from tpvkit.engine.runlog import read_records
+from tpvkit.engine.train import StepClock
 from tpvkit.outputs.metrics import ConfusionMatrix, iou_dict, nan_to_none
 from tpvkit.utils.io import atomic_write_text
 
@@ -86,29 +89,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # Data and chance levels
 
 
-def ensure_data(args: argparse.Namespace) -> Path:
-    if args.data is not None:
-        root = args.data
-    else:
-        from tpvkit.data.synthetic import generate_synthetic
-
-        root = args.out / "data"
-        if not (root / "infos").is_dir():
-            generate_synthetic(
-                root, scenes=args.scenes, samples_per_scene=args.samples_per_scene, seed=args.seed
-            )
-    for split in (TRAIN_SPLIT, VAL_SPLIT):
-        if not info_path(root, split).is_file():
-            raise SystemExit(f"{info_path(root, split)} is missing: not a synthetic dataroot?")
-    return root
-
-
-def info_path(root: Path, split: str) -> Path:
-    from tpvkit.data.infos import info_file_name
-
-    return root / "infos" / info_file_name(split)
-
-
 def label_counts(infos: Path) -> np.ndarray:
     """(17,) int64 point counts per challenge class over every sample of an info file."""
     from tpvkit.data.dataset import read_labels
@@ -155,34 +135,6 @@ def chance_levels(train_counts: np.ndarray, val_gt_counts: np.ndarray, seed: int
 # Training and evaluation
 
 
-class StepClock:
-    """Wraps the training loss so that every iteration's start time is recorded: the loss is
-    computed once per iteration, so the gaps between calls are the iteration times."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def parts(self, cfg: Config) -> Any:
-        from tpvkit.engine.train import build_parts
-
-        parts = build_parts(cfg)
-        inner = parts.compute_losses
-
-        def timed(model: Any, batch: Any) -> Any:
-            self.times.append(time.perf_counter())
-            return inner(model, batch)
-
-        parts.compute_losses = timed
-        return parts
-
-    def seconds_per_iteration(self, skip: int) -> float:
-        """Median gap between iterations, the first `skip` (warm-up) left out."""
-        gaps = np.diff(self.times[skip:])
-        if len(gaps) == 0:
-            raise SystemExit("calibration ran too few iterations; raise --calibration-iters")
-        return float(np.median(gaps))
-
-
 def run_config(name: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
     from tpvkit.engine.train import train
 
@@ -192,7 +144,7 @@ def run_config(name: str, args: argparse.Namespace, root: Path) -> dict[str, Any
 
     base = load_config(name, args.overrides)
     common = {
-        "data.train_infos": str(info_path(root, TRAIN_SPLIT)),
+        "data.train_infos": str(synthetic_info_path(root, TRAIN_SPLIT)),
         "data.val_infos": "",  # no validation inside the budget: curves are scored afterwards
         "data.dataroot": str(root),
         "train.device": "cpu",
@@ -210,6 +162,8 @@ def run_config(name: str, args: argparse.Namespace, root: Path) -> dict[str, Any
     cal_cfg = apply_overrides(base, {**common, "train.max_iters": n_cal, "train.ckpt_interval": 0})
     train(cal_cfg, cal_dir, parts=clock.parts)
     sec_per_iter = clock.seconds_per_iteration(skip=2)
+    if math.isnan(sec_per_iter):
+        raise SystemExit("calibration ran too few iterations; raise --calibration-iters")
     shutil.rmtree(cal_dir, ignore_errors=True)
     # The margin makes the time cap, not the schedule, end the run even when the machine gets
     # faster after calibrating (the LR is then ~2 % of its peak at the stop).
@@ -238,9 +192,9 @@ def run_config(name: str, args: argparse.Namespace, root: Path) -> dict[str, Any
     step_seconds = clock.seconds_per_iteration(skip=2)
 
     # 3. The curves: every checkpoint (and the untrained model) on mini_val.
-    losses = read_losses(work_dir / "metrics.jsonl")
+    losses = read_records(work_dir / "metrics.jsonl", "train")
     for row in losses:  # wall-clock time at which each logged iteration started
-        row["seconds"] = clock.times[row["iter"] - 1] - clock.times[0]
+        row["seconds"] = clock.stamps[row["iter"] - 1] - clock.stamps[0]
     curve = evaluate_checkpoints(cfg, work_dir, root)
 
     # 4. The last checkpoint in full, as `tpvkit eval` does, plus the devkit's own score.
@@ -251,7 +205,7 @@ def run_config(name: str, args: argparse.Namespace, root: Path) -> dict[str, Any
     final = evaluate(
         cfg,
         final_ckpt,
-        info_path(root, VAL_SPLIT),
+        synthetic_info_path(root, VAL_SPLIT),
         out_dir=work_dir,
         save_predictions=sub,
         progress=False,
@@ -262,7 +216,7 @@ def run_config(name: str, args: argparse.Namespace, root: Path) -> dict[str, Any
         "seconds_per_iteration_calibrated": sec_per_iter,
         "seconds_per_iteration_median": step_seconds,
         "schedule_iterations": budget_iters,
-        "iterations": len(clock.times),
+        "iterations": len(clock.stamps),
         "train_seconds": train_seconds,
         "final_checkpoint": str(final_ckpt),
         "losses": losses,
@@ -274,15 +228,6 @@ def run_config(name: str, args: argparse.Namespace, root: Path) -> dict[str, Any
     }
 
 
-def read_losses(path: Path) -> list[dict[str, float]]:
-    rows = []
-    for line in path.read_text().splitlines():
-        record = json.loads(line)
-        if record.get("kind") == "train":
-            rows.append({k: v for k, v in record.items() if k != "kind"})
-    return rows
-
-
 def evaluate_checkpoints(cfg: Config, work_dir: Path, root: Path) -> list[dict[str, Any]]:
     from tpvkit.data.dataset import LidarSegDataset, build_dataloader
     from tpvkit.engine.checkpoint import list_iter_checkpoints
@@ -291,7 +236,9 @@ def evaluate_checkpoints(cfg: Config, work_dir: Path, root: Path) -> list[dict[s
     from tpvkit.models.tpvformer import build_model
     from tpvkit.utils.rng import seed_everything
 
-    dataset = LidarSegDataset(info_path(root, VAL_SPLIT), cfg.data, cfg.model, train=False)
+    dataset = LidarSegDataset(
+        synthetic_info_path(root, VAL_SPLIT), cfg.data, cfg.model, train=False
+    )
     loader = build_dataloader(dataset, batch_size=1, num_workers=cfg.data.num_workers)
     points = [(0, None), *list_iter_checkpoints(work_dir)]
     curve = []
@@ -467,8 +414,15 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    root = ensure_data(args)
-    train_counts = label_counts(info_path(root, TRAIN_SPLIT))
+    root = ensure_synthetic(
+        args.data or args.out / "data",
+        scenes=args.scenes,
+        samples_per_scene=args.samples_per_scene,
+        seed=args.seed,
+        generate=args.data is None,
+        splits=(TRAIN_SPLIT, VAL_SPLIT),
+    )
+    train_counts = label_counts(synthetic_info_path(root, TRAIN_SPLIT))
     names = [name for name in args.configs.split(",") if name]
     if args.parallel:
         # Side by side, the models see the same machine load for the whole budget.

@@ -32,30 +32,12 @@ from collections import defaultdict
 DEFAULT_CONFIGS = ["tpv_tiny", "bev_tiny", "tpv_lidarseg_dim64", "tpv_lidarseg_base"]
 
 
-def rig_lidar2img(width: int, height: int):
-    """(6, 4, 4) lidar2img of the real rig (no ego motion) for images of width x height."""
-    import numpy as np
-
-    from tpvkit.constants import CAMERA_ORDER
-    from tpvkit.data.geometry import invert_pose, lidar2img_from_sensor2lidar, pose_matrix
-    from tpvkit.data.synthetic_render import RIG, scaled_intrinsic
-
-    lidar = RIG["LIDAR_TOP"]
-    lidar2ego = pose_matrix(lidar.translation, lidar.rotation)
-    mats = []
-    for cam in CAMERA_ORDER:
-        mount = RIG[cam]
-        cam2lidar = invert_pose(lidar2ego) @ pose_matrix(mount.translation, mount.rotation)
-        K = scaled_intrinsic(mount.intrinsic_1600x900, width, height)
-        mats.append(lidar2img_from_sensor2lidar(cam2lidar[:3, :3], cam2lidar[:3, 3], K))
-    return np.stack(mats).astype(np.float32)
-
-
 def run_one(name: str, img_scale: float, points: int, threads: int, repeats: int) -> dict:
     """Runs inside the child process: build, warm up, time, report."""
     import torch
 
     from tpvkit.config import load_config
+    from tpvkit.data.synthetic_render import rig_lidar2img
     from tpvkit.models.tpvformer import build_model
 
     torch.set_num_threads(threads)
@@ -139,6 +121,7 @@ def run_compare_child(path: str, points: int, threads: int, logits_file: str) ->
     import torch
 
     from tpvkit.config import load_config
+    from tpvkit.data.synthetic_render import rig_lidar2img
     from tpvkit.models.tpvformer import build_model
 
     torch.set_num_threads(threads)

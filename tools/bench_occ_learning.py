@@ -39,6 +39,9 @@ import torch
 
 from tpvkit.config import Config, apply_overrides, load_config
 from tpvkit.data.occ3d import OCC3D_CLASS_NAMES, OCC3D_FREE
+from tpvkit.data.synthetic import ensure_synthetic, synthetic_info_path
+from tpvkit.engine.runlog import read_records
+from tpvkit.engine.train import StepClock
 from tpvkit.utils.io import atomic_write_text
 
 TRAIN_SPLIT, VAL_SPLIT = "mini_train", "mini_val"
@@ -65,26 +68,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--eval-only", action="store_true", help="Score the runs already in --out again."
     )
     return p.parse_args(argv)
-
-
-def info_path(root: Path, split: str) -> Path:
-    from tpvkit.data.infos import info_file_name
-
-    return root / "infos" / info_file_name(split)
-
-
-def ensure_data(args: argparse.Namespace) -> Path:
-    root = args.data or args.out / "data"
-    if args.data is None and not (root / "infos").is_dir():
-        from tpvkit.data.synthetic import generate_synthetic
-
-        generate_synthetic(
-            root, scenes=args.scenes, samples_per_scene=args.samples_per_scene, seed=args.data_seed
-        )
-    for split in (TRAIN_SPLIT, VAL_SPLIT):
-        if not info_path(root, split).is_file():
-            raise SystemExit(f"{info_path(root, split)} is missing: not a synthetic dataroot?")
-    return root
 
 
 def fmt(value: float | None) -> str:
@@ -124,7 +107,7 @@ def score_model(
 
     loader = inference_loader(
         apply_overrides(cfg, {"data.num_workers": 0}),
-        load_infos(info_path(root, VAL_SPLIT)),
+        load_infos(synthetic_info_path(root, VAL_SPLIT)),
         torch.device("cpu"),
     )
     sink = OccupancyMetricsSink(ray_iou=ray_iou)
@@ -145,7 +128,7 @@ def label_blind(root: Path, seed: int) -> dict[str, Any]:
     from tpvkit.engine.occupancy import OccupancyMetricsSink
 
     C = OCC3D_NUM_CLASSES
-    train = load_infos(info_path(root, TRAIN_SPLIT))
+    train = load_infos(synthetic_info_path(root, TRAIN_SPLIT))
     per_position = np.zeros((*OCC3D_GRID, C), dtype=np.int32)
     grid_index = np.indices(OCC3D_GRID)
     for sample in train:
@@ -158,7 +141,7 @@ def label_blind(root: Path, seed: int) -> dict[str, Any]:
         "all free": np.full(OCC3D_GRID, OCC3D_FREE, dtype=np.int64),
         "position prior": per_position.argmax(-1).astype(np.int64),
     }
-    val = load_infos(info_path(root, VAL_SPLIT))
+    val = load_infos(synthetic_info_path(root, VAL_SPLIT))
     sinks = {name: OccupancyMetricsSink() for name in predictors}
     rng = np.random.default_rng(seed)
     for sample, orig in zip(val.samples, scene_ray_origins(val.samples), strict=True):
@@ -188,26 +171,6 @@ def label_blind(root: Path, seed: int) -> dict[str, Any]:
 # Training
 
 
-class StepTimes:
-    """Records when each iteration's loss is computed (once per iteration)."""
-
-    def __init__(self) -> None:
-        self.stamps: list[float] = []
-
-    def parts(self, cfg: Config) -> Any:
-        from tpvkit.engine.train import build_parts
-
-        parts = build_parts(cfg)
-        inner = parts.compute_losses
-
-        def timed(model: Any, batch: Any) -> Any:
-            self.stamps.append(time.perf_counter())
-            return inner(model, batch)
-
-        parts.compute_losses = timed
-        return parts
-
-
 def run_one(job: tuple[str, int], args: argparse.Namespace, root: Path) -> dict[str, Any]:
     """Train one (config, seed) for exactly --iters iterations and score its checkpoints."""
     from tpvkit.engine.checkpoint import list_iter_checkpoints
@@ -223,7 +186,7 @@ def run_one(job: tuple[str, int], args: argparse.Namespace, root: Path) -> dict[
     cfg = apply_overrides(
         cfg,
         {
-            "data.train_infos": str(info_path(root, TRAIN_SPLIT)),
+            "data.train_infos": str(synthetic_info_path(root, TRAIN_SPLIT)),
             "data.val_infos": "",  # scored afterwards, outside the timed training
             "data.dataroot": str(root),
             "data.num_workers": 0,
@@ -236,7 +199,7 @@ def run_one(job: tuple[str, int], args: argparse.Namespace, root: Path) -> dict[
             "train.log_interval": 10,
         },
     )
-    clock = StepTimes()
+    clock = StepClock()
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     if not args.eval_only:
@@ -269,7 +232,7 @@ def run_one(job: tuple[str, int], args: argparse.Namespace, root: Path) -> dict[
         "iterations": args.iters,
         "train_seconds": train_seconds if not args.eval_only else None,
         "seconds_per_iteration_median": float(np.median(gaps)),
-        "losses": read_losses(work_dir / "metrics.jsonl"),
+        "losses": read_records(work_dir / "metrics.jsonl", "train"),
         "curve": curve,
         "final": curve[-1],
         "train": {k: v for k, v in vars(stored.train).items() if k != "class_frequencies"},
@@ -277,13 +240,6 @@ def run_one(job: tuple[str, int], args: argparse.Namespace, root: Path) -> dict[
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
     }
-
-
-def read_losses(path: Path) -> list[dict[str, float]]:
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [{k: v for k, v in r.items() if k != "kind"} for r in rows if r.get("kind") == "train"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,7 +349,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    root = ensure_data(args)
+    root = ensure_synthetic(
+        args.data or args.out / "data",
+        scenes=args.scenes,
+        samples_per_scene=args.samples_per_scene,
+        seed=args.data_seed,
+        generate=args.data is None,
+        splits=(TRAIN_SPLIT, VAL_SPLIT),
+    )
     jobs = [(c, int(s)) for s in args.seeds.split(",") for c in args.configs.split(",") if c]
     if args.jobs > 1:
         import multiprocessing

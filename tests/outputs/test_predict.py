@@ -213,3 +213,38 @@ def test_argmax_over_all_classes_for_occ3d_models():
         assert abs(float(conf[idx]) - expected) < 1e-3
     assert int(labels[1, 1, 1]) == 0
     assert int(argmax_voxels(logits, ignore_index=0)[0][1, 1, 1]) != 0
+
+
+def test_ground_truth_of_a_prediction_is_voxelised_on_its_own_grid(tmp_path, tiny, capsys):
+    """view/export --infos: the dataset's ground truth of a prediction file on the file's grid
+    (not a default config's); a config on another grid is refused, naming both."""
+    import dataclasses
+
+    from tpvkit.outputs.export import with_dataset_ground_truth
+    from tpvkit.outputs.predict import config_on_grid
+
+    cfg, ckpt, _, infos, tokens = tiny
+    (path,) = predict(None, ckpt, infos, tmp_path / "p", tokens[:1], progress=False)
+    pred = load_prediction(path)
+    assert pred.gt_voxels is not None and pred.grid_shape != (200, 200, 16)
+    bare = dataclasses.replace(pred, gt_voxels=None, gt_point_labels=None)
+    filled = with_dataset_ground_truth(bare, infos)
+    np.testing.assert_array_equal(filled.gt_voxels, pred.gt_voxels)
+    np.testing.assert_array_equal(filled.gt_point_labels, pred.gt_point_labels)
+    assert config_on_grid(pred, cfg) is cfg  # the config it was made with fits
+    with pytest.raises(TpvkitError, match="differs from config 'tpv_lidarseg_base'"):
+        with_dataset_ground_truth(bare, infos, load_config("tpv_lidarseg_base"))
+    with pytest.raises(TpvkitError, match="differs from config"):
+        with_dataset_ground_truth(bare, infos, None, ["model.tpv_z=4"])
+    out = tmp_path / "gt.ply"
+    result = CliRunner().invoke(
+        app,
+        ["export", str(path), "--infos", str(infos), "--source", "gt_voxels", "--out", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    bad = CliRunner().invoke(
+        app,
+        ["export", str(path), "--infos", str(infos), "--config", "tpv_lidarseg_base",
+         "--out", str(tmp_path / "x.ply")],
+    )  # fmt: skip
+    assert bad.exit_code == 2 and "differs from config" in bad.output

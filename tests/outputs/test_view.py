@@ -151,8 +151,6 @@ def test_bad_inputs(tmp_path):
         scene_payload([pred, other])
     with pytest.raises(TpvkitError, match="--max-points"):
         ViewerOptions(max_points=-1)
-    with pytest.raises(TpvkitError, match="--infos needs"):
-        write_viewer([pred], tmp_path / "a.html", infos=tmp_path / "infos.pkl")
     assert not (tmp_path / "a.html").exists()
 
 
@@ -188,9 +186,7 @@ def test_ground_truth_from_infos_fills_frames_without_it(tmp_path, monkeypatch):
         return truth
 
     monkeypatch.setattr(predict_module, "ground_truth_record", fake_record)
-    result = write_viewer(
-        [with_gt, without], tmp_path / "s.html", infos=tmp_path / "infos.json", cfg=object()
-    )
+    result = write_viewer([with_gt, without], tmp_path / "s.html", infos=tmp_path / "infos.json")
     assert asked == ["street1"] and result.has_ground_truth
     html = result.path.read_text(encoding="utf-8")
     data = json.loads(

@@ -8,6 +8,9 @@ import typer
 
 from tpvkit.cli._common import config_file, load_cli_config, overwrite_option, user_errors
 
+# The grid of a dataset sample's ground truth exported without a prediction file to take it from
+DEFAULT_GT_CONFIG = "tpv_lidarseg_base"
+
 
 def export(
     input: Path = typer.Argument(
@@ -34,13 +37,18 @@ def export(
         help="Comma-separated class names to leave out (default: noise,empty; '' keeps all).",
     ),
     infos: Path = typer.Option(
-        None, "--infos", help="Export a dataset sample's ground truth from this info file."
+        None,
+        "--infos",
+        help="Info file of the ground truth: with --token a dataset sample's; with INPUT the "
+        "prediction's (where its file holds none), on the file's grid.",
     ),
     token: str = typer.Option(None, "--token", help="Sample token of the ground truth (--infos)."),
     config: str = typer.Option(
-        "tpv_lidarseg_base",
+        None,
         "--config",
-        help="Config fixing the voxel grid of the ground truth (--infos).",
+        help="Config fixing the voxel grid of the ground truth of --infos --token (default "
+        f"{DEFAULT_GT_CONFIG}); with INPUT the grid is the file's, and a config on another grid "
+        "is refused.",
     ),
     set_: list[str] = typer.Option(None, "--set", help="Config override for --infos (repeatable)."),
     overwrite: bool = overwrite_option(),
@@ -62,15 +70,28 @@ def export(
         )
         from tpvkit.outputs.export import export_ground_truth, export_ply
 
+        config_given = config is not None
         excluded = None if exclude is None else [n.strip() for n in exclude.split(",") if n.strip()]
-        if infos is not None or token is not None:
+        if input is not None and infos is not None:
+            # the prediction's ground truth from the dataset, on the prediction file's grid
+            if token is not None:
+                raise TpvkitError("--token is for --infos without INPUT: INPUT names its sample")
+            from tpvkit.outputs.export import with_dataset_ground_truth
+            from tpvkit.outputs.prediction_file import load_prediction
+
+            cfg = load_cli_config(config, set_) if config_given else None
+            pred = with_dataset_ground_truth(
+                load_prediction(input), infos, cfg, [] if config_given else list(set_ or [])
+            )
+            result = export_ply(pred, out, mode, ascii, frame, excluded, source, faces)
+        elif infos is not None or token is not None:
             if input is not None:
                 raise TpvkitError("give either INPUT (a prediction file) or --infos/--token")
             if infos is None or token is None:
                 raise TpvkitError("the ground truth needs both --infos PATH and --token TOKEN")
             if source not in ("voxels", "points"):
                 raise TpvkitError("with --infos, --source is voxels or points")
-            cfg = load_cli_config(config, set_)
+            cfg = load_cli_config(config or DEFAULT_GT_CONFIG, set_)
             result = export_ground_truth(
                 cfg, infos, token, out, mode, ascii, frame or "lidar", excluded, source, faces
             )

@@ -19,11 +19,14 @@ def view(
         None, "--infos", help="Info file giving ground truth to frames whose file has none."
     ),
     config: str = typer.Option(
-        "tpv_lidarseg_base",
+        None,
         "--config",
-        help="Config fixing the voxel grid of the ground truth (--infos).",
+        help="Config of the data pipeline for --infos (default: the prediction file's grid; a "
+        "config whose grid differs from the file's is refused).",
     ),
-    set_: list[str] = typer.Option(None, "--set", help="Config override for --infos (repeatable)."),
+    set_: list[str] = typer.Option(
+        None, "--set", help="Config override for --infos (repeatable; data.* keys, say)."
+    ),
     max_points: int = typer.Option(
         60_000, "--max-points", help="LiDAR points kept per frame (0: none)."
     ),
@@ -57,8 +60,10 @@ def view(
             jpeg_quality=jpeg_quality,
             title=title,
         )
-        cfg = load_cli_config(config, set_) if infos is not None else None
-        result = write_viewer(inputs, out, options, infos=infos, cfg=cfg)
+        # without --config the grid is the prediction file's and --set applies on top of it
+        cfg = load_cli_config(config, set_) if infos is not None and config else None
+        overrides = [] if config else list(set_ or [])
+        result = write_viewer(inputs, out, options, infos=infos, cfg=cfg, overrides=overrides)
         size_mb = result.size_bytes / 1e6
         gt = ", with ground truth" if result.has_ground_truth else ""
         typer.echo(f"wrote {result.path} ({result.num_frames} frames{gt}, {size_mb:.2f} MB)")

@@ -209,7 +209,8 @@ def grid_mask(height: int, width: int, ratio: float = 0.5) -> torch.Tensor:
 class LidarSegDataset(torch.utils.data.Dataset):
     """Samples of an info file as model inputs and targets (one dict per key frame).
 
-    Items: img float32 (6, 3, Hp, Wp), lidar2img float32 (6, 4, 4), points float32 (N, 3),
+    Items: img float32 (6, 3, Hp, Wp), lidar2img float32 (6, 4, 4) (from the grid frame: ego2img
+    for an ego-frame model), points float32 (N, 3) (grid frame),
     point_labels int64 (N,), point_voxel_index int64 (N, 3), voxel_labels int64 (X, Y, Z),
     token, lidar_token. Every point of the sweep is kept, in file order. When the info file
     links Occ3D labels: occ_semantics, occ_mask_camera, occ_mask_lidar, ray_origins

@@ -625,6 +625,37 @@ def _default_workers() -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
 
+def synthetic_info_path(root: str | Path, split: str) -> Path:
+    """Where generate_synthetic writes the info file of `split` under its dataroot `root`."""
+    from tpvkit.data.infos import info_file_name
+
+    return Path(root) / "infos" / info_file_name(split)
+
+
+def ensure_synthetic(
+    root: str | Path,
+    *,
+    scenes: int,
+    samples_per_scene: int,
+    seed: int,
+    generate: bool = True,
+    splits: Sequence[str] = ("mini_train", "mini_val"),
+) -> Path:
+    """A synthetic dataroot at `root` with the info files of `splits`: generated when `root`
+    holds no infos/ and `generate` (a given folder is used as it is); a TpvkitError when an
+    info file is missing. Returns `root`."""
+    root = Path(root)
+    if generate and not (root / "infos").is_dir():
+        generate_synthetic(root, scenes=scenes, samples_per_scene=samples_per_scene, seed=seed)
+    for split in splits:
+        if not synthetic_info_path(root, split).is_file():
+            raise TpvkitError(
+                f"{synthetic_info_path(root, split)} is missing: {root} is not a synthetic "
+                "dataroot (make one with `tpvkit prepare synthetic`)"
+            )
+    return root
+
+
 def generate_synthetic(
     out: str | Path,
     *,

@@ -107,6 +107,32 @@ def scaled_intrinsic(f_cx_cy: tuple[float, float, float], width: int, height: in
     return np.array([[f * sx, 0.0, cx * sx], [0.0, f * sy, cy * sy], [0.0, 0.0, 1.0]])
 
 
+def rig_lidar2img(
+    width: int,
+    height: int,
+    num_cams: int = 6,
+    motion: np.ndarray | None = None,
+    focal_scale: float = 1.0,
+) -> np.ndarray:
+    """(num_cams, 4, 4) float32 lidar2img of the nuScenes rig (RIG, no ego motion) for images
+    of width x height: camera i is CAMERA_ORDER[i % 6]. `motion` (4, 4) moves the whole rig in
+    the LiDAR frame; `focal_scale` scales the focal lengths. Benchmarks and the deploy check
+    feed it to models without a dataset."""
+    from tpvkit.constants import CAMERA_ORDER
+    from tpvkit.data.geometry import invert_pose, lidar2img_from_sensor2lidar, pose_matrix
+
+    lidar2ego = pose_matrix(RIG["LIDAR_TOP"].translation, RIG["LIDAR_TOP"].rotation)
+    moved = np.eye(4) if motion is None else np.asarray(motion, dtype=np.float64)
+    mats = []
+    for i in range(num_cams):
+        mount = RIG[CAMERA_ORDER[i % len(CAMERA_ORDER)]]
+        cam2lidar = moved @ invert_pose(lidar2ego) @ pose_matrix(mount.translation, mount.rotation)
+        K = scaled_intrinsic(mount.intrinsic_1600x900, width, height)
+        K[:2, :2] *= focal_scale
+        mats.append(lidar2img_from_sensor2lidar(cam2lidar[:3, :3], cam2lidar[:3, 3], K))
+    return np.stack(mats).astype(np.float32)
+
+
 # ---------------------------------------------------------------------------------------------
 # Procedural texture
 

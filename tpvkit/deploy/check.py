@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from tpvkit.config import Config, task_of
-from tpvkit.constants import CAMERA_ORDER
 from tpvkit.deploy.graph import OUTPUT_CHOICES, padded_img_hw
 from tpvkit.errors import TpvkitError
 from tpvkit.models.tpvformer import TPVFormer
@@ -34,24 +33,16 @@ def rig_lidar2img(
     """(1, N_cam, 4, 4) float32 lidar2img of the nuScenes rig for the config's images, with the
     whole rig turned by `yaw` (radians, about LiDAR z), moved by `shift` (metres) and its focal
     lengths scaled. Camera i is the rig's camera i modulo 6."""
-    from tpvkit.data.geometry import invert_pose, lidar2img_from_sensor2lidar, pose_matrix
-    from tpvkit.data.synthetic_render import RIG, scaled_intrinsic
+    from tpvkit.data.synthetic_render import rig_lidar2img as plain_rig
 
     h, w = (int(v) for v in cfg.data.img_size)
-    lidar2ego = pose_matrix(RIG["LIDAR_TOP"].translation, RIG["LIDAR_TOP"].rotation)
     # The moved rig: cam2lidar' = M @ cam2lidar with M the rig's motion in the LiDAR frame.
     motion = np.eye(4)
     c, s = math.cos(yaw), math.sin(yaw)
     motion[:3, :3] = [[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]
     motion[:3, 3] = np.asarray(shift, dtype=np.float64)
-    mats = []
-    for i in range(cfg.model.encoder.num_cams):
-        mount = RIG[CAMERA_ORDER[i % len(CAMERA_ORDER)]]
-        cam2lidar = motion @ invert_pose(lidar2ego) @ pose_matrix(mount.translation, mount.rotation)
-        K = scaled_intrinsic(mount.intrinsic_1600x900, w, h)
-        K[:2, :2] *= focal_scale
-        mats.append(lidar2img_from_sensor2lidar(cam2lidar[:3, :3], cam2lidar[:3, 3], K))
-    return torch.from_numpy(np.stack(mats).astype(np.float32))[None]
+    mats = plain_rig(w, h, cfg.model.encoder.num_cams, motion, focal_scale)
+    return torch.from_numpy(mats)[None]
 
 
 @dataclass

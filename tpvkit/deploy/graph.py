@@ -2,11 +2,12 @@
 contract (names, shapes, dtypes) that the ONNX file, its metadata and docs/deploy.md share.
 
 Inputs: "img" float32 (1, N_cam, 3, Hp, Wp) normalised and padded as the tpvkit data pipeline
-makes it; "lidar2img" float32 (1, N_cam, 4, 4) LiDAR -> pixels of that padded image; "points"
-float32 (1, P, 3) LiDAR xyz with P dynamic (only when point logits are exported).
+makes it; "lidar2img" float32 (1, N_cam, 4, 4) from the grid frame (the task's input frame:
+LiDAR, or ego for Occ3D, where it is ego2img) to pixels of that padded image; "points" float32
+(1, P, 3) xyz in that frame with P dynamic (only when point logits are exported).
 Outputs (any subset, in this order): "point_logits" float32 (1, n_cls, P), "voxel_logits"
-float32 (1, n_cls, X, Y, Z), "voxel_argmax" uint8 (1, X, Y, Z): the argmax over the real
-classes (the ignore class is never predicted, as tpvkit.outputs.metrics.predict_classes).
+float32 (1, n_cls, X, Y, Z), "voxel_argmax" uint8 (1, X, Y, Z): the argmax over the classes of
+the task's label space less its ignored class, as `tpvkit predict` (tpvkit.task.LabelSpace).
 """
 
 from __future__ import annotations

@@ -71,6 +71,16 @@ class RunLog:
                 handle.close()
 
 
+def read_records(path: str | Path, kind: str) -> list[dict[str, Any]]:
+    """The metrics.jsonl records of one kind ("train", "val"), without their "kind" key; []
+    when the file does not exist."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [{k: v for k, v in r.items() if k != "kind"} for r in records if r.get("kind") == kind]
+
+
 def truncate_jsonl(path: Path, start_iteration: int) -> None:
     """Drop lines past `start_iteration`: a resumed run rewrites what followed its checkpoint."""
     if not path.is_file():

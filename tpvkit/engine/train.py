@@ -144,6 +144,35 @@ def build_parts(cfg: Config) -> TrainParts:
 # The config of a resumed run
 
 
+class StepClock:
+    """Times a training run from outside: `parts(cfg)` is build_parts(cfg) with the loss
+    wrapped so that each iteration's start is stamped (the loss runs once per iteration, so the
+    gaps between stamps are the iteration times). The benchmarks in tools/ pass it to train."""
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []  # time.perf_counter() at each iteration's loss
+
+    def parts(self, cfg: Config) -> TrainParts:
+        parts = build_parts(cfg)
+        inner = parts.compute_losses
+
+        def timed(model: nn.Module, batch: Mapping[str, Any]) -> Mapping[str, torch.Tensor]:
+            self.stamps.append(time.perf_counter())
+            return inner(model, batch)
+
+        parts.compute_losses = timed
+        return parts
+
+    def seconds_per_iteration(self, skip: int) -> float:
+        """Median gap between iterations, the first `skip` (warm-up) left out; nan when the
+        run had too few iterations to tell."""
+        import statistics
+
+        stamps = self.stamps[skip:]
+        gaps = [stamps[i + 1] - stamps[i] for i in range(len(stamps) - 1)]
+        return float(statistics.median(gaps)) if gaps else float("nan")
+
+
 def stored_run_config(work_dir: str | Path) -> tuple[dict[str, Any], Path] | None:
     """The config of the run in `work_dir` (its config.yaml, else its newest checkpoint's) and the
     file it came from; None when the work dir holds neither."""

@@ -316,8 +316,9 @@ class TPVEncoder(nn.Module):
         lidar2img: torch.Tensor,
         img_hw: tuple[int, int],
     ) -> list[torch.Tensor]:
-        """mlvl_feats: per level (B, N_cam, C, H_l, W_l); lidar2img (B, N_cam, 4, 4) to pixels
-        of the padded image of size img_hw = (H, W). Returns per plane (B, Q_p, C)."""
+        """mlvl_feats: per level (B, N_cam, C, H_l, W_l); lidar2img (B, N_cam, 4, 4) from the
+        grid frame (LiDAR, or ego: ego2img) to pixels of the padded image of size img_hw =
+        (H, W). Returns per plane (B, Q_p, C)."""
         b, n = mlvl_feats[0].shape[:2]
         if n != self.cams_embeds.shape[0]:
             raise TpvkitError(

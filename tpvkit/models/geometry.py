@@ -98,9 +98,11 @@ def project_to_cameras(
     img_hw: tuple[int, int],
     eps: float = 1e-5,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Project LiDAR points into every camera; normalise by the padded image size.
+    """Project grid-frame points into every camera; normalise by the padded image size.
 
-    points (P, 3) LiDAR xyz, lidar2img (B, N_cam, 4, 4), img_hw = (H, W) of the padded image.
+    points (P, 3) xyz in the grid frame (LiDAR, or ego for ego-frame models), lidar2img
+    (B, N_cam, 4, 4) from that frame to pixels (ego2img for ego-frame models), img_hw = (H, W)
+    of the padded image.
     Returns uv (B, N_cam, P, 2) with (u / W, v / H) and valid (B, N_cam, P): depth > eps and
     0 < u, v < 1 (strict, as the public code). Computed in float32 at least, whatever the
     autocast state, because the homogeneous division is ill-conditioned in half precision.

@@ -53,9 +53,10 @@ class TPVFormer(nn.Module):
         decode_voxels: bool = True,
         voxel_index: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """img (B, N_cam, 3, H, W) normalised and padded; lidar2img (B, N_cam, 4, 4) LiDAR ->
-        pixels of that padded image; points (B, N, 3) LiDAR xyz or None; voxel_index (B, K, 3)
-        integer [x, y, z] voxels to decode alone, or None.
+        """img (B, N_cam, 3, H, W) normalised and padded; lidar2img (B, N_cam, 4, 4) from the
+        grid frame (the task's input frame: LiDAR for lidarseg, ego for Occ3D, where it is
+        ego2img) to pixels of that padded image; points (B, N, 3) xyz in the grid frame or None;
+        voxel_index (B, K, 3) integer [x, y, z] voxels to decode alone, or None.
 
         Returns "point_logits" (B, n_cls, N) when points are given, "voxel_logits"
         (B, n_cls, X, Y, Z) when decode_voxels and "voxel_logits_at" (B, n_cls, K) for

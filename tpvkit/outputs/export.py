@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from plyfile import PlyData, PlyElement
@@ -26,6 +27,9 @@ from tpvkit.outputs.prediction_file import (
     voxel_centers,
 )
 from tpvkit.utils.io import atomic_path
+
+if TYPE_CHECKING:
+    from tpvkit.config import Config
 
 MODES = ("points", "cubes")
 FRAMES = ("lidar", "ego")
@@ -115,7 +119,7 @@ def frame_transform(pred: Prediction, frame: str) -> np.ndarray | None:
             f"{pred.source} is an Occ3D labels file: it holds the {pred.frame} frame only (no "
             f"LiDAR calibration); use --frame {pred.frame}"
         )
-    if frame == "ego":  # the grid is in the LiDAR frame
+    if frame == "ego":  # and the record's grid is in the LiDAR frame
         return np.asarray(pred.lidar2ego, dtype=np.float64)
     return np.linalg.inv(np.asarray(pred.lidar2ego, dtype=np.float64))
 
@@ -300,6 +304,35 @@ def export_ply(
     if frame is None:
         frame = "lidar" if has_lidar_calibration(pred) else pred.frame
     return export_prediction_ply(pred, out, mode, ascii, frame, exclude, source, faces)
+
+
+def with_dataset_ground_truth(
+    pred: Prediction,
+    infos: str | Path,
+    cfg: Config | None = None,
+    overrides: Sequence[str] = (),
+) -> Prediction:
+    """`pred` with the dataset's ground truth of its sample (from `infos`) where its file holds
+    none: voxel labels on the file's own grid (tpvkit.outputs.predict.ground_truth_on_grid; a
+    `cfg` on another grid is refused), point labels when the points are the same cloud."""
+    import dataclasses
+
+    from tpvkit.outputs.predict import config_on_grid, ground_truth_on_grid
+
+    if cfg is not None:
+        config_on_grid(pred, cfg)  # a config on another grid is refused, needed or not
+    if pred.gt_voxels is not None and pred.gt_point_labels is not None:
+        return pred
+    truth = ground_truth_on_grid(pred, infos, cfg, overrides)
+    same_cloud = pred.points is not None and truth.points is not None
+    same_cloud = same_cloud and len(pred.points) == len(truth.points)  # type: ignore[arg-type]
+    return dataclasses.replace(
+        pred,
+        gt_voxels=truth.gt_voxels if pred.gt_voxels is None else pred.gt_voxels,
+        gt_point_labels=truth.gt_point_labels
+        if pred.gt_point_labels is None and same_cloud
+        else pred.gt_point_labels,
+    )
 
 
 def export_ground_truth(

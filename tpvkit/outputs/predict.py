@@ -243,6 +243,58 @@ def build_prediction(
     )
 
 
+def config_on_grid(pred: Prediction, cfg: Config | None = None) -> Config:
+    """A config whose output grid is `pred`'s (frame, range, shape, voxel size; the task of the
+    file), for the dataset to voxelise a sample's ground truth on that grid. `cfg` (the data
+    pipeline's settings) must put its model on the same grid when given; a differing one is
+    refused naming both."""
+    from tpvkit.config import apply_overrides, model_grid
+    from tpvkit.task import Grid, voxel_size
+
+    shape = pred.grid_shape
+    grid = Grid(
+        pred.frame,
+        tuple(float(v) for v in pred.point_cloud_range),
+        shape,
+        (float(pred.voxel_size[0]), float(pred.voxel_size[1]), float(pred.voxel_size[2])),
+    )
+    if cfg is not None:
+        theirs = model_grid(cfg)
+        if not theirs.same_as(grid):
+            raise TpvkitError(
+                f"{pred.source or 'the prediction'}: its grid ({grid.describe()}, voxel "
+                f"{list(grid.voxel_size)} m) differs from config '{cfg.name}''s "
+                f"({theirs.describe()}, voxel {list(theirs.voxel_size)} m): leave --config out "
+                "(the grid comes from the prediction file) or give the config it was made with"
+            )
+        return cfg
+    conventions = [
+        c
+        for c in ("exact", "tpvformer")
+        if np.allclose(voxel_size(grid.range, shape, c), grid.voxel_size, atol=1e-6)
+    ]
+    if not conventions:
+        raise TpvkitError(
+            f"{pred.source or 'the prediction'}: voxel_size {list(grid.voxel_size)} is neither "
+            f"range / grid nor range / (grid - 1) for {grid.describe()}: not a tpvkit grid"
+        )
+    overrides = {
+        "model.grid_frame": grid.frame,
+        "model.point_cloud_range": list(grid.range),
+        "model.tpv_w": shape[0],
+        "model.tpv_h": shape[1],
+        "model.tpv_z": shape[2],
+        "model.head.scale_w": 1,
+        "model.head.scale_h": 1,
+        "model.head.scale_z": 1,
+        "model.num_classes": pred.num_classes,
+        "data.voxel_convention": conventions[0],
+    }
+    if pred.task is not None:
+        overrides["task"] = pred.task.name
+    return apply_overrides(Config(name=f"the grid of {pred.token}", task=""), overrides)
+
+
 def ground_truth_record(cfg: Config, infos: str | Path, token: str) -> Prediction:
     """The ground truth of one sample as a prediction record: the dataset's majority-vote voxel
     labels (occupied where a labelled point inside the range lies) and the labelled points.
@@ -280,3 +332,21 @@ def ground_truth_record(cfg: Config, infos: str | Path, token: str) -> Predictio
         source=f"{infos} (sample {token})",
         **_base_fields(cfg, subset, sample),
     )
+
+
+def ground_truth_on_grid(
+    pred: Prediction,
+    infos: str | Path,
+    cfg: Config | None = None,
+    overrides: Sequence[str] = (),
+) -> Prediction:
+    """The dataset's ground truth of `pred`'s sample (from `infos`), voxelised on `pred`'s own
+    grid (config_on_grid: a `cfg` on another grid is refused); `overrides` ("key=value", data.*
+    keys say) apply to the grid's config when no `cfg` is given."""
+    from tpvkit.config import apply_overrides
+
+    grid_cfg = config_on_grid(pred, cfg)
+    if cfg is None and overrides:
+        grid_cfg = apply_overrides(grid_cfg, list(overrides))
+        config_on_grid(pred, grid_cfg)  # an override that moves the grid is refused too
+    return ground_truth_record(grid_cfg, infos, pred.token)

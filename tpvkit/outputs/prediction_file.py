@@ -98,12 +98,12 @@ def default_palette(class_names: tuple[str, ...]) -> np.ndarray:
 
 @dataclass
 class Prediction:
-    """One sample's semantic voxels (and points) in the LiDAR frame, with all geometry needed to
-    place them in space and on the camera images."""
+    """One sample's semantic voxels (and points) in the grid's frame (`frame`: LiDAR or ego),
+    with all geometry needed to place them in space and on the camera images."""
 
     voxels: np.ndarray  # uint8 (X, Y, Z) class id per voxel, indexed [x, y, z]
     occupied: np.ndarray  # bool (X, Y, Z) voxels that hold matter (see OCCUPANCY_RULES)
-    point_cloud_range: np.ndarray  # float64 (6,) x/y/z min, x/y/z max, metres, LiDAR frame
+    point_cloud_range: np.ndarray  # float64 (6,) x/y/z min, x/y/z max, metres, `frame`
     voxel_size: np.ndarray  # float64 (3,) metres; centre of cell i = min + (i + 0.5) * size
     lidar2ego: np.ndarray  # float64 (4, 4) LiDAR frame -> ego frame
     class_names: tuple[str, ...]  # (C,)

@@ -399,17 +399,19 @@ def write_viewer(
     options: ViewerOptions | None = None,
     infos: str | Path | None = None,
     cfg: Config | None = None,
+    overrides: Sequence[str] = (),
 ) -> ViewerResult:
     """Write the viewer page of one or more prediction files (a scene's key frames) to `out`.
 
     Ground truth comes from the files (gt_voxels, gt_point_labels, gt_mask_camera) or, for
-    frames without it, from the dataset through `infos` (needs `cfg` for the grid).
+    frames without it, from the dataset through `infos`, voxelised on the prediction file's own
+    grid (tpvkit.outputs.predict.config_on_grid); a `cfg` given for the data pipeline must put
+    its model on that grid, else the frame is refused; `overrides` ("key=value") apply to the
+    config of the file's grid when no `cfg` is given.
     """
     out = check_output_file(out)
     if out.suffix.lower() not in (".html", ".htm"):
         raise TpvkitError(f"--out {out}: the viewer is an HTML file; give a name ending in .html")
-    if infos is not None and cfg is None:
-        raise TpvkitError("--infos needs a config fixing the voxel grid (--config)")
     options = options or ViewerOptions()
     items = inputs if isinstance(inputs, (str, Path)) else list(inputs)
     if isinstance(items, list) and items and all(isinstance(p, Prediction) for p in items):
@@ -419,11 +421,11 @@ def write_viewer(
     preds = order_frames(preds)
     ground_truth: list[Prediction | None] = [None] * len(preds)
     if infos is not None:
-        from tpvkit.outputs.predict import ground_truth_record
+        from tpvkit.outputs.predict import ground_truth_on_grid
 
         for i, pred in enumerate(preds):
             if pred.gt_voxels is None or pred.gt_point_labels is None:
-                ground_truth[i] = ground_truth_record(cfg, infos, pred.token)
+                ground_truth[i] = ground_truth_on_grid(pred, infos, cfg, overrides)
     payload = scene_payload(preds, options, ground_truth)
     html = build_html(payload)
     atomic_write_text(out, html)
