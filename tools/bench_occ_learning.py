@@ -42,6 +42,7 @@ from tpvkit.data.occ3d import OCC3D_CLASS_NAMES, OCC3D_FREE
 from tpvkit.data.synthetic import ensure_synthetic, synthetic_info_path
 from tpvkit.engine.runlog import read_records
 from tpvkit.engine.train import StepClock
+from tpvkit.outputs.occ_metrics import geometric_iou
 from tpvkit.utils.io import atomic_write_text
 
 TRAIN_SPLIT, VAL_SPLIT = "mini_train", "mini_val"
@@ -87,13 +88,10 @@ def derived_scores(results: dict[str, Any]) -> dict[str, Any]:
         tp, fp, fn = m[c, c], m[:, c].sum() - m[c, c], m[c, :].sum() - m[c, c]
         if tp + fp + fn > 0:
             ious.append(tp / (tp + fp + fn))
-    occ = [c for c in range(m.shape[0]) if c != OCC3D_FREE]
-    tp = m[np.ix_(occ, occ)].sum()
-    fp, fn = m[OCC3D_FREE, occ].sum(), m[occ, OCC3D_FREE].sum()
     predicted = m.sum(0)
     return {
         "miou_objects": float(np.mean(ious)) if ious else None,
-        "geometric_iou": float(tp / (tp + fp + fn)) if tp + fp + fn > 0 else None,
+        "geometric_iou": geometric_iou(m, OCC3D_FREE),
         "predicted_classes": int((predicted > 0).sum()),
     }
 

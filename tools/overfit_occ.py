@@ -29,6 +29,7 @@ import torch
 from tpvkit.config import apply_overrides, load_config
 from tpvkit.data.infos import load_infos
 from tpvkit.data.occ3d import OCC3D_CLASS_NAMES, OCC3D_FREE
+from tpvkit.outputs.occ_metrics import geometric_iou
 from tpvkit.utils.io import atomic_write_text
 
 
@@ -75,18 +76,6 @@ def score(cfg, checkpoint: Path, infos: Path) -> dict:
     return run_inference(loaded.model, loader, loaded.device, [sink], progress=False)[0]
 
 
-def geometric_iou(confusion: list[list[int]]) -> float:
-    """Occupied vs free IoU from an 18-class confusion matrix (rows GT)."""
-    import numpy as np
-
-    m = np.asarray(confusion, dtype=np.float64)
-    occ = [c for c in range(m.shape[0]) if c != OCC3D_FREE]
-    tp = m[np.ix_(occ, occ)].sum()
-    fp = m[OCC3D_FREE, occ].sum()
-    fn = m[occ, OCC3D_FREE].sum()
-    return float(tp / max(tp + fp + fn, 1.0))
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
@@ -128,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_seconds": train_s,
         "miou": results["miou"],
         "miou_nomask": results["miou_nomask"],
-        "geometric_iou": geometric_iou(results["confusion_matrix"]),
+        "geometric_iou": geometric_iou(results["confusion_matrix"], OCC3D_FREE) or 0.0,
         "iou_per_class": iou,
         "iou_per_class_nomask": results["iou_per_class_nomask"],
     }

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,8 +20,13 @@ from tpvkit.engine.evaluators import (
     validation_record,
 )
 from tpvkit.engine.inference import LidarSegSink, SubmissionSink
-from tpvkit.engine.occupancy import OccupancyMetricsSink, OccupancyPredictionWriter
+from tpvkit.engine.occupancy import (
+    GeometricIoUSink,
+    OccupancyMetricsSink,
+    OccupancyPredictionWriter,
+)
 from tpvkit.errors import TpvkitError
+from tpvkit.outputs.occ_metrics import geometric_iou
 from tpvkit.task import TASKS, get_task
 
 
@@ -56,6 +62,7 @@ def test_every_task_has_evaluators_and_every_evaluator_keeps_the_protocol(tmp_pa
     dense = build_evaluators(get_task("occ3d"), EvalOptions(save_predictions=tmp_path / "o"))
     assert [type(e) for e in dense] == [
         OccupancyMetricsSink,
+        GeometricIoUSink,
         NestedEvaluator,
         OccupancyPredictionWriter,
     ]
@@ -104,3 +111,25 @@ def test_an_unlabelled_occupancy_report_keeps_its_keys():
     assert report["num_samples"] == 2 and report["task"] == "occupancy"
     assert report["miou"] is None and report["rayiou"] is None and report["num_rays"] == 0
     assert set(report) == set(labelled.finish())
+
+
+def test_geometric_iou_on_a_hand_computed_case():
+    """Free = 2 of 3 classes. GT occupied/pred occupied: 3 voxels (one misclassified, still
+    occupied); GT free/pred occupied: 1; GT occupied/pred free: 2; GT free/pred free: 4.
+    IoU = 3 / (3 + 1 + 2) = 0.5 without a mask; the mask keeps 2 TP, 1 FN: 2 / 3."""
+    gt = torch.tensor([0, 1, 1, 2, 0, 1, 2, 2, 2, 2]).reshape(1, 10, 1, 1)
+    pred = torch.tensor([0, 0, 1, 0, 2, 2, 2, 2, 2, 2]).reshape(1, 10, 1, 1)
+    mask = torch.tensor([1, 1, 0, 0, 1, 0, 1, 1, 1, 1], dtype=torch.bool).reshape(1, 10, 1, 1)
+    logits = torch.nn.functional.one_hot(pred, 3).permute(0, 4, 1, 2, 3).float()
+    batch = {"occ_semantics": gt, "occ_mask_camera": mask, "ray_origins": None, "tokens": ["t"]}
+    sink = GeometricIoUSink(free_index=2)
+    sink.add(batch, {"voxel_logits": logits})
+    results = sink.finish()
+    assert results["geometric_iou_nomask"] == pytest.approx(3 / 6)
+    assert results["geometric_iou"] == pytest.approx(2 / 3)
+    # the same figure from a full confusion matrix (the tools' route)
+    full = torch.zeros(3, 3, dtype=torch.int64)
+    for g, p in zip(gt.flatten().tolist(), pred.flatten().tolist(), strict=True):
+        full[g, p] += 1
+    assert geometric_iou(full.numpy(), 2) == pytest.approx(3 / 6)
+    assert geometric_iou(np.diag([0, 0, 5]), 2) is None  # nothing occupied anywhere

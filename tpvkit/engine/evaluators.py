@@ -19,7 +19,11 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from tpvkit.engine.inference import InferenceSink, LidarSegSink, SubmissionSink, run_inference
-from tpvkit.engine.occupancy import OccupancyMetricsSink, OccupancyPredictionWriter
+from tpvkit.engine.occupancy import (
+    GeometricIoUSink,
+    OccupancyMetricsSink,
+    OccupancyPredictionWriter,
+)
 from tpvkit.errors import TpvkitError
 from tpvkit.outputs.submission import SubmissionWriter
 from tpvkit.task import Task
@@ -147,16 +151,20 @@ def point_task_evaluators(task: Task, options: EvalOptions) -> list[Evaluator]:
 
 
 def dense_task_evaluators(task: Task, options: EvalOptions) -> list[Evaluator]:
-    """Occ3D: the occupancy metrics on the dense volume (None without dense labels), the
-    lidarseg point scores under "lidarseg" (None without lidarseg labels), and with
-    `save_predictions` one `<sample_token>.npz` per sample."""
+    """Occ3D: the occupancy metrics on the dense volume and the geometric IoU (None without
+    dense labels), the lidarseg point scores under "lidarseg" (None without lidarseg labels),
+    and with `save_predictions` one `<sample_token>.npz` per sample."""
     if isinstance(options.save_predictions, SubmissionWriter):
         raise TpvkitError(
             "an occupancy model saves <sample_token>.npz volumes, not a lidarseg submission: "
             "give --save-predictions a folder"
         )
+    free = task.label_space.free_index
+    if free is None:
+        raise TpvkitError(f"task {task.name}: a dense task's label space needs a free class")
     evaluators: list[Evaluator] = [
         OccupancyMetricsSink(options.ray_iou, labelled=options.dense_labels),
+        GeometricIoUSink(free, labelled=options.dense_labels),
         NestedEvaluator(
             "lidarseg",
             LidarSegSink(options.voxel_metrics),

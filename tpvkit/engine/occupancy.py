@@ -20,16 +20,22 @@ from tpvkit.data.occ3d import OCC3D_CLASS_NAMES, OCC3D_FREE, OCC3D_GRID, OCC3D_N
 from tpvkit.engine.distributed import reduce_over_ranks
 from tpvkit.errors import TpvkitError
 from tpvkit.models.losses import require_occ3d_batch
-from tpvkit.outputs.occ_metrics import RAY_THRESHOLDS, OccupancyConfusion, RayIoU
+from tpvkit.outputs.occ_metrics import RAY_THRESHOLDS, OccupancyConfusion, RayIoU, geometric_iou
 from tpvkit.utils.io import atomic_write_bytes, check_output_dir
 
 
-def _voxel_predictions(out: Mapping[str, torch.Tensor], grid: tuple[int, ...]) -> torch.Tensor:
-    """(B, X, Y, Z) argmax class of the voxel logits, checked against the label grid."""
+def _voxel_predictions(
+    out: Mapping[str, torch.Tensor],
+    grid: tuple[int, ...],
+    num_classes: int | None = OCC3D_NUM_CLASSES,
+) -> torch.Tensor:
+    """(B, X, Y, Z) argmax class of the voxel logits, checked against the label grid (and the
+    class count, unless `num_classes` is None)."""
     if "voxel_logits" not in out:
         raise TpvkitError("the occupancy metrics need voxel logits: run with decode_voxels=True")
     logits = out["voxel_logits"]
-    if tuple(logits.shape[2:]) != tuple(grid) or logits.shape[1] != OCC3D_NUM_CLASSES:
+    wrong_classes = num_classes is not None and logits.shape[1] != num_classes
+    if tuple(logits.shape[2:]) != tuple(grid) or wrong_classes:
         raise TpvkitError(
             f"the model decodes {logits.shape[1]} classes on a {tuple(logits.shape[2:])} grid; "
             f"Occ3D scoring needs {OCC3D_NUM_CLASSES} classes on {tuple(grid)} in the ego frame "
@@ -139,6 +145,55 @@ class OccupancyMetricsSink:
         print_iou_table(columns, mious, f"{title} · Occ3D occupancy" if title else "")
         if results.get("rayiou") is not None:
             print(f"RayIoU (mean of 1, 2, 4 m): {100 * results['rayiou']:.2f}")
+
+
+class GeometricIoUSink:
+    """Geometric IoU over a split: occupied (any class but the label space's free one) vs
+    free, inside mask_camera ("geometric_iou") and without a mask ("geometric_iou_nomask");
+    None without dense labels (`labelled` False) or when nothing is occupied."""
+
+    needs_voxels = True
+    logged_keys = ("geometric_iou",)
+    shown_keys: tuple[str, ...] = ()
+
+    def __init__(self, free_index: int, labelled: bool = True) -> None:
+        self.free_index = free_index
+        self.labelled = labelled
+        # two classes: 0 free, 1 occupied
+        self.camera = OccupancyConfusion(num_classes=2, free_label=0)
+        self.all = OccupancyConfusion(num_classes=2, free_label=0)
+
+    def add(self, batch: Mapping[str, Any], out: Mapping[str, torch.Tensor]) -> None:
+        if not self.labelled:
+            return
+        require_occ3d_batch(batch, "the geometric IoU sink")
+        gt = batch["occ_semantics"]  # (B, X, Y, Z)
+        pred = _voxel_predictions(out, tuple(gt.shape[1:]), None).to(gt.device)
+        gt_occupied = (gt != self.free_index).long()
+        pred_occupied = (pred != self.free_index).long()
+        self.camera.update(gt_occupied, pred_occupied, batch["occ_mask_camera"])
+        self.all.update(gt_occupied, pred_occupied)
+
+    def finish(self) -> dict[str, Any]:
+        reduce_over_ranks([self.camera.matrix, self.all.matrix])
+        if not self.labelled:
+            return {"geometric_iou": None, "geometric_iou_nomask": None}
+        return {
+            "geometric_iou": geometric_iou(self.camera.matrix.numpy(), 0),
+            "geometric_iou_nomask": geometric_iou(self.all.matrix.numpy(), 0),
+        }
+
+    def print_results(self, results: Mapping[str, Any], title: str) -> None:
+        if results.get("geometric_iou") is None:
+            return
+
+        def pct(value: float | None) -> str:
+            return "n/a" if value is None else f"{100 * value:.2f}"
+
+        print(
+            f"geometric IoU (occupied vs free): {pct(results['geometric_iou'])} (mask_camera), "
+            f"{pct(results['geometric_iou_nomask'])} (no mask)"
+        )
 
 
 class OccupancyPredictionWriter:

@@ -115,6 +115,18 @@ class OccupancyConfusion:
         return _nan_mean(iou)
 
 
+def geometric_iou(confusion: np.ndarray | Sequence[Sequence[int]], free_label: int) -> float | None:
+    """Occupied vs free IoU (the scene-completion "IoU" of SSC papers, e.g. SurroundOcc's) of a
+    (C, C) confusion matrix, rows GT, columns prediction: every class but `free_label` counts as
+    occupied, whatever its semantic class. None when nothing is occupied in GT or prediction."""
+    m = np.asarray(confusion, dtype=np.float64)
+    occupied = [c for c in range(m.shape[0]) if c != free_label]
+    tp = m[np.ix_(occupied, occupied)].sum()
+    fp = m[free_label, occupied].sum()
+    fn = m[occupied, free_label].sum()
+    return float(tp / (tp + fp + fn)) if tp + fp + fn > 0 else None
+
+
 # ---------------------------------------------------------------------------------------------
 # RayIoU: rays, traversal, per-ray results
 
