@@ -58,6 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=1500, help="Training iterations per run.")
     p.add_argument("--configs", default="tpv_occ3d_tiny,bev_occ3d_tiny", help="Comma-separated.")
     p.add_argument("--seeds", default="0,1", help="Training seeds, comma-separated.")
+    p.add_argument(
+        "--runs", default="", help="Explicit runs CONFIG:SEED,... (instead of configs x seeds)."
+    )
     p.add_argument("--data", type=Path, help="Reuse this synthetic dataroot (default: generate).")
     p.add_argument("--scenes", type=int, default=10, help="Synthetic scenes (8 train + 2 val).")
     p.add_argument("--samples-per-scene", type=int, default=20)
@@ -66,7 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=2, help="Runs at a time (one thread each).")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="key=value")
     p.add_argument(
-        "--eval-only", action="store_true", help="Score the runs already in --out again."
+        "--eval-only",
+        action="store_true",
+        help="Report the runs already in --out (their run.json, else score them again).",
     )
     return p.parse_args(argv)
 
@@ -180,6 +185,8 @@ def run_one(job: tuple[str, int], args: argparse.Namespace, root: Path) -> dict[
     name, seed = job
     torch.set_num_threads(1)
     work_dir = args.out / "runs" / f"{name}_seed{seed}"
+    if args.eval_only and (work_dir / "run.json").is_file():
+        return json.loads((work_dir / "run.json").read_text())
     cfg = load_config(name, args.overrides)
     cfg = apply_overrides(
         cfg,
@@ -224,7 +231,7 @@ def run_one(job: tuple[str, int], args: argparse.Namespace, root: Path) -> dict[
             flush=True,
         )
     gaps = np.diff(clock.stamps[2:]) if len(clock.stamps) > 3 else np.array([np.nan])
-    return {
+    result = {
         "config": name,
         "seed": seed,
         "iterations": args.iters,
@@ -238,6 +245,10 @@ def run_one(job: tuple[str, int], args: argparse.Namespace, root: Path) -> dict[
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
     }
+    # Each run's result as soon as it exists: a report of finished runs needs no re-scoring
+    # (--eval-only reuses it) and does not wait for the others.
+    atomic_write_text(work_dir / "run.json", json.dumps(result, default=str) + "\n")
+    return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
         splits=(TRAIN_SPLIT, VAL_SPLIT),
     )
     jobs = [(c, int(s)) for s in args.seeds.split(",") for c in args.configs.split(",") if c]
+    if args.runs:
+        jobs = [(r.split(":")[0], int(r.split(":")[1])) for r in args.runs.split(",") if r]
     if args.jobs > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
