@@ -768,9 +768,10 @@ def generate_occupancy(
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(meta_path, json.dumps(meta, indent=1) + "\n")
     start = time.perf_counter()
-    from tqdm import tqdm
+    from tpvkit.utils.progress import Progress
 
-    bar = tqdm(total=total - skipped, desc="prepare occupancy", unit="frame", disable=not progress)
+    # a bar on a terminal, a plain line every 15 s in a log file
+    bar = Progress(total - skipped, "prepare occupancy", "frame", enabled=progress)
     written = 0
     try:
         if workers > 1 and len(jobs) > 1:
