@@ -19,6 +19,7 @@ from tpvkit.errors import TpvkitError
 from tpvkit.outputs.export import gt_occupied, resolve_excluded
 from tpvkit.outputs.prediction_file import (
     Prediction,
+    is_labels_record,
     voxel_centers,
 )
 from tpvkit.outputs.render import frame_box, look_at_camera, render_voxels
@@ -230,13 +231,14 @@ def render_bev(
     else:
         pred_rgb = bev_image(pred.voxels, pred.occupied, pred.palette, shown, scale)
     mask = pred.gt_mask_camera
-    title = "prediction (points)" if use_points else "prediction"
+    labels_file = is_labels_record(pred)  # an Occ3D labels.npz: one panel, "labels"
+    title = "prediction (points)" if use_points else "labels" if labels_file else "prediction"
     if mask is not None and not use_points:
         visible = pred.occupied & shown[pred.voxels.astype(np.int64)]
         pred_rgb = fade_unseen(pred_rgb, pred.voxels, visible, mask, scale)
         title += " (faded: outside mask_camera)"
     panels.append((title, pred_rgb))
-    if pred.gt_voxels is not None:
+    if pred.gt_voxels is not None and not labels_file:
         gt_occ = gt_occupied(pred)
         gt_rgb = bev_image(pred.gt_voxels, gt_occ, pred.palette, shown, scale)
         title = "ground truth"
@@ -348,7 +350,9 @@ def render_voxels_3d(
     if not annotate:
         return image
     if title is None:
-        kind = "ground truth" if ground_truth else "prediction"
+        kind = (
+            "labels" if is_labels_record(pred) else "ground truth" if ground_truth else "prediction"
+        )
         if ground_truth and pred.gt_mask_camera is not None:
             kind += " (faded: outside mask_camera)"
         title = f"{kind} · {pred.token}"

@@ -328,6 +328,12 @@ def has_lidar_calibration(pred: Prediction) -> bool:
     return bool(np.all(np.isfinite(pred.lidar2ego)))
 
 
+def is_labels_record(pred: Prediction) -> bool:
+    """Whether the record is an Occ3D labels.npz (prediction_from_occ3d_labels): its voxels are
+    the ground truth itself, so pictures show them once, titled "labels"."""
+    return pred.gt_voxels is not None and pred.gt_voxels is pred.voxels
+
+
 def prediction_from_occ3d_labels(data: dict[str, np.ndarray], path: str | Path) -> Prediction:
     """A record of an Occ3D-format labels.npz (downloaded, synthetic or made by `tpvkit prepare
     occupancy`, any grid): the semantics as both the voxels and the ground truth, with both
