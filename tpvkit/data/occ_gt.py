@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -381,22 +381,29 @@ def _split_frame(frame: LidarFrame, box_frame: bool) -> _FramePoints:
     )
 
 
-def _label_sweeps(points: list[_FramePoints]) -> None:
-    """Unknown (sweep) static points take the label of the nearest labelled static point of
-    the scene's key frames (in place)."""
-    from scipy.spatial import cKDTree
+class SweepLabeller:
+    """Labels for sweep points: the nearest labelled static point of the scene's key frames
+    (a k-d tree built once per scene from every key frame)."""
 
-    labelled = [p for p in points if p.static_label.size and (p.static_label >= 0).any()]
-    if not labelled:
-        return
-    ref_xyz = np.concatenate([p.static_xyz[p.static_label >= 0] for p in labelled])
-    ref_label = np.concatenate([p.static_label[p.static_label >= 0] for p in labelled])
-    tree = cKDTree(ref_xyz)
-    for p in points:
+    def __init__(self, job: SceneJob) -> None:
+        from scipy.spatial import cKDTree
+
+        xyz, label = [], []
+        for key in job.keys:
+            p = _split_frame(job.frames[key.frame], job.options.box_frame)
+            known = p.static_label >= 0
+            xyz.append(p.static_xyz[known])
+            label.append(p.static_label[known])
+        self.label = np.concatenate(label) if label else np.zeros(0, dtype=np.int64)
+        self.tree = cKDTree(np.concatenate(xyz)) if self.label.size else None
+
+    def __call__(self, p: _FramePoints) -> _FramePoints:
+        """Fill the unknown (-1) static labels of a frame in place; returns it."""
         unk = np.flatnonzero(p.static_label < 0)
-        if unk.size:
-            _, nearest = tree.query(p.static_xyz[unk], k=1)
-            p.static_label[unk] = ref_label[nearest]
+        if unk.size and self.tree is not None:
+            _, nearest = self.tree.query(p.static_xyz[unk], k=1)
+            p.static_label[unk] = self.label[nearest]
+        return p
 
 
 # ---------------------------------------------------------------------------------------------
@@ -418,7 +425,7 @@ def _chosen_frames(job: SceneJob, key: KeyFrame) -> list[int]:
 
 
 def accumulate(
-    job: SceneJob, key: KeyFrame, points: list[_FramePoints]
+    job: SceneJob, key: KeyFrame, points: Mapping[int, _FramePoints]
 ) -> tuple[np.ndarray, np.ndarray]:
     """(M, 3) ego-frame points of the key frame and (M,) their Occ3D classes (0..16)."""
     global2ego = invert_pose(job.frames[key.frame].ego2global)
@@ -608,7 +615,9 @@ def camera_rays(cam: CameraRec, global2ego: np.ndarray, ray_deg: float):
     return np.broadcast_to(T[:3, 3], dirs.shape), dirs
 
 
-def key_frame_labels(job: SceneJob, key: KeyFrame, points: list[_FramePoints]) -> Occ3DLabels:
+def key_frame_labels(
+    job: SceneJob, key: KeyFrame, points: Mapping[int, _FramePoints]
+) -> Occ3DLabels:
     """The generated labels of one key frame."""
     opts = job.options
     grid = opts.grid()
@@ -649,14 +658,18 @@ def run_scene(job: SceneJob, progress: Any = None) -> tuple[int, float]:
     todo = [k for k, skip in zip(job.keys, skips, strict=True) if not skip]
     if not todo:
         return 0, 0.0
-    needed = sorted({i for k in todo for i in _chosen_frames(job, k)} | {k.frame for k in job.keys})
-    points: list[_FramePoints | None] = [None] * len(job.frames)
-    for i in needed:
-        points[i] = _split_frame(job.frames[i], job.options.box_frame)
-    _label_sweeps([p for p in points if p is not None])
+    labeller = SweepLabeller(job)
+    # A window of frames moves with the key frames (in time order): memory holds the frames of
+    # one key frame, not of the scene.
+    window: dict[int, _FramePoints] = {}
     written = 0
     for key in todo:
-        labels = key_frame_labels(job, key, points)  # type: ignore[arg-type]
+        needed = set(_chosen_frames(job, key)) | {key.frame}
+        for i in [i for i in window if i not in needed]:
+            del window[i]
+        for i in sorted(needed - window.keys()):
+            window[i] = labeller(_split_frame(job.frames[i], job.options.box_frame))
+        labels = key_frame_labels(job, key, window)
         write_labels(
             Path(job.out_dir) / label_relpath(job.name, key.sample_token), labels, shape=None
         )
