@@ -72,6 +72,7 @@ class OccGTOptions:
     ground_fill_distance: float = 8.0  # m: furthest ground column a hole takes its height from
     surface_offset: float = 0.1  # m: returns pushed this far into the surface they lie on
     surface_normals: bool = True  # push along the local surface normal (else along the ray)
+    normal_cell: float = 0.15  # m: normals are fitted to one mean point per cell of this size
     camera_ray_deg: float = 0.35  # angular spacing of the mask_camera rays (pixel stride)
 
     def grid(self) -> VoxelGrid:
@@ -347,9 +348,16 @@ def _split_frame(frame: LidarFrame, box_frame: bool) -> _FramePoints:
     local_all = np.zeros((n, 3))
     local_dir = np.zeros((n, 3))
     box_label = np.full(n, -1, dtype=np.int64)
-    for box in frame.boxes:
-        r = np.linalg.norm(box.wlh) / 2 + BOX_MARGIN
-        near = np.flatnonzero(np.all(np.abs(xyz - box.center) <= r, axis=1) & (box_of < 0))
+    if frame.boxes and n:
+        from scipy.spatial import cKDTree
+
+        # candidates of every box at once: the points within its bounding sphere
+        centres = np.stack([box.center for box in frame.boxes])
+        radii = np.array([np.linalg.norm(box.wlh / 2 + BOX_MARGIN) for box in frame.boxes])
+        candidates = cKDTree(xyz).query_ball_point(centres, radii)
+    for box, cand in zip(frame.boxes, candidates if frame.boxes and n else [], strict=False):
+        near = np.asarray(sorted(cand), dtype=np.int64)
+        near = near[box_of[near] < 0] if near.size else near
         if near.size == 0:
             continue
         local = (xyz[near] - box.center) @ box.rotation  # R^T (p - c)
@@ -449,11 +457,18 @@ def accumulate(
     all_dir = np.concatenate(dirs) if dirs else np.zeros((0, 3))
     all_lab = np.concatenate(lab) if lab else np.zeros(0, dtype=np.int64)
     ego = all_xyz @ global2ego[:3, :3].T + global2ego[:3, 3]
+    # only points in (or within a metre of) the grid can vote or shape a normal that does
+    grid = job.options.grid()
+    lo = np.asarray(grid.range_min) - 1.0
+    hi = np.asarray(grid.range_min) + grid.voxel_size * np.asarray(grid.shape) + 1.0
+    near = np.all((ego >= lo) & (ego <= hi), axis=1)
+    ego, all_dir, all_lab = ego[near], all_dir[near], all_lab[near]
     ego_dir = all_dir @ global2ego[:3, :3].T
     if job.options.surface_offset:
         # a return lies on a surface with the solid behind it: pushed a quarter voxel into
         # the solid, it lands in the voxel the surface reaches at least a quarter into
-        inward = surface_inward(ego, ego_dir) if job.options.surface_normals else ego_dir
+        opts = job.options
+        inward = surface_inward(ego, ego_dir, opts.normal_cell) if opts.surface_normals else ego_dir
         inward[np.isin(all_lab, GROUND_CLASSES)] = (0.0, 0.0, -1.0)  # the ground: straight down
         ego = ego + job.options.surface_offset * inward
     return ego, all_lab
@@ -462,22 +477,33 @@ def accumulate(
 NORMAL_NEIGHBOURS = 10
 
 
-def surface_inward(xyz: np.ndarray, ray_dir: np.ndarray) -> np.ndarray:
-    """(N, 3) unit direction into the surface at each point: minus the local normal (the
-    least-variance axis of its NORMAL_NEIGHBOURS nearest points), turned to face the sensor;
-    the ray direction where the neighbourhood is not a surface (a line, a blob)."""
+def surface_inward(xyz: np.ndarray, ray_dir: np.ndarray, cell_size: float = 0.15) -> np.ndarray:
+    """(N, 3) unit direction into the surface at each point: minus the local normal, turned to
+    face the sensor; the ray direction where the neighbourhood is not a surface (a line, a
+    blob). The normal of a point is that of its cell (cubes of `cell_size` metres): the
+    least-variance axis of the NORMAL_NEIGHBOURS cells (mean points) nearest to the cell's
+    mean point."""
     from scipy.spatial import cKDTree
 
     n = xyz.shape[0]
     if n < NORMAL_NEIGHBOURS:
         return ray_dir
-    tree = cKDTree(xyz)
-    _, nb = tree.query(xyz, k=NORMAL_NEIGHBOURS)
-    q = xyz[nb] - xyz[nb].mean(axis=1, keepdims=True)  # (N, k, 3)
+    cell = np.floor((xyz - xyz.min(axis=0)) / cell_size).astype(np.int64)
+    span = cell.max(axis=0) + 1
+    key = (cell[:, 0] * span[1] + cell[:, 1]) * span[2] + cell[:, 2]
+    _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(-1)
+    m = counts.size
+    if m < NORMAL_NEIGHBOURS:
+        return ray_dir
+    reps = np.stack([np.bincount(inverse, xyz[:, a], minlength=m) for a in range(3)], 1)
+    reps /= counts[:, None]
+    _, nb = cKDTree(reps).query(reps, k=NORMAL_NEIGHBOURS)
+    q = reps[nb] - reps[nb].mean(axis=1, keepdims=True)  # (M, k, 3)
     cov = np.einsum("nki,nkj->nij", q, q)
     w, v = np.linalg.eigh(cov)  # ascending eigenvalues
-    normal = v[:, :, 0]
-    planar = w[:, 0] < 0.1 * w[:, 1]  # flat: one axis of clearly less spread
+    planar = (w[:, 0] < 0.1 * w[:, 1])[inverse]  # flat: one axis of clearly less spread
+    normal = v[:, :, 0][inverse]
     flip = (normal * ray_dir).sum(1) > 0
     normal[flip] *= -1.0  # facing the sensor
     return np.where(planar[:, None], -normal, ray_dir)
