@@ -36,7 +36,7 @@ import torch  # noqa: E402
 from tpvkit.data import occ3d  # noqa: E402
 from tpvkit.data.infos import load_infos  # noqa: E402
 from tpvkit.data.occ_gt import OccGTOptions, generate_occupancy  # noqa: E402
-from tpvkit.outputs.occ_metrics import OccupancyConfusion, RayIoU  # noqa: E402
+from tpvkit.outputs.occ_metrics import OccupancyConfusion, RayIoU, geometric_iou  # noqa: E402
 
 MOVING_CLASSES = (2, 3, 4, 6, 7, 10)  # bicycle, bus, car, motorcycle, pedestrian, truck
 VERSION = "v1.0-mini"
@@ -87,7 +87,6 @@ def score(root: Path, gen_dir: Path) -> dict[str, float]:
     conf = OccupancyConfusion()
     conf_all = OccupancyConfusion()
     rays = RayIoU()
-    geo = [0, 0]
     mask_c = [0, 0]
     mask_l = [0, 0]
     for sample, o in zip(samples, origins, strict=True):
@@ -98,10 +97,6 @@ def score(root: Path, gen_dir: Path) -> dict[str, float]:
         conf.update(exact.semantics, gen.semantics, m)
         conf_all.update(exact.semantics, gen.semantics)
         rays.add_frame(gen.semantics, exact.semantics, o)
-        a = (exact.semantics != occ3d.OCC3D_FREE) & m
-        b = (gen.semantics != occ3d.OCC3D_FREE) & m
-        geo[0] += int((a & b).sum())
-        geo[1] += int((a | b).sum())
         for acc, x, y in (
             (mask_c, exact.mask_camera, gen.mask_camera),
             (mask_l, exact.mask_lidar, gen.mask_lidar),
@@ -113,7 +108,8 @@ def score(root: Path, gen_dir: Path) -> dict[str, float]:
         "miou": 100 * conf.miou(),
         "miou_nomask": 100 * conf_all.miou(),
         "rayiou": 100 * (rays.summary()["rayiou"] or 0.0),
-        "geo_iou": 100 * geo[0] / max(geo[1], 1),
+        # occupied vs free inside the exact camera mask, from the masked confusion matrix
+        "geo_iou": 100 * (geometric_iou(conf.matrix.numpy(), occ3d.OCC3D_FREE) or 0.0),
         "moving_miou": 100 * float(np.nanmean(iou[list(MOVING_CLASSES)])),
         "mask_camera_iou": 100 * mask_c[0] / max(mask_c[1], 1),
         "mask_lidar_iou": 100 * mask_l[0] / max(mask_l[1], 1),
