@@ -77,15 +77,6 @@ def evaluate_model(
     return {**results, "seconds": time.perf_counter() - start}
 
 
-def print_metrics(metrics: Mapping[str, Any], title: str = "", task: Task | str = "") -> None:
-    """The tables of an evaluation's metrics, as the evaluators of its task print them (`task`
-    "" : "occ3d" for a report that says "task": "occupancy", else "lidarseg")."""
-    if not task:
-        task = "occ3d" if metrics.get("task") == "occupancy" else "lidarseg"
-    task = get_task(task) if isinstance(task, str) else task
-    print_results(build_evaluators(task), metrics, title)
-
-
 def evaluate(
     cfg: Config | None,
     checkpoint: str | Path,
