@@ -26,7 +26,6 @@ from tpvkit.constants import (
     OCC3D_VOXEL_SIZE,
     OCCUPANCY_CLASS_NAMES,
     PALETTE,
-    POINT_CLOUD_RANGE,
 )
 from tpvkit.errors import TpvkitError
 
@@ -177,8 +176,6 @@ TASKS: dict[str, Task] = {
         ),
     )
 }
-
-DEFAULT_RANGE = POINT_CLOUD_RANGE
 
 
 def get_task(name: str) -> Task:
