@@ -65,6 +65,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scenes", type=int, default=10, help="Synthetic scenes (8 train + 2 val).")
     p.add_argument("--samples-per-scene", type=int, default=20)
     p.add_argument("--data-seed", type=int, default=0)
+    p.add_argument(
+        "--more-train-data",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="Other synthetic dataroots (e.g. made with other --seed values) whose mini_train "
+        "streets join the training set; mini_val stays --data's (unseen streets).",
+    )
     p.add_argument("--curve-points", type=int, default=5, help="Checkpoints scored per run.")
     p.add_argument("--jobs", type=int, default=2, help="Runs at a time (one thread each).")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="key=value")
@@ -118,7 +126,32 @@ def score_model(
     return {**out, **derived_scores(out)}
 
 
-def label_blind(root: Path, seed: int) -> dict[str, Any]:
+def training_infos(root: Path, more: list[Path], out: Path) -> Path:
+    """The training info file: --data's mini_train, or it merged with the mini_train samples of
+    `more` dataroots (paths made absolute, tokens and scene names prefixed so that they stay
+    unique) into out/train_infos.json."""
+    if not more:
+        return synthetic_info_path(root, TRAIN_SPLIT)
+    doc: dict[str, Any] = {}
+    samples = []
+    for k, world in enumerate([root, *more]):
+        doc = json.loads(synthetic_info_path(world, TRAIN_SPLIT).read_text())
+        for sample in doc["samples"]:
+            for key in ("lidar_path", "lidarseg_path", "occ3d_path"):
+                if sample.get(key):
+                    sample[key] = str((world / sample[key]).resolve())
+            for cam in sample["cams"].values():
+                cam["img_path"] = str((world / cam["img_path"]).resolve())
+            for key in ("token", "scene_token", "scene_name"):
+                sample[key] = f"w{k}_{sample[key]}"
+            samples.append(sample)
+    doc["samples"] = samples
+    path = out / "train_infos.json"
+    atomic_write_text(path, json.dumps(doc))
+    return path
+
+
+def label_blind(root: Path, seed: int, train_infos: Path | None = None) -> dict[str, Any]:
     """Scores of the three label-blind predictors on mini_val (see the module docstring)."""
     from tpvkit.data.infos import load_infos
     from tpvkit.data.occ3d import (
@@ -131,7 +164,7 @@ def label_blind(root: Path, seed: int) -> dict[str, Any]:
     from tpvkit.engine.occupancy import OccupancyMetricsSink
 
     C = OCC3D_NUM_CLASSES
-    train = load_infos(synthetic_info_path(root, TRAIN_SPLIT))
+    train = load_infos(train_infos or synthetic_info_path(root, TRAIN_SPLIT))
     per_position = np.zeros((*OCC3D_GRID, C), dtype=np.int32)
     grid_index = np.indices(OCC3D_GRID)
     for sample in train:
@@ -191,7 +224,7 @@ def run_one(job: tuple[str, int], args: argparse.Namespace, root: Path) -> dict[
     cfg = apply_overrides(
         cfg,
         {
-            "data.train_infos": str(synthetic_info_path(root, TRAIN_SPLIT)),
+            "data.train_infos": str(args.train_infos),
             "data.val_infos": "",  # scored afterwards, outside the timed training
             "data.dataroot": str(root),
             "data.num_workers": 0,
@@ -366,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         generate=args.data is None,
         splits=(TRAIN_SPLIT, VAL_SPLIT),
     )
+    args.train_infos = training_infos(root, args.more_train_data, args.out)
     jobs = [(c, int(s)) for s in args.seeds.split(",") for c in args.configs.split(",") if c]
     if args.runs:
         jobs = [(r.split(":")[0], int(r.split(":")[1])) for r in args.runs.split(",") if r]
@@ -378,13 +412,18 @@ def main(argv: list[str] | None = None) -> int:
             runs = list(pool.map(run_one, jobs, [args] * len(jobs), [root] * len(jobs)))
     else:
         runs = [run_one(job, args, root) for job in jobs]
-    blind = label_blind(root, args.data_seed)
+    blind = label_blind(root, args.data_seed, args.train_infos)
     results = {
         "command": " ".join(
             [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]
         ),
         "iterations": args.iters,
-        "data": {"root": str(root), "samples_per_scene": args.samples_per_scene},
+        "data": {
+            "root": str(root),
+            "samples_per_scene": args.samples_per_scene,
+            "more_train_data": [str(p) for p in args.more_train_data],
+            "train_infos": str(args.train_infos),
+        },
         "cpu_count": os.cpu_count(),
         "label_blind": blind,
         "runs": runs,
