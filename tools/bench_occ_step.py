@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from tpvkit.models.losses import PLAIN_OCC3D_OVERRIDES
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
@@ -42,21 +44,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-# tpvkit 0.2's occ3d loss: plain CE + Lovasz (free included) over every supervised voxel.
-PLAIN_LOSS = [
-    "train.class_weights=none",
-    "train.lovasz_free=true",
-    "train.sem_scal_weight=0",
-    "train.geo_scal_weight=0",
-    "train.occ_free_per_occupied=0",
-]
 REFERENCE = "0.2: dense decode, CE + Lovasz"
 
 
 def variants(args: argparse.Namespace) -> dict[str, list[str]]:
     sampled = [f"train.occ_free_per_occupied={args.free_per_occupied}"]
     return {
-        REFERENCE: [*PLAIN_LOSS, "model.head.refine_layers=0"],
+        REFERENCE: [*PLAIN_OCC3D_OVERRIDES, "model.head.refine_layers=0"],
         "recipe loss, dense decode": [
             "train.occ_free_per_occupied=0",
             "model.head.refine_layers=0",

@@ -29,7 +29,7 @@ import yaml
 
 from tpvkit.constants import IMG_MEAN_BGR, IMG_STD, NUM_CLASSES, POINT_CLOUD_RANGE
 from tpvkit.errors import TpvkitError
-from tpvkit.task import TASKS, Grid, Task, get_task, voxel_grid_shape, voxel_size
+from tpvkit.task import SUPERVISION_MASKS, TASKS, Grid, Task, get_task, voxel_grid_shape, voxel_size
 
 # The YAML files live in the repository's top-level configs/ folder; a wheel or `pip install .`
 # ships them as the package data folder tpvkit/configs/ (see setup.py). A source checkout on
@@ -509,9 +509,7 @@ def validate(cfg: Config) -> None:
     _choice(cfg.train.device, ("auto", "cpu", "cuda"), "train.device")
     _choice(m.grid_frame, ("lidar", "ego"), "model.grid_frame")
     _choice(cfg.train.loss, ("lidarseg", "occ3d", "tpv_occupancy"), "train.loss")
-    _choice(
-        cfg.train.occ_loss_mask, ("camera", "lidar", "camera_lidar", "all"), "train.occ_loss_mask"
-    )
+    _choice(cfg.train.occ_loss_mask, SUPERVISION_MASKS, "train.occ_loss_mask")
     _choice(
         cfg.train.class_weights, ("none", "inv_log", "inv_sqrt", "inv_freq"), "train.class_weights"
     )

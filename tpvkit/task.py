@@ -37,6 +37,10 @@ FRAMES: tuple[str, ...] = ("lidar", "ego")
 # "dense" (one label per voxel of the grid, with camera/LiDAR visibility masks: Occ3D).
 SCORED_ON: tuple[str, ...] = ("points", "dense")
 
+# The voxels a dense loss may supervise (train.occ_loss_mask): inside mask_camera, mask_lidar,
+# either, or all of them; docs/occupancy.md says when each is valid.
+SUPERVISION_MASKS: tuple[str, ...] = ("camera", "lidar", "camera_lidar", "all")
+
 # Voxel size conventions: "exact" range / grid; "tpvformer" range / (grid - 1), the public code.
 VOXEL_CONVENTIONS: tuple[str, ...] = ("exact", "tpvformer")
 

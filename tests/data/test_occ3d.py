@@ -217,3 +217,26 @@ def test_collate_refuses_a_mix_of_labelled_and_unlabelled_samples(synthetic_info
         b.pop(key)
     with pytest.raises(TpvkitError, match="mixes samples"):
         collate_batch([a, b])
+
+
+def test_label_frequencies_count_the_supervised_voxels(synthetic_infos):
+    from tpvkit.data.infos import load_infos
+    from tpvkit.data.occ3d import INFO_FIELD, label_frequencies, read_labels, supervision_mask
+
+    infos = load_infos(synthetic_infos["mini_train"])
+    for which in ("camera", "lidar", "camera_lidar", "all"):
+        counts = np.zeros(18)
+        for sample in infos.samples:  # the rule written out per voxel set
+            lab = read_labels(infos.resolve(sample[INFO_FIELD]))
+            keep = {
+                "camera": lab.mask_camera,
+                "lidar": lab.mask_lidar,
+                "camera_lidar": lab.mask_camera | lab.mask_lidar,
+                "all": np.ones_like(lab.mask_camera),
+            }[which]
+            for c in range(18):
+                counts[c] += int((lab.semantics[keep] == c).sum())
+        got = label_frequencies(infos, which)
+        np.testing.assert_allclose(got, counts / counts.sum(), rtol=1e-12)
+    with pytest.raises(TpvkitError, match="occ_loss_mask"):
+        supervision_mask(None, None, "everywhere")

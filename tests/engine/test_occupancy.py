@@ -10,7 +10,12 @@ import torch
 from tpvkit.config import load_config
 from tpvkit.engine.occupancy import OccupancyMetricsSink, OccupancyPredictionWriter
 from tpvkit.errors import TpvkitError
-from tpvkit.models.losses import build_loss, occ3d_losses, tpv_occupancy_losses
+from tpvkit.models.losses import (
+    PLAIN_OCC3D_OVERRIDES,
+    build_loss,
+    occ3d_losses,
+    tpv_occupancy_losses,
+)
 from tpvkit.outputs.occ_metrics import OccupancyConfusion, RayIoU
 
 FREE = 17
@@ -121,21 +126,10 @@ class _ConstModel(torch.nn.Module):
         return {"voxel_logits": self.logits.expand(img.shape[0], -1, -1, -1, -1)}
 
 
-# tpvkit 0.2's occ3d loss: plain CE + Lovasz (free included) over every supervised voxel.
-PLAIN_OCC3D = [
-    "train.class_weights=none",
-    "train.lovasz_free=true",
-    "train.sem_scal_weight=0",
-    "train.geo_scal_weight=0",
-    "train.occ_free_per_occupied=0",
-    "train.init_bias_from_frequencies=false",
-]
-
-
 def test_occ3d_loss_respects_the_protocol():
     from tpvkit.config import apply_overrides
 
-    cfg = apply_overrides(load_config("tpv_occ3d_tiny"), PLAIN_OCC3D)
+    cfg = apply_overrides(load_config("tpv_occ3d_tiny"), list(PLAIN_OCC3D_OVERRIDES))
     batch = _batch([_scene(0)])
     batch["img"] = torch.zeros(1, 6, 3, 8, 8)
     batch["lidar2img"] = torch.eye(4).repeat(1, 6, 1, 1)
@@ -241,3 +235,20 @@ def test_metrics_sink_sums_over_ddp_ranks(tmp_path):
         assert res["num_samples"] == 2
         for key in ("miou", "miou_nomask", "rayiou", "rayiou_1", "rayiou_4", "num_rays"):
             assert res[key] == pytest.approx(expected[key]), key
+
+
+def test_classifier_bias_starts_at_the_log_priors():
+    from tpvkit.engine.train import init_classifier_bias
+
+    class Head(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.classifier = torch.nn.Linear(4, 3)
+
+    model = torch.nn.Module()
+    model.head = Head()
+    init_classifier_bias(model, [0.5, 0.5, 0.0])
+    expected = [np.log(0.5), np.log(0.5), np.log(1e-6)]  # a class never seen: floored
+    assert model.head.classifier.bias.tolist() == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(TpvkitError, match="class_frequencies"):
+        init_classifier_bias(model, [])

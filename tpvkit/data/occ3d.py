@@ -31,6 +31,7 @@ from tpvkit.constants import (
 )
 from tpvkit.data import geometry
 from tpvkit.errors import TpvkitError
+from tpvkit.task import SUPERVISION_MASKS
 from tpvkit.utils.io import atomic_write_bytes
 
 # The grid and class facts live in tpvkit.constants (the label space: tpvkit.task); re-exported.
@@ -344,6 +345,22 @@ def dataset_targets(
     }
 
 
+def supervision_mask(mask_camera: Any, mask_lidar: Any, which: str) -> Any:
+    """The supervised voxels of one protocol from the two visibility masks (numpy arrays or
+    torch tensors, bool), or None for "all"."""
+    if which == "all":
+        return None
+    if which == "camera":
+        return mask_camera
+    if which == "lidar":
+        return mask_lidar
+    if which == "camera_lidar":
+        return mask_camera | mask_lidar
+    raise TpvkitError(
+        f"train.occ_loss_mask: '{which}' is not one of {', '.join(SUPERVISION_MASKS)}"
+    )
+
+
 def label_frequencies(
     info_set: Any, mask: str, num_classes: int = OCC3D_NUM_CLASSES
 ) -> list[float]:
@@ -354,13 +371,9 @@ def label_frequencies(
         if not sample.get(INFO_FIELD):
             continue
         labels = read_labels(info_set.resolve(sample[INFO_FIELD]))
-        keep = {
-            "camera": labels.mask_camera,
-            "lidar": labels.mask_lidar,
-            "camera_lidar": labels.mask_camera | labels.mask_lidar,
-            "all": np.ones_like(labels.mask_camera),
-        }[mask]
-        counts += np.bincount(labels.semantics[keep].ravel(), minlength=num_classes)[:num_classes]
+        keep = supervision_mask(labels.mask_camera, labels.mask_lidar, mask)
+        seen = labels.semantics if keep is None else labels.semantics[keep]
+        counts += np.bincount(seen.ravel(), minlength=num_classes)[:num_classes]
     if counts.sum() == 0:
         raise TpvkitError(
             "no Occ3D labels to count class frequencies from: link labels to the training info "

@@ -17,7 +17,7 @@ from torch import nn
 
 from tpvkit.config import Config, task_of
 from tpvkit.constants import IGNORE_INDEX
-from tpvkit.data.occ3d import OCC3D_FREE, OCC3D_NUM_CLASSES
+from tpvkit.data.occ3d import OCC3D_FREE, OCC3D_NUM_CLASSES, supervision_mask
 from tpvkit.errors import TpvkitError
 
 # A training loss: (model, batch on the device) -> {"loss": the scalar minimised, other terms
@@ -362,17 +362,7 @@ def lidarseg_losses(cfg: Config) -> LossFn:
 def supervised_voxels(batch: Mapping[str, Any], which: str) -> torch.Tensor | None:
     """The voxels the occupancy loss sees (train.occ_loss_mask): (B, X, Y, Z) bool, or None
     for "all"."""
-    if which == "all":
-        return None
-    if which == "camera":
-        return batch["occ_mask_camera"].bool()
-    if which == "lidar":
-        return batch["occ_mask_lidar"].bool()
-    if which == "camera_lidar":
-        return batch["occ_mask_camera"].bool() | batch["occ_mask_lidar"].bool()
-    raise TpvkitError(
-        f"train.occ_loss_mask: '{which}' is not one of camera, lidar, camera_lidar, all"
-    )
+    return supervision_mask(batch["occ_mask_camera"].bool(), batch["occ_mask_lidar"].bool(), which)
 
 
 def sample_voxels(
@@ -413,6 +403,18 @@ def sample_voxels(
         valid[b, : c.numel()] = True
     index = torch.stack([flat // (Y * Z), (flat // Z) % Y, flat % Z], dim=-1)
     return index, valid
+
+
+# tpvkit 0.2's occ3d loss on a config that ships the recipe: plain CE + Lovasz (free included)
+# over every supervised voxel, all decoded (benchmarks and tests compare against it).
+PLAIN_OCC3D_OVERRIDES: tuple[str, ...] = (
+    "train.class_weights=none",
+    "train.lovasz_free=true",
+    "train.sem_scal_weight=0",
+    "train.geo_scal_weight=0",
+    "train.occ_free_per_occupied=0",
+    "train.init_bias_from_frequencies=false",
+)
 
 
 def occ3d_losses(cfg: Config) -> LossFn:
