@@ -3,13 +3,15 @@
 (default tpv_occ3d_tiny and bev_occ3d_tiny) with two seeds each on the synthetic world's Occ3D
 labels and score them on held-out streets next to label-blind predictors.
 
-Steps: generate (or reuse, --data) a synthetic dataroot whose mini_val scenes are streets no
-training frame shows; train every (config, seed) for exactly --iters iterations (wall-clock
-is recorded beside it, never used to stop), keeping --curve-points checkpoints; score the
-untrained model and every checkpoint on mini_val with the Occ3D metrics tpvkit eval computes
-(mIoU inside mask_camera and without a mask, RayIoU at 1/2/4 m) plus, from the same confusion
-matrices, object-class mIoU (classes 1-10: barrier ... truck) and geometric IoU (occupied vs
-free inside mask_camera). Runs go --jobs at a time, one torch thread each.
+Steps: generate (or reuse, --data) a synthetic dataroot whose val scenes are streets no
+training frame shows (default: a v1.0-trainval-named world of 96 training streets and 8 val
+streets, 4 key frames each; `--version v1.0-mini` for the 8 + 2 streets of 0.2's proof);
+train every (config, seed) for exactly --iters iterations (wall-clock is recorded beside it,
+never used to stop), keeping --curve-points checkpoints; score the untrained model and every
+checkpoint on the val streets with the Occ3D metrics tpvkit eval computes (mIoU inside
+mask_camera and without a mask, RayIoU at 1/2/4 m) plus, from the same confusion matrices,
+object-class mIoU (classes 1-10: barrier ... truck) and geometric IoU (occupied vs free inside
+mask_camera). Runs go --jobs at a time, one torch thread each.
 
 Label-blind predictors, from the training labels only (every voxel, free included):
 - "frequency draw": each voxel draws a class with the training voxel frequencies;
@@ -45,7 +47,7 @@ from tpvkit.engine.train import StepClock
 from tpvkit.outputs.occ_metrics import geometric_iou
 from tpvkit.utils.io import atomic_write_text
 
-TRAIN_SPLIT, VAL_SPLIT = "mini_train", "mini_val"
+SPLITS = {"v1.0-mini": ("mini_train", "mini_val"), "v1.0-trainval": ("train", "val")}
 OBJECT_CLASSES = tuple(range(1, 11))  # Occ3D: barrier, bicycle, ..., truck
 SCORE_KEYS = ("miou", "miou_objects", "geometric_iou", "miou_nomask", "rayiou")
 
@@ -62,16 +64,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--runs", default="", help="Explicit runs CONFIG:SEED,... (instead of configs x seeds)."
     )
     p.add_argument("--data", type=Path, help="Reuse this synthetic dataroot (default: generate).")
-    p.add_argument("--scenes", type=int, default=10, help="Synthetic scenes (8 train + 2 val).")
-    p.add_argument("--samples-per-scene", type=int, default=20)
+    p.add_argument("--version", default="v1.0-trainval", choices=sorted(SPLITS))
+    p.add_argument("--scenes", type=int, default=104, help="Synthetic scenes (train + val).")
+    p.add_argument("--val-scenes", type=int, default=8, help="v1.0-trainval: held-out streets.")
+    p.add_argument("--samples-per-scene", type=int, default=4)
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument(
         "--more-train-data",
         type=Path,
         nargs="*",
         default=[],
-        help="Other synthetic dataroots (e.g. made with other --seed values) whose mini_train "
-        "streets join the training set; mini_val stays --data's (unseen streets).",
+        help="Other synthetic dataroots (e.g. made with other --seed values) whose training "
+        "streets join the training set; the val streets stay --data's (unseen streets).",
     )
     p.add_argument("--curve-points", type=int, default=5, help="Checkpoints scored per run.")
     p.add_argument("--jobs", type=int, default=2, help="Runs at a time (one thread each).")
@@ -82,6 +86,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Report the runs already in --out (their run.json, else score them again).",
     )
     return p.parse_args(argv)
+
+
+def data_splits(root: Path) -> tuple[str, str]:
+    """(train, val) split names of a synthetic dataroot, from the info files it holds."""
+    for pair in SPLITS.values():
+        if all(synthetic_info_path(root, split).is_file() for split in pair):
+            return pair
+    raise SystemExit(f"{root / 'infos'}: no train/val info files (tpvkit prepare synthetic)")
 
 
 def fmt(value: float | None) -> str:
@@ -114,7 +126,7 @@ def score_model(
 
     loader = inference_loader(
         apply_overrides(cfg, {"data.num_workers": 0}),
-        load_infos(synthetic_info_path(root, VAL_SPLIT)),
+        load_infos(synthetic_info_path(root, data_splits(root)[1])),
         torch.device("cpu"),
     )
     sink = OccupancyMetricsSink(ray_iou=ray_iou)
@@ -123,15 +135,15 @@ def score_model(
 
 
 def training_infos(root: Path, more: list[Path], out: Path) -> Path:
-    """The training info file: --data's mini_train, or it merged with the mini_train samples of
+    """The training info file: --data's training split, or it merged with the training samples of
     `more` dataroots (paths made absolute, tokens and scene names prefixed so that they stay
     unique) into out/train_infos.json."""
     if not more:
-        return synthetic_info_path(root, TRAIN_SPLIT)
+        return synthetic_info_path(root, data_splits(root)[0])
     doc: dict[str, Any] = {}
     samples = []
     for k, world in enumerate([root, *more]):
-        doc = json.loads(synthetic_info_path(world, TRAIN_SPLIT).read_text())
+        doc = json.loads(synthetic_info_path(world, data_splits(world)[0]).read_text())
         for sample in doc["samples"]:
             for key in ("lidar_path", "lidarseg_path", "occ3d_path"):
                 if sample.get(key):
@@ -148,7 +160,7 @@ def training_infos(root: Path, more: list[Path], out: Path) -> Path:
 
 
 def label_blind(root: Path, seed: int, train_infos: Path | None = None) -> dict[str, Any]:
-    """Scores of the three label-blind predictors on mini_val (see the module docstring)."""
+    """Scores of the three label-blind predictors on the val streets (module docstring)."""
     from tpvkit.data.infos import load_infos
     from tpvkit.data.occ3d import (
         INFO_FIELD,
@@ -160,7 +172,8 @@ def label_blind(root: Path, seed: int, train_infos: Path | None = None) -> dict[
     from tpvkit.engine.occupancy import OccupancyMetricsSink
 
     C = OCC3D_NUM_CLASSES
-    train = load_infos(train_infos or synthetic_info_path(root, TRAIN_SPLIT))
+    train_split, val_split = data_splits(root)
+    train = load_infos(train_infos or synthetic_info_path(root, train_split))
     per_position = np.zeros((*OCC3D_GRID, C), dtype=np.int32)
     grid_index = np.indices(OCC3D_GRID)
     for sample in train:
@@ -173,7 +186,7 @@ def label_blind(root: Path, seed: int, train_infos: Path | None = None) -> dict[
         "all free": np.full(OCC3D_GRID, OCC3D_FREE, dtype=np.int64),
         "position prior": per_position.argmax(-1).astype(np.int64),
     }
-    val = load_infos(synthetic_info_path(root, VAL_SPLIT))
+    val = load_infos(synthetic_info_path(root, val_split))
     sinks = {name: OccupancyMetricsSink() for name in predictors}
     rng = np.random.default_rng(seed)
     for sample, orig in zip(val.samples, scene_ray_origins(val.samples), strict=True):
@@ -393,8 +406,11 @@ def main(argv: list[str] | None = None) -> int:
         samples_per_scene=args.samples_per_scene,
         seed=args.data_seed,
         generate=args.data is None,
-        splits=(TRAIN_SPLIT, VAL_SPLIT),
+        splits=SPLITS[args.version] if args.data is None else (),
+        version=args.version,
+        val_scenes=args.val_scenes if args.version == "v1.0-trainval" else 0,
     )
+    data_splits(root)
     args.train_infos = training_infos(root, args.more_train_data, args.out)
     jobs = [(c, int(s)) for s in args.seeds.split(",") for c in args.configs.split(",") if c]
     if args.runs:
@@ -416,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         "iterations": args.iters,
         "data": {
             "root": str(root),
+            "splits": data_splits(root),
             "samples_per_scene": args.samples_per_scene,
             "more_train_data": [str(p) for p in args.more_train_data],
             "train_infos": str(args.train_infos),

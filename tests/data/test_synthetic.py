@@ -410,6 +410,10 @@ def test_deterministic_per_seed_and_independent_of_workers(tmp_path: Path) -> No
         ({"image_size": (8, 8)}, "image size"),
         ({"num_beams": 1}, "--beams"),
         ({"points_per_beam": 4}, "--points-per-beam"),
+        ({"version": "v1.0-test"}, "--version"),
+        ({"val_scenes": 2}, "--val-scenes"),  # v1.0-mini's split is the devkit's
+        ({"version": "v1.0-trainval", "scenes": 3, "val_scenes": 3}, "train scenes"),
+        ({"version": "v1.0-trainval", "scenes": 852, "val_scenes": 1}, "train scenes"),
     ],
 )
 def test_bad_options_are_clear_errors(tmp_path: Path, kwargs: dict, needle: str) -> None:
@@ -448,3 +452,36 @@ def test_generation_reports_progress_per_scene(tmp_path: Path, capsys) -> None:
     generate_synthetic(tmp_path / "d", seed=1, workers=1, write_infos=False, **kw)
     err = capsys.readouterr().err
     assert "synthetic: 2/2 scene (100%)" in err and "\r" not in err
+
+
+def test_trainval_lifts_the_scene_cap_and_keeps_val_streets(tmp_path: Path) -> None:
+    """v1.0-trainval: the devkit loads it and its splits find every scene; more --scenes with
+    the same --val-scenes adds training streets and leaves the val streets' bytes unchanged."""
+    from nuscenes.utils.splits import create_splits_scenes
+
+    from tpvkit.data.infos import load_infos
+
+    kw = dict(samples_per_scene=1, image_size=(48, 27), points_per_beam=32, workers=1)
+    small = generate_synthetic(
+        tmp_path / "a", version="v1.0-trainval", scenes=12, val_scenes=1, verbose=False, **kw
+    )
+    nusc = NuScenes("v1.0-trainval", str(small), verbose=False)
+    names = [s["name"] for s in nusc.scene]
+    splits = create_splits_scenes()
+    assert len(names) == 12  # more than v1.0-mini's 10 names
+    assert names[:1] == splits["val"][:1] and names[1:] == splits["train"][:11]
+    assert len(load_infos(small / "infos" / "tpvkit_infos_train.json")) == 11
+    assert len(load_infos(small / "infos" / "tpvkit_infos_val.json")) == 1
+    nusc.get_sample_data_path(nusc.sample[0]["data"][LIDAR_CHANNEL])  # files where the devkit looks
+    big = generate_synthetic(
+        tmp_path / "b", version="v1.0-trainval", scenes=13, val_scenes=1, write_infos=False, **kw
+    )
+    da, db = _digest(small), _digest(big)
+    val_scene = nusc.scene[0]
+    val_files = [
+        nusc.get("sample_data", nusc.get("sample", val_scene["first_sample_token"])["data"][ch])[
+            "filename"
+        ]
+        for ch in (*CAMERA_ORDER, LIDAR_CHANNEL)
+    ]
+    assert all(da[f] == db[f] for f in val_files)

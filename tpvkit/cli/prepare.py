@@ -18,7 +18,22 @@ app = typer.Typer(
 def synthetic(
     out: Path = typer.Option(..., "--out", help="Folder for the dataroot (created)."),
     scenes: int = typer.Option(
-        10, "--scenes", help="Scenes, 1-10 (real v1.0-mini names; >= 3 holds all of mini_val)."
+        10,
+        "--scenes",
+        help="Scenes: 1-10 for v1.0-mini (>= 3 holds all of mini_val); up to 850 for "
+        "v1.0-trainval.",
+    ),
+    version: str = typer.Option(
+        "v1.0-mini",
+        "--version",
+        help="v1.0-mini (real mini scene names and splits) or v1.0-trainval (more scenes: "
+        "train and val names of the devkit's splits).",
+    ),
+    val_scenes: int = typer.Option(
+        0,
+        "--val-scenes",
+        help="v1.0-trainval: how many of --scenes are val streets (0: scenes // 8, at least "
+        "1); the same value with more --scenes only adds training streets.",
     ),
     samples_per_scene: int = typer.Option(4, "--samples-per-scene", help="Key frames per scene."),
     seed: int = typer.Option(
@@ -61,6 +76,8 @@ def synthetic(
             points_per_beam=points_per_beam,
             movers=movers,
             sweeps=sweeps,
+            version=version,
+            val_scenes=val_scenes,
             overwrite=overwrite,
             workers=workers or None,
         )

@@ -39,7 +39,8 @@ from tpvkit.data.synthetic_world import World, build_street_world
 from tpvkit.errors import TpvkitError
 from tpvkit.utils.io import check_output_dir
 
-VERSION = "v1.0-mini"
+VERSION = "v1.0-mini"  # the default; v1.0-trainval lifts the 10-scene cap (scene_names)
+VERSIONS = ("v1.0-mini", "v1.0-trainval")
 OCC3D_DIR = "gts"  # Occ3D-format ground truth: gts/<scene_name>/<sample_token>/labels.npz
 
 # Real v1.0-mini scene names, so create_splits_scenes() finds them. Ordered so that any count
@@ -70,7 +71,13 @@ _LOCATIONS: dict[str, tuple[str, str, str]] = {
     "scene-1094": ("singapore-hollandvillage", "n015", "+0800"),
     "scene-1100": ("singapore-hollandvillage", "n015", "+0800"),
 }
-MAX_SCENES = len(SCENE_NAMES)
+MAX_SCENES = len(SCENE_NAMES)  # v1.0-mini
+_LOCATION_CYCLE = (
+    ("singapore-onenorth", "n015", "+0800"),
+    ("boston-seaport", "n008", "-0400"),
+    ("singapore-queenstown", "n015", "+0800"),
+    ("singapore-hollandvillage", "n015", "+0800"),
+)
 MAX_SAMPLES_PER_SCENE = 40  # real scenes are 20 s at 2 Hz
 KEYFRAME_INTERVAL_US = 500_000  # key frames at 2 Hz
 MAX_SWEEPS = 19  # non-key LiDAR sweeps between key frames (real: 9, the LiDAR runs at 20 Hz)
@@ -105,11 +112,48 @@ class SyntheticOptions:
     scenes: int = 10
     samples_per_scene: int = 4
     seed: int = 0
+    version: str = VERSION
+    val_scenes: int = 0  # v1.0-trainval: how many of the scenes are val (0: scenes // 8, >= 1)
     image_size: tuple[int, int] = (200, 112)  # (width, height)
     num_beams: int = 32
     points_per_beam: int = 200  # azimuth steps per revolution
     movers: float = 0.0  # share of the vehicles, two-wheelers and pedestrians that may move
     sweeps: int = 0  # non-key LiDAR sweeps between consecutive key frames (real nuScenes: 9)
+
+
+def _devkit_split(split: str) -> list[str]:
+    from nuscenes.utils.splits import create_splits_scenes
+
+    return list(create_splits_scenes()[split])
+
+
+def trainval_counts(scenes: int, val_scenes: int) -> tuple[int, int]:
+    """(train, val) scene counts of a synthetic v1.0-trainval set; val_scenes 0 means
+    scenes // 8, at least 1."""
+    val = val_scenes if val_scenes > 0 else max(1, scenes // 8)
+    return scenes - val, val
+
+
+def scene_names(opts: SyntheticOptions) -> list[str]:
+    """The real nuScenes scene names the generated scenes take, in scene-index order.
+
+    v1.0-mini: the first `scenes` of SCENE_NAMES. v1.0-trainval: the first val scenes of the
+    devkit's `val` split, then the first train scenes of its `train` split, so that a larger
+    --scenes with the same --val-scenes (and seed) adds training streets and keeps every val
+    street and every training street byte-identical (a scene's world depends on its index).
+    """
+    if opts.version == "v1.0-mini":
+        return list(SCENE_NAMES[: opts.scenes])
+    train_n, val_n = trainval_counts(opts.scenes, opts.val_scenes)
+    return _devkit_split("val")[:val_n] + _devkit_split("train")[:train_n]
+
+
+def scene_location(name: str) -> tuple[str, str, str]:
+    """(location, vehicle, UTC offset) of a scene's log: the real one for the v1.0-mini
+    scenes, otherwise one of the four nuScenes locations chosen by the scene number."""
+    if name in _LOCATIONS:
+        return _LOCATIONS[name]
+    return _LOCATION_CYCLE[int(name.rsplit("-", 1)[1]) % len(_LOCATION_CYCLE)]
 
 
 def token(seed: int | None, *parts: Any) -> str:
@@ -120,12 +164,31 @@ def token(seed: int | None, *parts: Any) -> str:
 
 def check_options(opts: SyntheticOptions) -> None:
     """Reject options the generator cannot honour, naming the option and its valid range."""
-    if not 1 <= opts.scenes <= MAX_SCENES:
-        raise TpvkitError(
-            f"--scenes {opts.scenes}: must be 1..{MAX_SCENES} (the synthetic set reuses the "
-            f"{MAX_SCENES} real v1.0-mini scene names so the devkit's splits work; use >= 3 for "
-            "a complete mini_val and 10 for the full mini_train)"
-        )
+    if opts.version not in VERSIONS:
+        raise TpvkitError(f"--version {opts.version}: must be one of {', '.join(VERSIONS)}")
+    if opts.version == "v1.0-mini":
+        if not 1 <= opts.scenes <= MAX_SCENES:
+            raise TpvkitError(
+                f"--scenes {opts.scenes}: must be 1..{MAX_SCENES} for v1.0-mini (the synthetic "
+                f"set reuses the {MAX_SCENES} real v1.0-mini scene names so the devkit's splits "
+                "work; use >= 3 for a complete mini_val, 10 for the full mini_train, and "
+                "--version v1.0-trainval for more scenes)"
+            )
+        if opts.val_scenes:
+            raise TpvkitError(
+                "--val-scenes is for --version v1.0-trainval (v1.0-mini's split is the devkit's: "
+                "mini_val holds scene-0103 and scene-0916)"
+            )
+    else:
+        train_n, val_n = trainval_counts(opts.scenes, opts.val_scenes)
+        if not (
+            1 <= val_n <= len(_devkit_split("val")) and 1 <= train_n <= len(_devkit_split("train"))
+        ):
+            raise TpvkitError(
+                f"--scenes {opts.scenes} --val-scenes {opts.val_scenes}: v1.0-trainval needs "
+                f"1..{len(_devkit_split('val'))} val scenes and 1..{len(_devkit_split('train'))} "
+                "train scenes (the devkit's split sizes)"
+            )
     if not 1 <= opts.samples_per_scene <= MAX_SAMPLES_PER_SCENE:
         raise TpvkitError(
             f"--samples-per-scene {opts.samples_per_scene}: must be 1..{MAX_SAMPLES_PER_SCENE}"
@@ -316,7 +379,7 @@ def scene_motion(
 
 def _scene_tables(opts: SyntheticOptions, index: int, root: Path) -> dict[str, list[dict]]:
     """Generate, render and write the files of scene `index`; return its table records."""
-    name = SCENE_NAMES[index]
+    name = scene_names(opts)[index]
     seed = opts.seed
     # Independent streams: the world, the log's timing/calibration, and the sensor noise.
     world = scene_world(seed, index, opts.samples_per_scene)
@@ -325,7 +388,7 @@ def _scene_tables(opts: SyntheticOptions, index: int, root: Path) -> dict[str, l
     k = opts.samples_per_scene
     speed = world.ego_path.speed
 
-    location, vehicle, utc = _LOCATIONS[name]
+    location, vehicle, utc = scene_location(name)
     t0 = FIRST_TIMESTAMP_US + index * 3_600_000_000 + int(rng.integers(0, 10_000_000))
     offset_h = int(utc[:3])
     local = datetime.datetime.fromtimestamp(t0 * 1e-6, datetime.timezone.utc)
@@ -450,7 +513,7 @@ def _scene_tables(opts: SyntheticOptions, index: int, root: Path) -> dict[str, l
                     lidar_street,
                     annotations,
                 )
-                label_file = f"lidarseg/{VERSION}/{sd_tok}_lidarseg.bin"
+                label_file = f"lidarseg/{opts.version}/{sd_tok}_lidarseg.bin"
                 labels.tofile(root / label_file)
                 ego_to_street = street_from_global @ _record_pose(ego)
                 occ = frame_labels(world_t, ego_to_street, sensor_to_street, points, views)
@@ -595,9 +658,9 @@ def write_dataroot(
     for sub in (*CAMERA_ORDER, LIDAR_CHANNEL):
         (root / "samples" / sub).mkdir(parents=True, exist_ok=True)
         (root / "sweeps" / sub).mkdir(parents=True, exist_ok=True)
-    (root / "lidarseg" / VERSION).mkdir(parents=True, exist_ok=True)
+    (root / "lidarseg" / opts.version).mkdir(parents=True, exist_ok=True)
     (root / "maps").mkdir(parents=True, exist_ok=True)
-    (root / VERSION).mkdir(parents=True, exist_ok=True)
+    (root / opts.version).mkdir(parents=True, exist_ok=True)
 
     jobs = [(opts, i, str(root)) for i in range(opts.scenes)]
     if workers > 1 and opts.scenes > 1:
@@ -616,7 +679,7 @@ def write_dataroot(
     for record in tables["map"]:
         _write_map_mask(root / record["filename"])
     for name, records in sorted(tables.items()):
-        _write_json(root / VERSION / f"{name}.json", records)
+        _write_json(root / opts.version / f"{name}.json", records)
 
 
 def _default_workers() -> int:
@@ -640,13 +703,22 @@ def ensure_synthetic(
     seed: int,
     generate: bool = True,
     splits: Sequence[str] = ("mini_train", "mini_val"),
+    version: str = VERSION,
+    val_scenes: int = 0,
 ) -> Path:
     """A synthetic dataroot at `root` with the info files of `splits`: generated when `root`
     holds no infos/ and `generate` (a given folder is used as it is); a TpvkitError when an
     info file is missing. Returns `root`."""
     root = Path(root)
     if generate and not (root / "infos").is_dir():
-        generate_synthetic(root, scenes=scenes, samples_per_scene=samples_per_scene, seed=seed)
+        generate_synthetic(
+            root,
+            scenes=scenes,
+            samples_per_scene=samples_per_scene,
+            seed=seed,
+            version=version,
+            val_scenes=val_scenes,
+        )
     for split in splits:
         if not synthetic_info_path(root, split).is_file():
             raise TpvkitError(
@@ -667,6 +739,8 @@ def generate_synthetic(
     points_per_beam: int = 200,
     movers: float = 0.0,
     sweeps: int = 0,
+    version: str = VERSION,
+    val_scenes: int = 0,
     overwrite: bool = False,
     write_infos: bool = True,
     workers: int | None = None,
@@ -681,6 +755,9 @@ def generate_synthetic(
     `movers` (a share 0..1) lets vehicles, two-wheelers and pedestrians move at constant
     speeds (synthetic_motion.py); `sweeps` writes that many non-key LiDAR sweeps between
     key frames into sweeps/LIDAR_TOP. Both default to off (the static, key-frame-only world).
+    `version` "v1.0-trainval" lifts v1.0-mini's 10-scene cap: `val_scenes` of the scenes take
+    names of the devkit's val split, the rest names of its train split (scene_names); the info
+    files are then tpvkit_infos_train.json / tpvkit_infos_val.json.
     The bytes depend only on the options (not on `workers`).
     """
     opts = SyntheticOptions(
@@ -692,6 +769,8 @@ def generate_synthetic(
         points_per_beam=int(points_per_beam),
         movers=float(movers),
         sweeps=int(sweeps),
+        version=str(version),
+        val_scenes=int(val_scenes),
     )
     check_options(opts)
     out = Path(out)
@@ -722,7 +801,7 @@ def generate_synthetic(
     if verbose:
         n = opts.scenes * opts.samples_per_scene
         print(
-            f"wrote synthetic {VERSION} dataroot {out}: {opts.scenes} scenes, {n} samples, "
+            f"wrote synthetic {opts.version} dataroot {out}: {opts.scenes} scenes, {n} samples, "
             f"{opts.image_size[0]}x{opts.image_size[1]} images "
             f"({time.perf_counter() - start:.1f} s)"
         )
@@ -731,5 +810,7 @@ def generate_synthetic(
 
         if verbose:  # the devkit's index and the Occ3D links take a few seconds
             print(f"building the info files in {out / 'infos'} ...", flush=True)
-        prepare_nuscenes_infos(out, VERSION, out / "infos", progress=False, occ3d=out / OCC3D_DIR)
+        prepare_nuscenes_infos(
+            out, opts.version, out / "infos", progress=False, occ3d=out / OCC3D_DIR
+        )
     return out
