@@ -135,6 +135,11 @@ class DataConfig:
     photometric_channel_swap: bool = True
     grid_mask: bool = True
     grid_mask_prob: float = 0.7
+    # Training only: mirror the grid frame in x and, independently, in y (each with p=0.5);
+    # the targets, the points and every camera projection flip together, the images do not
+    # (BEVDet's BEV-space flip). It breaks the link between a grid position and the classes
+    # the training streets happen to have there. Needs a range symmetric in x and y.
+    grid_flip: bool = False
     # "exact": voxel size = range / grid; "tpvformer": range / (grid - 1), the public code's rule
     voxel_convention: str = "exact"
     batch_size: int = 1
@@ -556,6 +561,13 @@ def validate(cfg: Config) -> None:
         raise ConfigError("data.img_size: give [height, width], two positive integers")
     if cfg.data.num_workers < 0:
         raise ConfigError(f"data.num_workers: {cfg.data.num_workers} must be 0 or more")
+    r = m.point_cloud_range
+    if cfg.data.grid_flip and not (r[0] == -r[3] and r[1] == -r[4]):
+        raise ConfigError(
+            f"data.grid_flip: model.point_cloud_range {list(r)} is not symmetric in x and y "
+            "about the grid frame's origin, so a mirrored grid would not be the same grid: "
+            "set data.grid_flip false or use a symmetric range"
+        )
     if m.encoder.num_levels != m.neck.num_outs:
         raise ConfigError(
             f"model.encoder.num_levels ({m.encoder.num_levels}) must equal "

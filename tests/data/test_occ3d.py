@@ -240,3 +240,61 @@ def test_label_frequencies_count_the_supervised_voxels(synthetic_infos):
         np.testing.assert_allclose(got, counts / counts.sum(), rtol=1e-12)
     with pytest.raises(TpvkitError, match="occ_loss_mask"):
         supervision_mask(None, None, "everywhere")
+
+
+@pytest.mark.parametrize("flip", [(-1, 1), (1, -1), (-1, -1)])
+def test_grid_flip_mirrors_targets_points_and_projections_together(
+    synthetic_infos, monkeypatch, flip
+):
+    """data.grid_flip: a mirrored item is the same scene seen in a mirrored grid frame. Every
+    point keeps its label and its pixel, the Occ3D volume is reversed along the mirrored axes,
+    the images are untouched."""
+    cfg = load_config(
+        "tpv_occ3d_tiny",
+        ["data.grid_flip=true", "data.photometric_aug=false", "data.grid_mask=false"],
+    )
+    ds = LidarSegDataset(synthetic_infos["mini_val"], cfg.data, cfg.model, train=True)
+    monkeypatch.setattr(ds, "draw_grid_flip", lambda: (1, 1))
+    plain = ds[0]
+    monkeypatch.setattr(ds, "draw_grid_flip", lambda: flip)
+    mirrored = ds[0]
+    sign = torch.tensor([flip[0], flip[1], 1.0])
+    assert torch.equal(mirrored["img"], plain["img"])
+    assert torch.equal(mirrored["point_labels"], plain["point_labels"])
+    torch.testing.assert_close(mirrored["points"], plain["points"] * sign)
+    for cam in range(6):
+        uv_m, d_m = geometry.project_points(
+            mirrored["lidar2img"][cam].double().numpy(), mirrored["points"].double().numpy()
+        )
+        uv_p, d_p = geometry.project_points(
+            plain["lidar2img"][cam].double().numpy(), plain["points"].double().numpy()
+        )
+        np.testing.assert_allclose(uv_m, uv_p, rtol=0, atol=1e-3)
+        np.testing.assert_allclose(d_m, d_p, rtol=0, atol=1e-4)
+    # the Occ3D volume, by a loop over the mirrored voxels of one z layer
+    X, Y, _ = plain["occ_semantics"].shape
+    for i in range(0, X, 7):
+        for j in range(0, Y, 7):
+            src_i = X - 1 - i if flip[0] < 0 else i
+            src_j = Y - 1 - j if flip[1] < 0 else j
+            assert mirrored["occ_semantics"][i, j, 2] == plain["occ_semantics"][src_i, src_j, 2]
+            assert mirrored["occ_mask_camera"][i, j, 2] == plain["occ_mask_camera"][src_i, src_j, 2]
+    # the grid is symmetric about the ego origin: voxel i and X-1-i have opposite centres
+    lo, hi = cfg.model.point_cloud_range[0], cfg.model.point_cloud_range[3]
+    centres = lo + (np.arange(X) + 0.5) * (hi - lo) / X
+    np.testing.assert_allclose(centres, -centres[::-1], atol=1e-9)
+    torch.testing.assert_close(
+        mirrored["ray_origins"], plain["ray_origins"] * sign.double(), rtol=0, atol=0
+    )
+    # the lidarseg voxel labels follow the mirrored points
+    assert (mirrored["point_voxel_index"] >= 0).all()
+
+
+def test_grid_flip_needs_a_symmetric_range():
+    from tpvkit.config import ConfigError
+
+    with pytest.raises(ConfigError, match="data.grid_flip"):
+        load_config(
+            "tpv_occ3d_tiny",
+            ["data.grid_flip=true", "model.point_cloud_range=[-40,-30,-1,40,40,5.4]"],
+        )

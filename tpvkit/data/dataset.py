@@ -325,6 +325,13 @@ class LidarSegDataset(torch.utils.data.Dataset):
             lidar2imgs = list(
                 occ3d.ego2img_from_lidar2img(np.stack(lidar2imgs), occ3d.lidar2ego_matrix(sample))
             )
+        flip = self.draw_grid_flip() if self.train and self.data_cfg.grid_flip else (1, 1)
+        if flip != (1, 1):
+            # a point q of the mirrored grid is the point F q of the real one: F is its own
+            # inverse, so the projections become lidar2img @ F and the points F xyz
+            mirror = np.diag([float(flip[0]), float(flip[1]), 1.0, 1.0])
+            lidar2imgs = [m @ mirror for m in lidar2imgs]
+            xyz = np.ascontiguousarray(xyz * mirror[:3, :3].diagonal().astype(np.float32))
         if sample.get("lidarseg_path"):
             lidar_path = self.infos.resolve(sample["lidar_path"])
             labels = read_labels(
@@ -349,8 +356,16 @@ class LidarSegDataset(torch.utils.data.Dataset):
             "lidar_token": sample.get("lidar_token") or "",
         }
         if self.ray_origins is not None and sample.get(occ3d.INFO_FIELD):
-            item.update(occ3d.dataset_targets(sample, self.infos, self.ray_origins[index]))
+            targets = occ3d.dataset_targets(sample, self.infos, self.ray_origins[index])
+            if flip != (1, 1):
+                targets = occ3d.flip_targets(targets, flip)
+            item.update(targets)
         return item
+
+    def draw_grid_flip(self) -> tuple[int, int]:
+        """(sx, sy), each -1 (mirror that axis) with probability 0.5 (data.grid_flip)."""
+        draws = torch.rand(2)
+        return (-1 if draws[0] < 0.5 else 1, -1 if draws[1] < 0.5 else 1)
 
 
 def collate_batch(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -345,6 +345,26 @@ def dataset_targets(
     }
 
 
+def flip_targets(targets: Mapping[str, Any], flip: tuple[int, int]) -> dict[str, Any]:
+    """dataset_targets of the grid mirrored in x (flip[0] == -1) and/or y (flip[1] == -1).
+
+    The Occ3D grid is symmetric about the ego origin (voxel i of 200 has its centre at
+    -40 + 0.4 (i + 0.5), voxel 199 - i at minus that), so mirroring x reverses axis 0."""
+    import torch
+
+    dims = [axis for axis, s in enumerate(flip) if s < 0]
+    out = dict(targets)
+    for key in ("occ_semantics", "occ_mask_camera", "occ_mask_lidar"):
+        if key in out:
+            out[key] = torch.flip(out[key], dims) if dims else out[key]
+    if "ray_origins" in out:
+        origins = out["ray_origins"].clone()
+        origins[:, 0] *= flip[0]
+        origins[:, 1] *= flip[1]
+        out["ray_origins"] = origins
+    return out
+
+
 def supervision_mask(mask_camera: Any, mask_lidar: Any, which: str) -> Any:
     """The supervised voxels of one protocol from the two visibility masks (numpy arrays or
     torch tensors, bool), or None for "all"."""
