@@ -124,7 +124,7 @@ def _old_checkpoint(cfg, path):
     from tpvkit.models.tpvformer import build_model
 
     torch.manual_seed(0)
-    state = build_checkpoint(model=build_model(cfg.model), cfg=cfg)
+    state = build_checkpoint(model=build_model(cfg), cfg=cfg)
     del state["task"]
     del state["config"]["task"]
     save_checkpoint(state, path)

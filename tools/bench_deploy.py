@@ -5,7 +5,7 @@ Per config the model (random weights, seed 0) is exported once, then every engin
 own subprocess so that its peak resident memory (ru_maxrss) is its own: "pytorch" is tpvkit as
 eval runs it (packed camera slots, the "pytorch" MSDA backend), "pytorch-export" the same
 model in the export configuration (dense camera slots, chunked GridSample MSDA: what the ONNX
-graph computes), "onnxruntime" the exported file. Inputs: random normalised images, the real
+graph computes), "onnxruntime" the exported file. Inputs: random RGB images, the real
 nuScenes rig, random points; one warm-up pass, then the median of --repeats.
 
     python tools/bench_deploy.py                                # tpv_tiny and Base at 224x400
@@ -54,11 +54,11 @@ def _config(name: str):
 def _inputs(cfg, points: int):
     import torch
 
-    from tpvkit.deploy import padded_img_hw, rig_lidar2img
+    from tpvkit.deploy import img_hw, rig_lidar2img
 
     g = torch.Generator().manual_seed(0)
-    hp, wp = padded_img_hw(cfg)
-    img = torch.randn(1, cfg.model.encoder.num_cams, 3, hp, wp, generator=g)
+    h, w = img_hw(cfg)
+    img = torch.rand(1, cfg.model.encoder.num_cams, 3, h, w, generator=g) * 255  # plain RGB
     pcr = torch.tensor(cfg.model.point_cloud_range)
     pts = pcr[:3] + torch.rand(1, points, 3, generator=g) * (pcr[3:] - pcr[:3])
     return img, rig_lidar2img(cfg), pts
@@ -70,7 +70,7 @@ def _model(cfg):
     from tpvkit.models.tpvformer import build_model
 
     torch.manual_seed(0)
-    return build_model(cfg.model).eval()
+    return build_model(cfg).eval()
 
 
 def export_child(name: str, path: str, outputs: str) -> dict:
@@ -90,7 +90,7 @@ def run_child(
     """Runs inside the child process: warm up, time, report."""
     import torch
 
-    from tpvkit.deploy import export_mode, parse_outputs
+    from tpvkit.deploy import parse_outputs
 
     torch.set_num_threads(threads)
     cfg = _config(name)
@@ -110,7 +110,7 @@ def run_child(
     else:
         model = _model(cfg)
         if engine == "pytorch-export":
-            ctx = export_mode(model)
+            ctx = model.export_mode()
             ctx.__enter__()  # held for the life of this child process
 
         def once():

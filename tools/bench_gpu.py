@@ -184,7 +184,7 @@ def model_inputs(cfg: Config, shapes: Shapes, device: torch.device):
     div = cfg.data.size_divisor
     hp, wp = -(-h // div) * div, -(-w // div) * div
     g = torch.Generator().manual_seed(1)
-    img = torch.randn(1, 6, 3, hp, wp, generator=g)
+    img = torch.rand(1, 6, 3, h, w, generator=g) * 255  # plain RGB; the model pads
     lidar2img = torch.from_numpy(rig_lidar2img(w, h))[None]
     pcr = torch.tensor(cfg.model.point_cloud_range)
     pts = pcr[:3] + torch.rand(1, shapes.points, 3, generator=g) * (pcr[3:] - pcr[:3])
@@ -204,7 +204,7 @@ def bench_inference(shapes: Shapes, meter: Meter) -> None:
     cfg = apply_overrides(load_config(shapes.config), list(shapes.overrides))
     cfg.model.channels_last = device.type == "cuda"
     torch.manual_seed(0)
-    model = build_model(cfg.model).to(device).eval()
+    model = build_model(cfg).to(device).eval()
     img, lidar2img, pts, hw = model_inputs(cfg, shapes, device)
     weights = meter.allocated() / 2**30
     print(
@@ -238,7 +238,7 @@ def bench_training(shapes: Shapes, meter: Meter) -> None:
         cfg.model.checkpoint_activations = ckpt
         cfg.model.channels_last = device.type == "cuda"
         torch.manual_seed(0)
-        model = build_model(cfg.model).to(device).train()
+        model = build_model(cfg).to(device).train()
         optimizer = build_optimizer(model, cfg.optim)
         img, lidar2img, pts, _ = model_inputs(cfg, shapes, device)
         g = torch.Generator().manual_seed(2)

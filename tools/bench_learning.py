@@ -245,7 +245,7 @@ def evaluate_checkpoints(cfg: Config, work_dir: Path, root: Path) -> list[dict[s
     for iteration, path in points:
         seed_everything(cfg.train.seed)  # iteration 0: the same initial weights as training
         if path is None:
-            model = build_model(cfg.model)
+            model = build_model(cfg)
         else:  # the one setup path of eval and predict
             model = load_for_inference(path, cfg, device="cpu").model
         m = evaluate_model(model, loader, "cpu", progress=False)

@@ -46,9 +46,9 @@ def run_one(name: str, img_scale: float, points: int, threads: int, repeats: int
     h, w = (round(s * img_scale) for s in cfg.data.img_size)
     div = cfg.data.size_divisor
     hp, wp = -(-h // div) * div, -(-w // div) * div
-    model = build_model(cfg.model).eval()
+    model = build_model(cfg).eval()
     n_params = sum(p.numel() for p in model.parameters())
-    img = torch.randn(1, 6, 3, hp, wp)
+    img = torch.rand(1, 6, 3, h, w) * 255  # plain RGB; the model normalises and pads
     lidar2img = torch.from_numpy(rig_lidar2img(w, h))[None]
     pcr = torch.tensor(cfg.model.point_cloud_range)
     pts = pcr[:3] + torch.rand(1, points, 3) * (pcr[3:] - pcr[:3])
@@ -129,12 +129,10 @@ def run_compare_child(path: str, points: int, threads: int, logits_file: str) ->
     cfg.data.img_size = [224, 400]
     cfg.model.encoder.fast_path = path == "new"
     h, w = cfg.data.img_size
-    div = cfg.data.size_divisor
-    hp, wp = -(-h // div) * div, -(-w // div) * div
     torch.manual_seed(0)
-    model = build_model(cfg.model).eval()
+    model = build_model(cfg).eval()
     g = torch.Generator().manual_seed(1)
-    img = torch.randn(1, 6, 3, hp, wp, generator=g)
+    img = torch.rand(1, 6, 3, h, w, generator=g) * 255  # plain RGB
     lidar2img = torch.from_numpy(rig_lidar2img(w, h))[None]
     pcr = torch.tensor(cfg.model.point_cloud_range)
     pts = pcr[:3] + torch.rand(1, points, 3, generator=g) * (pcr[3:] - pcr[:3])

@@ -258,7 +258,7 @@ def run_one(job: tuple[str, int], args: argparse.Namespace, root: Path) -> dict[
     for iteration, path in points:
         seed_everything(seed)  # iteration 0: the initial weights of training
         if path is None:
-            model = build_model(stored.model)
+            model = build_model(stored)
         else:  # the one setup path of eval and predict
             model = load_for_inference(path, stored, device="cpu").model
         # RayIoU (a few seconds a frame on one core) for the final checkpoint only

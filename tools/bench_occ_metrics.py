@@ -118,7 +118,7 @@ def main() -> None:
     from tpvkit.models.tpvformer import build_model
 
     cfg = load_config("tpv_occ3d_tiny")
-    model = build_model(cfg.model).eval().to(device)
+    model = build_model(cfg).eval().to(device)
     h, w = cfg.data.img_size
     pad = cfg.data.size_divisor
     img = torch.randn(1, 6, 3, -(-h // pad) * pad, -(-w // pad) * pad, device=device)

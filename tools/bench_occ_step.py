@@ -73,7 +73,7 @@ class Parts:
 
         torch.manual_seed(0)
         self.cfg = cfg
-        self.model = build_model(cfg.model)
+        self.model = build_model(cfg)
         self.loss = build_loss(cfg)
         self.optim = build_optimizer(self.model, cfg.optim)
         self.batch = batch

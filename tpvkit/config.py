@@ -79,7 +79,7 @@ class EncoderConfig:
     # Same result with less work: image cross-attention projects each query once and skips the
     # sub-queries whose samples all miss the images, cross-view attention builds its sampling
     # locations in fewer passes. False: the straightforward formulation, which the ONNX export
-    # traces (tpvkit.deploy.graph.export_mode) and tests and benchmarks compare against.
+    # traces (TPVFormer.export_mode) and tests and benchmarks compare against.
     fast_path: bool = True
 
 

@@ -44,7 +44,9 @@ def test_item_shapes_dtypes_points_and_labels(tiny_infos):
     info = ds.infos
     assert len(ds) == 4 and ds.padded_size() == (64, 96) and ds.grid == (50, 50, 8)
     item = ds[0]
-    assert item["img"].shape == (6, 3, 64, 96) and item["img"].dtype == torch.float32
+    # plain RGB at the resize target: the model normalises and pads (to padded_size())
+    assert item["img"].shape == (6, 3, 40, 72) and item["img"].dtype == torch.float32
+    assert float(item["img"].min()) >= 0 and float(item["img"].max()) <= 255
     assert item["lidar2img"].shape == (6, 4, 4) and item["lidar2img"].dtype == torch.float32
     sample = info.samples[0]
     raw = np.fromfile(info.resolve(sample["lidar_path"]), dtype=np.float32).reshape(-1, 5)
@@ -98,7 +100,7 @@ def test_collate_pads_points_batch_of_two(tiny_infos):
     batch = collate_batch([a, b])
     n = max(na, nb)
     expected = {
-        "img": (torch.float32, (2, 6, 3, 64, 96)),
+        "img": (torch.float32, (2, 6, 3, 40, 72)),  # RGB, unpadded
         "lidar2img": (torch.float32, (2, 6, 4, 4)),
         "points": (torch.float32, (2, n, 3)),
         "point_labels": (torch.int64, (2, n)),
@@ -159,21 +161,33 @@ def test_resize_keeps_projection_consistent(broken):
 
 
 def test_channel_order_normalisation_and_padding(tiny_infos):
+    """The Dataset yields the resized RGB image; the model's normalisation (of the same config)
+    turns it into the BGR, normalised, zero-padded tensor the backbone sees."""
+    from tpvkit.models.tpvformer import build_model
+
     info = load_infos(tiny_infos["mini_val"])
-    ds = _dataset(
-        info,
+    overrides = (
         "data.to_rgb=false",
         "data.img_mean=[10.0,20.0,30.0]",
         "data.img_std=[2.0,4.0,8.0]",
     )
+    ds = _dataset(info, *overrides)
     item = ds[1]
     cam = info.samples[1]["cams"]["CAM_BACK"]
     im = Image.open(info.resolve(cam["img_path"])).convert("RGB").resize((72, 40), Image.BILINEAR)
-    bgr = np.asarray(im, dtype=np.float32)[..., ::-1].transpose(2, 0, 1)
-    expected = (bgr - np.array([10, 20, 30.0])[:, None, None]) / np.array([2, 4, 8.0])[
+    rgb = np.asarray(im, dtype=np.float32).transpose(2, 0, 1)
+    i = CAMERA_ORDER.index("CAM_BACK")
+    np.testing.assert_array_equal(item["img"][i].numpy(), rgb)
+    with torch.device("meta"):  # the normalisation buffers are rebuilt below on the CPU
+        model = build_model(_cfg(*overrides))
+    model.to_empty(device="cpu")
+    model.pixel_mean.copy_(torch.tensor([10.0, 20.0, 30.0]).view(1, 1, 3, 1, 1))
+    model.pixel_std.copy_(torch.tensor([2.0, 4.0, 8.0]).view(1, 1, 3, 1, 1))
+    got = model.normalize(item["img"][None])[0, i].numpy()
+    assert got.shape == (3, *ds.padded_size())
+    expected = (rgb[::-1] - np.array([10, 20, 30.0])[:, None, None]) / np.array([2, 4, 8.0])[
         :, None, None
     ]
-    got = item["img"][CAMERA_ORDER.index("CAM_BACK")].numpy()
     np.testing.assert_allclose(got[:, :40, :72], expected, atol=1e-4)
     assert (got[:, 40:, :] == 0).all() and (got[:, :, 72:] == 0).all()
 
@@ -343,14 +357,23 @@ def test_training_augmentations_switch(tiny_infos):
     assert not torch.equal(aug, clean)
     no_aug = _dataset(info, "data.photometric_aug=false", "data.grid_mask=false", train=True)
     assert torch.equal(no_aug[0]["img"], clean)
-    # GridMask alone zeroes whole cells, identically in all six cameras
+    # GridMask alone fills whole cells with the mean colour (0 once the model normalises),
+    # identically in all six cameras, and draws the mask of the padded image, as before the
+    # normalisation moved into the model
     torch.manual_seed(1)
-    masked = _dataset(
+    ds = _dataset(
         info, "data.photometric_aug=false", "data.grid_mask=true", "data.grid_mask_prob=1.0",
         train=True,
-    )[0]["img"]  # fmt: skip
-    zero = (masked == 0).all(dim=1) & ~(clean == 0).all(dim=1)
-    assert zero.any() and (zero == zero[0]).all()
+    )  # fmt: skip
+    masked = ds[0]["img"]
+    mean_rgb = torch.tensor(ds.data_cfg.img_mean).view(3, 1, 1)  # tpv_tiny: to_rgb
+    filled = (masked == mean_rgb).all(dim=1) & ~(clean == mean_rgb).all(dim=1)
+    assert filled.any() and (filled == filled[0]).all()
+    torch.manual_seed(1)
+    torch.rand(())  # the draw that decides whether to mask
+    h, w = masked.shape[-2:]
+    expected = grid_mask(*ds.padded_size())[:h, :w].bool()
+    assert torch.equal(torch.where(expected, clean, mean_rgb), masked)
 
 
 def test_build_dataloader_and_distributed_split(tiny_infos):
@@ -374,8 +397,8 @@ def test_synthetic_end_to_end(synthetic_infos):
     cfg = load_config("tpv_tiny")
     ds = LidarSegDataset(synthetic_infos["mini_val"], cfg.data, cfg.model, train=True)
     batch = next(iter(build_dataloader(ds, batch_size=2, shuffle=True, seed=0)))
-    Hp, Wp = ds.padded_size()
-    assert batch["img"].shape == (2, 6, 3, Hp, Wp) and torch.isfinite(batch["img"]).all()
+    H, W = cfg.data.img_size
+    assert batch["img"].shape == (2, 6, 3, H, W) and torch.isfinite(batch["img"]).all()
     assert (batch["num_points"] > 1000).all()
     labels = batch["point_labels"][batch["point_mask"]]
     assert len(labels.unique()) >= 3 and labels.max() <= 16

@@ -35,7 +35,7 @@ def randomized_model(cfg: Config, seed: int = 0) -> TPVFormer:
     """The config's model with every parameter moved off its initialisation (zero-initialised
     residual norms and attention weights would make many outputs trivially equal)."""
     torch.manual_seed(seed)
-    model = build_model(cfg.model)
+    model = build_model(cfg)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, p in model.named_parameters():

@@ -101,7 +101,7 @@ def test_dense_encoder_equals_packed(mode: str, cvha_mode: str) -> None:
     assert int(seen.max()) > int(seen.min()) > 0
     with torch.no_grad():
         packed = enc(feats, lidar2img, IMG_HW)
-        enc.dense_camera_hits = True
+        enc.export = True  # the export form of the packing
         dense = enc(feats, lidar2img, IMG_HW)
     for p, d in zip(packed, dense, strict=True):
         assert p.shape == d.shape

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import tpvkit.deploy.msda as export_msda
+import tpvkit.ops.msda.export as export_msda
 from tpvkit.models.attention import _spatial_tensors
 from tpvkit.ops.msda import multi_scale_deformable_attn
 

@@ -22,7 +22,6 @@ from tpvkit.config import task_of, to_dict
 from tpvkit.deploy import (
     compare_with_pytorch,
     config_from_onnx,
-    export_mode,
     export_onnx,
     graph_operator_types,
     onnx_session,
@@ -30,7 +29,7 @@ from tpvkit.deploy import (
     read_metadata,
 )
 from tpvkit.deploy.export import example_inputs
-from tpvkit.deploy.graph import InferenceGraph, padded_img_hw
+from tpvkit.deploy.graph import InferenceGraph, img_hw, padded_img_hw
 from tpvkit.errors import TpvkitError
 
 ALL_OUTPUTS = ("points", "voxels", "argmax")
@@ -68,7 +67,7 @@ def test_tiny_exports_agree_with_pytorch_on_new_inputs(tmp_path, name, overrides
     proto = _check_graph(out)
     meta = read_metadata(out)
     assert json.loads(meta["tpvkit.outputs"]) == ["point_logits", "voxel_logits", "voxel_argmax"]
-    assert json.loads(meta["tpvkit.img_hw"]) == list(padded_img_hw(cfg))
+    assert json.loads(meta["tpvkit.img_hw"]) == list(img_hw(cfg)) == cfg.data.img_size
     assert to_dict(config_from_onnx(out)) == to_dict(cfg)
     # the point count is dynamic in the graph, the rest of the I/O is fixed
     points = next(i for i in proto.graph.input if i.name == "points")
@@ -101,8 +100,8 @@ def test_the_check_catches_a_graph_with_frozen_camera_packing(tmp_path) -> None:
     model = randomized_model(cfg)
     out = tmp_path / "frozen.onnx"
     img, l2i, points = example_inputs(cfg)
-    with export_mode(model), torch.no_grad(), pytest.warns(torch.jit.TracerWarning):
-        model.encoder.dense_camera_hits = False  # what the exporter must not do
+    with model.export_mode(), torch.no_grad(), pytest.warns(torch.jit.TracerWarning):
+        model.encoder.export = False  # the packing of eval: what the exporter must not trace
         torch.onnx.export(
             InferenceGraph(model, ("points",), label_space=task_of(cfg).label_space).eval(),
             (img, l2i, points),
@@ -158,7 +157,7 @@ def test_export_leaves_the_model_as_it_was(tmp_path) -> None:
     model = randomized_model(cfg).train()
     backends = [m.msda_backend for m in model.modules() if hasattr(m, "msda_backend")]
     export_onnx(model, cfg, tmp_path / "m.onnx", outputs=("argmax",))
-    assert model.training and not model.encoder.dense_camera_hits
+    assert model.training and not any(getattr(m, "export", False) for m in model.modules())
     assert backends == [m.msda_backend for m in model.modules() if hasattr(m, "msda_backend")]
     assert all("forward" not in vars(m) for m in model.modules())
     session = onnx_session(tmp_path / "m.onnx")
@@ -183,3 +182,38 @@ def test_bad_options_are_refused_before_any_work(tmp_path) -> None:
         graph = onnx.helper.make_graph([node], "g", [info[0]], [info[1]])
         onnx.save(onnx.helper.make_model(graph), str(bare))
         read_metadata(bare)
+
+
+def test_metadata_states_the_image_contract(tmp_path) -> None:
+    """The file says what "img" must hold (plain RGB, 0..255, NCHW per camera, the size) and
+    what the graph does with it; feeding the normalised images of tpvkit 0.2 instead gives
+    other logits (the contract is not decoration)."""
+    cfg = tiny_config("tpv_tiny", ONE_BLOCK)
+    model = randomized_model(cfg)
+    out = tmp_path / "m.onnx"
+    export_onnx(model, cfg, out, outputs=("points",))
+    meta = read_metadata(out)
+    assert meta["tpvkit.format_version"] == "2"
+    contract = json.loads(meta["tpvkit.image_contract"])
+    h, w = cfg.data.img_size
+    assert contract["dtype"] == "float32" and contract["channel_order"] == "RGB"
+    assert contract["value_range"] == [0.0, 255.0]
+    assert contract["shape"] == [1, cfg.model.encoder.num_cams, 3, h, w]
+    assert contract["layout"].startswith("NCHW")
+    inside = contract["normalised_inside"]
+    assert inside["pixel_mean"] == cfg.data.img_mean and inside["pixel_std"] == cfg.data.img_std
+    assert inside["channel_order"] == ("RGB" if cfg.data.to_rgb else "BGR")
+    assert inside["padded_to"] == list(padded_img_hw(cfg))
+    session = onnx_session(out)
+    (img_input,) = [i for i in session.get_inputs() if i.name == "img"]
+    assert list(img_input.shape) == contract["shape"]
+    inputs = random_inputs(cfg, seed=5, num_points=50)
+    assert float(inputs.img.min()) >= 0 and float(inputs.img.max()) <= 255
+    report = compare_with_pytorch(out, model, cfg, inputs, ("points",))
+    assert report.passed(1e-4), "\n".join(report.lines())
+    rgb = session.run(None, inputs.feeds(["img", "lidar2img", "points"]))[0]
+    mean = torch.tensor(cfg.data.img_mean).view(1, 1, 3, 1, 1)
+    std = torch.tensor(cfg.data.img_std).view(1, 1, 3, 1, 1)
+    inputs.img = (inputs.img - mean) / std
+    normalised_twice = session.run(None, inputs.feeds(["img", "lidar2img", "points"]))[0]
+    assert np.abs(rgb - normalised_twice).max() > 1e-2

@@ -254,18 +254,18 @@ def test_real_tiny_model_round_trips_through_the_public_layout(tmp_path):
 
     cfg = load_config("tpv_tiny", ["model.encoder.num_hcab=1", "model.encoder.num_hab=1"])
     torch.manual_seed(0)
-    src = build_model(cfg.model)
+    src = build_model(cfg)
     public = {f"module.{k}": v for k, v in tpvkit_to_public(src.state_dict()).items()}
     public["module.tpv_head.encoder.ref_2d_hw"] = torch.zeros(3)  # a stale buffer of the release
     torch.save({"state_dict": public, "meta": {"iter": 5}}, tmp_path / "public.pth")
-    dst = build_model(cfg.model)
+    dst = build_model(cfg)
     assert load_model_weights(dst, tmp_path / "public.pth", cfg)["source"] == "public"
     for key, value in src.state_dict().items():
         assert torch.equal(dst.state_dict()[key], value), key
     # The same file against a config with another layer structure: refused in config terms.
     other = load_config("tpv_tiny", ["model.encoder.num_hcab=2", "model.encoder.num_hab=1"])
     with pytest.raises(TpvkitError, match=r"public TPVFormer checkpoint .*public\.pth: .*HCAB"):
-        load_model_weights(build_model(other.model), tmp_path / "public.pth", other)
+        load_model_weights(build_model(other), tmp_path / "public.pth", other)
 
 
 def test_the_input_contract_compares_what_the_network_sees_and_not_runtime_keys():

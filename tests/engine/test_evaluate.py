@@ -186,7 +186,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     cfg = load_config("tpv_tiny")
     torch.manual_seed(0)
-    model = build_model(cfg.model)
+    model = build_model(cfg)
     with torch.no_grad():
         for param in model.parameters():
             if param.shape[0] != NUM_CLASSES:

@@ -105,7 +105,7 @@ def tiny(tmp_path_factory) -> tuple[object, Path]:
 
     cfg = load_config("tpv_tiny", ["train.device=cpu", "data.num_workers=0"])
     torch.manual_seed(0)
-    model = build_model(cfg.model)
+    model = build_model(cfg)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
     save_checkpoint(build_checkpoint(model=model, cfg=cfg), path)
     return cfg, path
@@ -142,7 +142,7 @@ def test_a_public_checkpoint_loads_for_inference_under_a_given_config(tmp_path: 
 
     cfg = load_config("tpv_tiny", ["model.encoder.num_hab=0", "train.device=cpu"])
     torch.manual_seed(1)
-    src = build_model(cfg.model)
+    src = build_model(cfg)
     public = {f"module.{k}": v for k, v in tpvkit_to_public(src.state_dict()).items()}
     torch.save({"state_dict": public, "meta": {"iter": 5}}, tmp_path / "public.pth")
     loaded = load_for_inference(tmp_path / "public.pth", cfg, ["data.num_workers=0"])

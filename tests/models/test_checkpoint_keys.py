@@ -25,7 +25,7 @@ from .public_layout import (
 
 
 def _meta_state(name: str) -> dict[str, torch.Tensor]:
-    cfg = load_config(name).model
+    cfg = load_config(name)
     with torch.device("meta"):
         model = build_model(cfg)
     return model.state_dict()
@@ -132,12 +132,12 @@ def test_unknown_keys_and_structure_mismatch_are_errors(base_state) -> None:
 
 def test_mapped_public_weights_load_strictly() -> None:
     """A tiny model's export, re-imported, loads with strict=True and gives the same outputs."""
-    cfg = load_config("tpv_tiny").model
+    cfg = load_config("tpv_tiny")
     torch.manual_seed(0)
     a = build_model(cfg)
     torch.manual_seed(1)
     b = build_model(cfg)
-    b.load_state_dict(public_to_tpvkit(tpvkit_to_public(a.state_dict()), cfg), strict=True)
+    b.load_state_dict(public_to_tpvkit(tpvkit_to_public(a.state_dict()), cfg.model), strict=True)
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert ka == kb and torch.equal(va, vb)
 

@@ -25,7 +25,7 @@ def _checkpoint(cfg, path):
     from tpvkit.models.tpvformer import build_model
 
     torch.manual_seed(0)
-    model = build_model(cfg.model)
+    model = build_model(cfg)
     state = build_checkpoint(model=model, cfg=cfg)
     save_checkpoint(state, path)
     return model

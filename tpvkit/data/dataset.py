@@ -209,8 +209,10 @@ def grid_mask(height: int, width: int, ratio: float = 0.5) -> torch.Tensor:
 class LidarSegDataset(torch.utils.data.Dataset):
     """Samples of an info file as model inputs and targets (one dict per key frame).
 
-    Items: img float32 (6, 3, Hp, Wp), lidar2img float32 (6, 4, 4) (from the grid frame: ego2img
-    for an ego-frame model), points float32 (N, 3) (grid frame),
+    Items: img float32 (6, 3, H, W) plain RGB in [0, 255] at data.img_size (the model
+    normalises and pads: tpvkit.models.tpvformer.TPVFormer.normalize), lidar2img float32
+    (6, 4, 4) (from the grid frame: ego2img for an ego-frame model), points float32 (N, 3)
+    (grid frame),
     point_labels int64 (N,), point_voxel_index int64 (N, 3), voxel_labels int64 (X, Y, Z),
     token, lidar_token. Every point of the sweep is kept, in file order. When the info file
     links Occ3D labels: occ_semantics, occ_mask_camera, occ_mask_lidar, ray_origins
@@ -242,8 +244,10 @@ class LidarSegDataset(torch.utils.data.Dataset):
         self.data_cfg = data_cfg
         self.img_size = (int(data_cfg.img_size[0]), int(data_cfg.img_size[1]))
         self.size_divisor = max(int(data_cfg.size_divisor), 1)
-        self.mean = torch.tensor(data_cfg.img_mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(data_cfg.img_std, dtype=torch.float32).view(3, 1, 1)
+        # The model normalises (TPVFormer.normalize); the GridMask fills its holes with the
+        # mean colour, in RGB order, which the model's normalisation maps to exactly 0.
+        mean = torch.tensor(data_cfg.img_mean, dtype=torch.float32)
+        self.mean_rgb = (mean if data_cfg.to_rgb else mean.flip(0)).view(3, 1, 1)
         self.point_cloud_range = [float(v) for v in model_cfg.point_cloud_range]
         head = model_cfg.head
         self.grid = geometry.voxel_grid_shape(
@@ -266,14 +270,15 @@ class LidarSegDataset(torch.utils.data.Dataset):
         return len(self.infos)
 
     def padded_size(self) -> tuple[int, int]:
-        """(Hp, Wp) of the image tensors: the resize target rounded up to the size divisor."""
+        """(Hp, Wp): the resize target rounded up to the size divisor, the size the model pads
+        the images to."""
         div = self.size_divisor
         h, w = self.img_size
         return (-(-h // div) * div, -(-w // div) * div)
 
     def _load_camera(self, cam_info: dict[str, Any], out: torch.Tensor) -> np.ndarray:
-        """One camera: its normalised image into `out` (3, Hp, Wp), zero-filled beforehand;
-        returns the (4, 4) lidar2img of the resized image."""
+        """One camera: its resized RGB image (float, 0..255, photometric augmentation in
+        training) into `out` (3, H, W); returns the (4, 4) lidar2img of the resized image."""
         path = self.infos.resolve(cam_info["img_path"])
         im = read_image(path)
         w0, h0 = im.size
@@ -299,15 +304,13 @@ class LidarSegDataset(torch.utils.data.Dataset):
                 hue_delta=self.data_cfg.photometric_hue_delta,
                 channel_swap=self.data_cfg.photometric_channel_swap,
             )
-        # BGR unless to_rgb (caffe-style backbones); the padding bottom/right stays zero
-        view = out[:, :H, :W]
-        view.copy_(img if self.data_cfg.to_rgb else img.flip(0))
-        view.sub_(self.mean).div_(self.std)
+        out.copy_(img)
         return lidar2img
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.infos[index]
-        img_t = torch.zeros(len(CAMERA_ORDER), 3, *self.padded_size())  # (6, 3, Hp, Wp)
+        h, w = self.img_size
+        img_t = torch.zeros(len(CAMERA_ORDER), 3, h, w)  # (6, 3, H, W) RGB 0..255
         lidar2imgs = [
             self._load_camera(sample["cams"][cam], img_t[i]) for i, cam in enumerate(CAMERA_ORDER)
         ]
@@ -316,7 +319,10 @@ class LidarSegDataset(torch.utils.data.Dataset):
             and self.data_cfg.grid_mask
             and float(torch.rand(())) < self.data_cfg.grid_mask_prob
         ):
-            img_t.mul_(grid_mask(img_t.shape[-2], img_t.shape[-1]))  # one mask, all cameras
+            # One mask for all cameras, drawn on the padded size (the model pads, the random
+            # draws stay those of a padded image) and cropped to the image.
+            mask = grid_mask(*self.padded_size())[:h, :w]
+            img_t = torch.where(mask.bool(), img_t, self.mean_rgb)
 
         points = read_points(self.infos.resolve(sample["lidar_path"]))
         xyz = np.ascontiguousarray(points[:, :3])

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from tpvkit.config import Config, task_of
-from tpvkit.deploy.graph import OUTPUT_CHOICES, padded_img_hw
+from tpvkit.deploy.graph import OUTPUT_CHOICES, img_hw
 from tpvkit.errors import TpvkitError
 from tpvkit.models.tpvformer import TPVFormer
 
@@ -49,7 +49,7 @@ def rig_lidar2img(
 class GraphInputs:
     """One set of inputs of the exported graph (see tpvkit.deploy.graph)."""
 
-    img: torch.Tensor  # (1, N_cam, 3, Hp, Wp)
+    img: torch.Tensor  # (1, N_cam, 3, H, W) RGB in [0, 255]
     lidar2img: torch.Tensor  # (1, N_cam, 4, 4)
     points: torch.Tensor  # (1, P, 3)
 
@@ -58,10 +58,11 @@ class GraphInputs:
 
 
 def random_inputs(cfg: Config, seed: int, num_points: int = 1000) -> GraphInputs:
-    """Random normalised images, the rig at a random pose and focal length, and points spread
-    over the point-cloud range and a little beyond it (the head clamps or zero-pads those)."""
+    """Random RGB images (uniform in [0, 255]), the rig at a random pose and focal length, and
+    points spread over the point-cloud range and a little beyond it (the head clamps or
+    zero-pads those)."""
     g = torch.Generator().manual_seed(seed)
-    hp, wp = padded_img_hw(cfg)
+    h, w = img_hw(cfg)
     n = cfg.model.encoder.num_cams
 
     def uniform(lo: float, hi: float) -> float:
@@ -73,7 +74,7 @@ def random_inputs(cfg: Config, seed: int, num_points: int = 1000) -> GraphInputs
         shift=(uniform(-3.0, 3.0), uniform(-3.0, 3.0), uniform(-0.5, 0.5)),
         focal_scale=uniform(0.8, 1.25),
     )
-    img = torch.randn(1, n, 3, hp, wp, generator=g)
+    img = torch.rand(1, n, 3, h, w, generator=g) * 255
     pcr = torch.tensor(cfg.model.point_cloud_range, dtype=torch.float32)
     lo, hi = pcr[:3], pcr[3:]
     margin = 0.05 * (hi - lo)

@@ -4,8 +4,8 @@ write it atomically with the config in its metadata.
 Tracing uses torch.onnx's TorchScript-based exporter: the torch.export path cannot trace the
 MSDA op's host-side level-size checks (spatial_shapes.tolist()), which the tracer instead
 records as the constants they are (they follow from the image size, fixed per export). The one
-data-dependent size of the model, the per-camera query packing, is replaced for the export by
-the dense variant (tpvkit.models.attention.gather_camera_hits_dense).
+data-dependent size of the model, the per-camera query packing, is replaced in the model's
+export mode (TPVFormer.export_mode) by a packing whose shapes follow from the input shapes.
 """
 
 from __future__ import annotations
@@ -24,10 +24,9 @@ from tpvkit.deploy.check import CheckReport, compare_with_pytorch, graph_operato
 from tpvkit.deploy.graph import (
     DEFAULT_OUTPUTS,
     InferenceGraph,
-    export_mode,
+    img_hw,
     input_names,
     output_names,
-    padded_img_hw,
     parse_outputs,
 )
 from tpvkit.deploy.metadata import build_metadata
@@ -88,15 +87,15 @@ def check_opset(opset: int) -> int:
 
 
 def example_inputs(cfg: Config) -> tuple[torch.Tensor, ...]:
-    """The tracing example: zero images, the nuScenes rig, a few points in the range."""
+    """The tracing example: black images, the nuScenes rig, a few points in the range."""
     from tpvkit.deploy.check import rig_lidar2img
 
-    hp, wp = padded_img_hw(cfg)
+    h, w = img_hw(cfg)
     n = cfg.model.encoder.num_cams
     pcr = torch.tensor(cfg.model.point_cloud_range, dtype=torch.float32)
     g = torch.Generator().manual_seed(0)
     points = pcr[:3] + torch.rand(1, EXAMPLE_POINTS, 3, generator=g) * (pcr[3:] - pcr[:3])
-    return torch.zeros(1, n, 3, hp, wp), rig_lidar2img(cfg), points
+    return torch.zeros(1, n, 3, h, w), rig_lidar2img(cfg), points
 
 
 def export_onnx(
@@ -125,7 +124,7 @@ def export_onnx(
     if "points" in outputs:
         args = (img, lidar2img, points)
         dynamic_axes = {"points": {1: "num_points"}, "point_logits": {2: "num_points"}}
-    with export_mode(model), torch.no_grad():
+    with model.export_mode(), torch.no_grad():
         net = copy.deepcopy(model).half() if fp16 else model
         space = task_of(cfg).label_space
         graph = InferenceGraph(net, outputs, label_space=space, fp16=fp16).eval()

@@ -1,10 +1,12 @@
-"""The exported inference graph: a TPVFormer in its export configuration behind a fixed I/O
-contract (names, shapes, dtypes) that the ONNX file, its metadata and docs/deploy.md share.
+"""The exported inference graph: a TPVFormer in its export mode (TPVFormer.export_mode) behind a
+fixed I/O contract (names, shapes, dtypes) that the ONNX file, its metadata and docs/deploy.md
+share.
 
-Inputs: "img" float32 (1, N_cam, 3, Hp, Wp) normalised and padded as the tpvkit data pipeline
-makes it; "lidar2img" float32 (1, N_cam, 4, 4) from the grid frame (the task's input frame:
-LiDAR, or ego for Occ3D, where it is ego2img) to pixels of that padded image; "points" float32
-(1, P, 3) xyz in that frame with P dynamic (only when point logits are exported).
+Inputs: "img" float32 (1, N_cam, 3, H, W): plain RGB images, values 0..255, channels R, G, B,
+resized to data.img_size (IMAGE_CONTRACT; the model normalises and pads them); "lidar2img"
+float32 (1, N_cam, 4, 4) from the grid frame (the task's input frame: LiDAR, or ego for Occ3D,
+where it is ego2img) to pixels of that image; "points" float32 (1, P, 3) xyz in that frame with
+P dynamic (only when point logits are exported).
 Outputs (any subset, in this order): "point_logits" float32 (1, n_cls, P), "voxel_logits"
 float32 (1, n_cls, X, Y, Z), "voxel_argmax" uint8 (1, X, Y, Z): the argmax over the classes of
 the task's label space less its ignored class, as `tpvkit predict` (tpvkit.task.LabelSpace).
@@ -12,18 +14,16 @@ the task's label space less its ignored class, as `tpvkit predict` (tpvkit.task.
 
 from __future__ import annotations
 
-import contextlib
-import types
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from tpvkit.config import Config
-from tpvkit.deploy.msda import msda_export
+from tpvkit.constants import CAMERA_ORDER
 from tpvkit.errors import TpvkitError
 from tpvkit.models.tpvformer import TPVFormer
-from tpvkit.ops.dcn import ModulatedDeformConv2dPack, deform_columns
 from tpvkit.task import LabelSpace
 
 # --outputs spelling -> the graph output it adds.
@@ -33,8 +33,6 @@ OUTPUT_CHOICES: dict[str, str] = {
     "argmax": "voxel_argmax",
 }
 DEFAULT_OUTPUTS: tuple[str, ...] = ("points", "voxels")
-# The MSDA traced into the graph: chunked F.grid_sample, i.e. the standard GridSample op.
-EXPORT_MSDA_BACKEND = msda_export
 
 
 def parse_outputs(spec: str | Sequence[str]) -> tuple[str, ...]:
@@ -51,11 +49,41 @@ def parse_outputs(spec: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(n for n in OUTPUT_CHOICES if n in names)
 
 
-def padded_img_hw(cfg: Config) -> tuple[int, int]:
-    """(Hp, Wp): data.img_size rounded up to data.size_divisor, the image tensors' size."""
-    div = max(int(cfg.data.size_divisor), 1)
+def img_hw(cfg: Config) -> tuple[int, int]:
+    """(H, W): data.img_size, the size of the graph's (and the Dataset's) images."""
     h, w = (int(v) for v in cfg.data.img_size)
+    return (h, w)
+
+
+def padded_img_hw(cfg: Config) -> tuple[int, int]:
+    """(Hp, Wp): data.img_size rounded up to data.size_divisor, the size the model pads to."""
+    div = max(int(cfg.data.size_divisor), 1)
+    h, w = img_hw(cfg)
     return (-(-h // div) * div, -(-w // div) * div)
+
+
+def image_contract(cfg: Config) -> dict[str, Any]:
+    """What the "img" input must hold, as the ONNX metadata states it (tpvkit.image_contract):
+    plain RGB, the model normalises (pixel_mean / pixel_std, in the backbone's channel order
+    after the RGB -> BGR flip of caffe-style backbones) and pads."""
+    h, w = img_hw(cfg)
+    n = cfg.model.encoder.num_cams
+    return {
+        "name": "img",
+        "dtype": "float32",
+        "shape": [1, n, 3, h, w],
+        "layout": "NCHW per camera: (batch, camera, channel, height, width)",
+        "channel_order": "RGB",
+        "value_range": [0.0, 255.0],
+        "cameras": list(CAMERA_ORDER[:n]) if n <= len(CAMERA_ORDER) else None,
+        "resize_to": [h, w],
+        "normalised_inside": {
+            "channel_order": "RGB" if cfg.data.to_rgb else "BGR",
+            "pixel_mean": [float(v) for v in cfg.data.img_mean],
+            "pixel_std": [float(v) for v in cfg.data.img_std],
+            "padded_to": list(padded_img_hw(cfg)),
+        },
+    }
 
 
 def input_names(outputs: Sequence[str]) -> list[str]:
@@ -64,63 +92,6 @@ def input_names(outputs: Sequence[str]) -> list[str]:
 
 def output_names(outputs: Sequence[str]) -> list[str]:
     return [OUTPUT_CHOICES[n] for n in OUTPUT_CHOICES if n in outputs]
-
-
-@contextlib.contextmanager
-def export_mode(model: TPVFormer) -> Iterator[TPVFormer]:
-    """Switch a model, for the duration, to the configuration the exporter traces: eval mode,
-    dense camera slots (no shape depends on the calibration's values), the plain image
-    cross-attention (its compact form picks sub-queries with data-dependent shapes), the
-    chunked GridSample MSDA (tpvkit.deploy.msda) and DCN layers without their
-    autograd.Function. Restores the
-    previous settings afterwards, so the same model then serves as the check's reference."""
-    modules = [m for m in model.modules() if hasattr(m, "msda_backend")]
-    saved = (model.training, model.encoder.dense_camera_hits, [m.msda_backend for m in modules])
-    dcns = [m for m in model.modules() if isinstance(m, ModulatedDeformConv2dPack)]
-    compact = [m for m in model.modules() if hasattr(m, "compact")]
-    saved_compact = [m.compact for m in compact]
-    model.eval()
-    for m in compact:
-        m.compact = False
-    model.encoder.dense_camera_hits = True
-    for m in modules:
-        m.msda_backend = EXPORT_MSDA_BACKEND
-    for m in dcns:  # an instance attribute shadows the class's forward until deleted
-        m.forward = types.MethodType(dcn_export_forward, m)
-    try:
-        yield model
-    finally:
-        model.train(saved[0])
-        model.encoder.dense_camera_hits = saved[1]
-        for m, backend in zip(modules, saved[2], strict=True):
-            m.msda_backend = backend
-        for m in dcns:
-            del m.forward
-        for m, value in zip(compact, saved_compact, strict=True):
-            m.compact = value
-
-
-def dcn_export_forward(self: ModulatedDeformConv2dPack, x: torch.Tensor) -> torch.Tensor:
-    """ModulatedDeformConv2dPack.forward without its autograd.Function (which the exporter
-    cannot look into): the same columns (deform_columns: GridSample), matmul and bias."""
-    out = self.conv_offset(x)  # (B, 3*G*K, Ho, Wo)
-    o1, o2, mask = torch.chunk(out, 3, dim=1)
-    offset = torch.cat((o1, o2), dim=1)
-    dtype = torch.promote_types(x.dtype, torch.float32)  # as the op: sampling in >= float32
-    cols = deform_columns(
-        x.to(dtype),
-        offset.to(dtype),
-        torch.sigmoid(mask).to(dtype),
-        self.kernel_size,
-        self.stride,
-        self.padding,
-        self.dilation,
-        self.deform_groups,
-    )  # (B, C*K, Ho*Wo)
-    y = torch.matmul(self.weight.to(dtype).flatten(1), cols)
-    if self.bias is not None:
-        y = y + self.bias.to(dtype)[:, None]
-    return y.view(*y.shape[:2], *offset.shape[-2:]).to(x.dtype)
 
 
 class InferenceGraph(nn.Module):
@@ -145,7 +116,7 @@ class InferenceGraph(nn.Module):
         self.model = model
         self.outputs = tuple(outputs)
         self.fp16 = fp16
-        num_classes = model.cfg.num_classes
+        num_classes = model.num_classes
         if label_space.num_classes != num_classes:
             raise TpvkitError(
                 f"label space {label_space.name} has {label_space.num_classes} classes, the "
@@ -161,10 +132,9 @@ class InferenceGraph(nn.Module):
     def forward(
         self, img: torch.Tensor, lidar2img: torch.Tensor, points: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, ...]:
-        dtype = torch.float16 if self.fp16 else torch.float32
         decode = "voxels" in self.outputs or "argmax" in self.outputs
         out = self.model(
-            img.to(dtype),
+            img,  # float32 RGB: the model normalises in float32, then casts to its dtype
             lidar2img,
             # float32 points: their grid coordinates are computed before the cast to the maps'
             # dtype, so float16 weights do not cost point-position precision.

@@ -12,19 +12,21 @@ import torch
 
 import tpvkit
 from tpvkit.config import Config, from_dict, task_of, to_dict
-from tpvkit.deploy.graph import input_names, output_names, padded_img_hw
+from tpvkit.deploy.graph import image_contract, img_hw, input_names, output_names
 from tpvkit.errors import TpvkitError
 from tpvkit.task import Task, task_from_dict, task_to_dict
 
 METADATA_FORMAT = "tpvkit-onnx"
-METADATA_FORMAT_VERSION = 1
+# 2: "img" is plain RGB (0..255) at data.img_size, normalised and padded inside the graph, as
+# tpvkit.image_contract states; 1 (tpvkit 0.2): normalised, padded images of size [Hp, Wp].
+METADATA_FORMAT_VERSION = 2
 
 
 def build_metadata(
     cfg: Config, outputs: Sequence[str], *, opset: int, fp16: bool, grid: Sequence[int]
 ) -> dict[str, str]:
     """key -> string value, every key prefixed "tpvkit."; "tpvkit.config" is the JSON config."""
-    hp, wp = padded_img_hw(cfg)
+    h, w = img_hw(cfg)
     task = task_of(cfg)
     return {
         "tpvkit.format": METADATA_FORMAT,
@@ -35,7 +37,8 @@ def build_metadata(
         "tpvkit.task": json.dumps(task_to_dict(task), sort_keys=True),
         "tpvkit.inputs": json.dumps(input_names(outputs)),
         "tpvkit.outputs": json.dumps(output_names(outputs)),
-        "tpvkit.img_hw": json.dumps([hp, wp]),
+        "tpvkit.img_hw": json.dumps([h, w]),
+        "tpvkit.image_contract": json.dumps(image_contract(cfg), sort_keys=True),
         "tpvkit.grid": json.dumps([int(v) for v in grid]),
         "tpvkit.num_cams": str(cfg.model.encoder.num_cams),
         "tpvkit.num_classes": str(cfg.model.num_classes),

@@ -141,7 +141,7 @@ def load_for_inference(
     if stored is not None:  # before the model is built: a mismatch may not even build
         check_contract(stored, cfg, path)
     torch_device = select_device(device or cfg.train.device)
-    model = build_model(cfg.model)
+    model = build_model(cfg)
     meta = apply_model_weights(model, obj, cfg, path)
     model.to(torch_device).eval()
     return InferenceModel(

@@ -134,7 +134,7 @@ def build_parts(cfg: Config) -> TrainParts:
         val_set = _dataset(cfg, Path(cfg.data.val_infos), "data.val_infos", train=False)
     resolve_class_frequencies(cfg, train_set)
     loss = build_loss(cfg)  # before the datasets' first item: a wrong class count fails early
-    model = build_model(cfg.model)
+    model = build_model(cfg)
     if cfg.train.init_bias_from_frequencies:
         init_classifier_bias(model, cfg.train.class_frequencies)
     return TrainParts(model, train_set, collate_batch, loss, val_set)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from tpvkit.ops.msda import multi_scale_deformable_attn
+from tpvkit.ops.msda.export import msda_export
 
 
 def xavier_linear_(layer: nn.Linear) -> None:
@@ -51,8 +52,8 @@ def _msda_fp32(
 ) -> torch.Tensor:
     """The MSDA op in float32 whatever the autocast state (the public code forces fp32 here:
     the weighted sums over hundreds of samples lose too much in half precision). `backend` is
-    a name of tpvkit.ops.msda, or a function with the op's signature (tpvkit.deploy's export
-    form)."""
+    a name of tpvkit.ops.msda, or a function with the op's signature (the export form,
+    tpvkit.ops.msda.export.msda_export)."""
     out_dtype = value.dtype
     args = (
         value.float(),
@@ -112,6 +113,7 @@ class CrossViewHybridAttention(nn.Module):
     bias is initialised to 10 on the query's own plane. Values are value_proj(query + pos) per
     plane; the residual is the query without its positional encoding.
     `fast` (the default) builds the sampling locations in fewer passes (see _locations).
+    `export` (set by TPVFormer.export_mode): the MSDA in its traceable GridSample form.
     """
 
     def __init__(
@@ -136,6 +138,7 @@ class CrossViewHybridAttention(nn.Module):
         self.plane_sizes = [r * c for r, c in plane_shapes]
         self.msda_backend = msda_backend
         self.fast = fast  # see _locations; False: the straightforward formulation
+        self.export = False
         L, P = self.num_levels, num_points
         self.sampling_offsets = nn.ModuleList(
             nn.Linear(dim, num_heads * L * P * 2) for _ in range(L)
@@ -224,7 +227,7 @@ class CrossViewHybridAttention(nn.Module):
             self.level_start_index,
             locations,
             weights,
-            self.msda_backend,
+            msda_export if self.export else self.msda_backend,
         )
         outs = out.split(self.plane_sizes, dim=1)
         return [
@@ -292,6 +295,7 @@ class HWSelfAttention(nn.Module):
         self.dim, self.num_heads, self.num_points = dim, num_heads, num_points
         self.num_levels = 1
         self.msda_backend = msda_backend
+        self.export = False  # True: the MSDA in its traceable form (TPVFormer.export_mode)
         Qn, H, P = self.num_queue, num_heads, num_points
         self.sampling_offsets = nn.Linear(Qn * dim, Qn * H * self.num_levels * P * 2)
         self.attention_weights = nn.Linear(Qn * dim, Qn * H * self.num_levels * P)
@@ -341,7 +345,7 @@ class HWSelfAttention(nn.Module):
             self.level_start_index,
             ref + offsets,
             weights.reshape(b, n, H, 1, Qn * P),
-            self.msda_backend,
+            msda_export if self.export else self.msda_backend,
         )
         return query + self.dropout(self.output_proj(out))
 
@@ -466,6 +470,9 @@ class ImageCrossAttention(nn.Module):
         self.base_points, self.base_anchors = base_points, base_anchors
         self.msda_backend = msda_backend
         self.compact = compact
+        # True (TPVFormer.export_mode): the straightforward form (the compact one picks
+        # sub-queries with data-dependent shapes) and the MSDA in its traceable form.
+        self.export = False
         self.sampling_offsets = nn.ModuleList(
             nn.Linear(dim, num_heads * num_levels * p * 2) for p in num_points
         )
@@ -515,7 +522,7 @@ class ImageCrossAttention(nn.Module):
 
         `compact` (the default) gives the same result with less work, see _forward_compact;
         otherwise every (camera, slot) projects its query and all sub-queries are sampled."""
-        if self.compact:
+        if self.compact and not self.export:
             return self._forward_compact(queries, value, spatial_shapes, level_start_index, hits)
         b = queries[0].shape[0]
         bn, num_value, c = value.shape
@@ -548,7 +555,7 @@ class ImageCrossAttention(nn.Module):
                 level_start_index,
                 locations,
                 torch.cat(weights, 1),
-                self.msda_backend,
+                msda_export if self.export else self.msda_backend,
             )
             outs = out.split(sub_counts, dim=1)
         else:  # no camera sees any query (e.g. a degenerate calibration)

@@ -211,9 +211,9 @@ class TPVEncoder(nn.Module):
         self.shapes = {p: plane_shape(p, cfg.tpv_h, cfg.tpv_w, cfg.tpv_z) for p in self.planes}
         self.hw_self = enc.cvha_mode == "hw_self" and cfg.mode == "tpv"
         self.checkpoint_activations = cfg.checkpoint_activations
-        # True: every query is a camera slot (gather_camera_hits_dense), so no shape depends on
-        # the calibration's values; the ONNX exporter (tpvkit.deploy) sets it.
-        self.dense_camera_hits = False
+        # True (TPVFormer.export_mode): the camera packing whose shapes depend on no value of
+        # the calibration (gather_camera_hits_dense), for a traced graph.
+        self.export = False
         dim = cfg.dim
 
         self.tpv_queries = nn.ModuleDict(
@@ -306,7 +306,7 @@ class TPVEncoder(nn.Module):
             q, d, _ = pts.shape
             uv, valid = project_to_cameras(pts.reshape(-1, 3), lidar2img, img_hw)
             b, n = uv.shape[:2]
-            gather = gather_camera_hits_dense if self.dense_camera_hits else gather_camera_hits
+            gather = gather_camera_hits_dense if self.export else gather_camera_hits
             hits.append(gather(uv.view(b, n, q, d, 2), valid.view(b, n, q, d)))
         return hits
 

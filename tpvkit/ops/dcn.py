@@ -197,6 +197,9 @@ class ModulatedDeformConv2dPack(nn.Module):
     `conv_offset` predicts 3*G*K channels from the input: the first two thirds, concatenated,
     are the offsets and the last third (after a sigmoid) is the mask. It starts at zero, so a
     fresh layer is a plain convolution with every mask at 0.5.
+
+    `export` (set by TPVFormer.export_mode): the same columns, matmul and bias without the
+    autograd.Function, which a tracer (the ONNX exporter) cannot look into.
     """
 
     def __init__(
@@ -218,6 +221,7 @@ class ModulatedDeformConv2dPack(nn.Module):
         self.padding = _pair(padding)
         self.dilation = _pair(dilation)
         self.deform_groups = deform_groups
+        self.export = False
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
         self.conv_offset = nn.Conv2d(
@@ -245,6 +249,8 @@ class ModulatedDeformConv2dPack(nn.Module):
         out = self.conv_offset(x)  # (B, 3*G*K, Ho, Wo)
         o1, o2, mask = torch.chunk(out, 3, dim=1)
         offset = torch.cat((o1, o2), dim=1)
+        if self.export:
+            return self._forward_traceable(x, offset, torch.sigmoid(mask))
         return modulated_deform_conv2d(
             x,
             offset,
@@ -256,6 +262,27 @@ class ModulatedDeformConv2dPack(nn.Module):
             self.dilation,
             self.deform_groups,
         )
+
+    def _forward_traceable(
+        self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """modulated_deform_conv2d's forward as plain tensor ops (deform_columns: GridSample,
+        then MatMul and Add), sampling in >= float32 as the op does."""
+        dtype = _compute_dtype(x)
+        cols = deform_columns(
+            x.to(dtype),
+            offset.to(dtype),
+            mask.to(dtype),
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.deform_groups,
+        )  # (B, C*K, Ho*Wo)
+        y = torch.matmul(self.weight.to(dtype).flatten(1), cols)
+        if self.bias is not None:
+            y = y + self.bias.to(dtype)[:, None]
+        return y.view(*y.shape[:2], *offset.shape[-2:]).to(x.dtype)
 
     def extra_repr(self) -> str:
         return (

@@ -1,5 +1,6 @@
-"""Multi-scale deformable attention in the form the ONNX export traces: standard GridSample,
-Mul and ReduceSum nodes, with bounded intermediates.
+"""Multi-scale deformable attention in the form a traced (ONNX) graph holds: standard
+GridSample, Mul and ReduceSum nodes, with bounded intermediates; what the attention modules run
+in export mode (tpvkit.models.tpvformer.TPVFormer.export_mode).
 
 The "grid_sample" backend of tpvkit.ops.msda stacks the samples of all levels and points into
 one (B*nH, D, Q, L*P) tensor before weighting them: ~6 GB at the Base shape with every query a
