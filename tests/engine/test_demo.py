@@ -83,7 +83,8 @@ OCC_TINY = [
 def test_demo_occupancy_model_runs_every_stage(tmp_path, synthetic_root, capsys):
     work = tmp_path / "occ"
     work.mkdir()
-    (work / "data").symlink_to(synthetic_root, target_is_directory=True)
+    (work / "occupancy").mkdir()
+    (work / "occupancy" / "data").symlink_to(synthetic_root, target_is_directory=True)
     result = run_demo(work, tasks=("occupancy",), iters=2, overrides=OCC_TINY)
     out = capsys.readouterr().out
     run = result["runs"]["occupancy"]
@@ -94,7 +95,8 @@ def test_demo_occupancy_model_runs_every_stage(tmp_path, synthetic_root, capsys)
     assert run["checkpoint"].name == "iter_000002.pth"
     stored = json.loads((work / "occupancy" / "eval" / "metrics.json").read_text())
     assert "rayiou" in stored and "miou_nomask" in stored
-    assert "mini_val occupancy mIoU (camera mask)" in out
+    assert "mini_val occupancy mIoU (camera mask)" in out  # the session's v1.0-mini world
+    assert "reusing the synthetic dataroot" in out
     (page,) = [p for p in run["paths"]["render"] if p.suffix == ".html"]
     assert "<canvas" in page.read_text()
 

@@ -1,11 +1,11 @@
 """`tpvkit demo`: the whole workflow, end to end, on the built-in synthetic data set.
 
 synthetic dataroot + info files, then for each demo model (tpv_tiny for LiDAR segmentation,
-tpv_occ3d_tiny for dense Occ3D occupancy): train for a fixed schedule -> evaluate on mini_val
-(the per-class table) -> predict two samples -> export them to PLY -> render pictures and write
-the offline 3D viewer page. Eval and predict run through the one inference path
-(tpvkit.engine.inference). Every stage prints what it wrote; a summary lists all paths and the
-metrics at the end.
+tpv_occ3d_tiny for dense Occ3D occupancy), each on its synthetic world: train for a fixed
+schedule -> evaluate on held-out streets (the per-class table) -> predict two samples ->
+export them to PLY -> render pictures and write the offline 3D viewer page. Eval and predict
+run through the one inference path (tpvkit.engine.inference). Every stage prints what it
+wrote; a summary lists all paths and the metrics at the end.
 
 The result does not depend on machine load: a fixed iteration count whose warm-up + cosine
 schedule always completes, fixed seeds, data order, worker count and CPU threads, so two runs
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tpvkit.config import Config, apply_overrides, load_config
+from tpvkit.constants import SPLITS_BY_VERSION
 from tpvkit.data.infos import info_file_name, load_infos
 from tpvkit.data.synthetic import generate_synthetic
 from tpvkit.engine.checkpoint import find_resume_checkpoint, load_resume_checkpoint
@@ -35,8 +36,6 @@ from tpvkit.outputs.view import write_viewer
 from tpvkit.outputs.visualize import visualize
 
 DEMO_CONFIG = "tpv_tiny"
-DEMO_SCENES = 10  # the ten v1.0-mini scene names: 8 in mini_train, 2 in mini_val
-DEMO_SAMPLES_PER_SCENE = 3
 DEMO_SEED = 0
 # 24 epochs (the public recipe's count) of the 24 mini_train samples at batch 1: the warm-up +
 # cosine schedule always runs to its end. Measured figures: docs/training.md.
@@ -52,8 +51,8 @@ DEMO_THREADS = 1
 # units of one training step on this model (see docs/training.md).
 TRAIN_OVERHEAD = 1.15
 AFTER_TRAIN_STEPS = 30
-# The occupancy model: tpvkit's recipe (configs/tpv_occ3d_tiny.yaml) on the same 24 frames.
-# 20 epochs: sized to about 6 minutes on a quiet 2-core machine (docs/learning.md).
+# The occupancy model: tpvkit's recipe (configs/tpv_occ3d_tiny.yaml), sized to about 6 minutes
+# on a quiet 2-core machine (docs/learning.md).
 DEMO_OCC_CONFIG = "tpv_occ3d_tiny"
 DEMO_OCC_ITERS = 480
 # Its evaluation decodes the whole 200x200x16 grid and scores RayIoU: more steps' worth.
@@ -61,20 +60,46 @@ OCC_AFTER_TRAIN_STEPS = 60
 
 
 @dataclass(frozen=True)
+class DemoData:
+    """The synthetic world a demo model trains on and is scored on (generated once, then
+    reused): its folder under the work dir and `tpvkit prepare synthetic`'s options."""
+
+    folder: str
+    version: str
+    scenes: int
+    samples_per_scene: int
+    val_scenes: int = 0  # v1.0-trainval only
+
+
+# lidarseg: the ten v1.0-mini scene names (8 mini_train streets, 2 mini_val), 3 frames each.
+DEMO_DATA = DemoData("data", "v1.0-mini", 10, 3)
+# Occupancy learns where objects are only from many streets: on 8 it memorises them
+# (docs/learning.md). 48 training streets of 2 frames (96 frames, 5 epochs in 480
+# iterations) and 2 held-out streets; v1.0-trainval names lift the 10-scene cap.
+DEMO_OCC_DATA = DemoData("occupancy/data", "v1.0-trainval", 50, 2, val_scenes=2)
+
+
+@dataclass(frozen=True)
 class DemoModel:
-    """One model the demo trains and shows: its task, config, schedule and sub-folder."""
+    """One model the demo trains and shows: its task, config, schedule, sub-folder and data."""
 
     task: str  # "lidarseg" | "occupancy"
     config: str
     iters: int
     folder: str  # "" (the work dir itself) or a sub-folder of it
     after_train_steps: int
+    data: DemoData = DEMO_DATA
 
 
 DEMO_MODELS: dict[str, DemoModel] = {
     "lidarseg": DemoModel("lidarseg", DEMO_CONFIG, DEMO_ITERS, "", AFTER_TRAIN_STEPS),
     "occupancy": DemoModel(
-        "occupancy", DEMO_OCC_CONFIG, DEMO_OCC_ITERS, "occupancy", OCC_AFTER_TRAIN_STEPS
+        "occupancy",
+        DEMO_OCC_CONFIG,
+        DEMO_OCC_ITERS,
+        "occupancy",
+        OCC_AFTER_TRAIN_STEPS,
+        DEMO_OCC_DATA,
     ),
 }
 
@@ -112,14 +137,15 @@ def demo_config(
     overrides: list[str] | None = None,
     config: str = DEMO_CONFIG,
 ) -> Config:
-    """A demo model's config pointed at the demo's info files, with the demo's fixed schedule
-    on the CPU."""
+    """A demo model's config pointed at the info files of its synthetic world, with the demo's
+    fixed schedule on the CPU."""
+    train_split, val_split = data_splits(data_root)
     infos = data_root / "infos"
     return load_config(
         config,
         [
-            f"data.train_infos={infos / info_file_name('mini_train')}",
-            f"data.val_infos={infos / info_file_name('mini_val')}",
+            f"data.train_infos={infos / info_file_name(train_split)}",
+            f"data.val_infos={infos / info_file_name(val_split)}",
             "train.device=cpu",
             f"train.seed={DEMO_SEED}",
             f"train.max_iters={iters}",
@@ -192,8 +218,6 @@ def run_demo(
     *,
     tasks: Sequence[str] = ("lidarseg", "occupancy"),
     iters: int | None = None,
-    scenes: int = DEMO_SCENES,
-    samples_per_scene: int = DEMO_SAMPLES_PER_SCENE,
     overrides: list[str] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -201,8 +225,8 @@ def run_demo(
     {"runs": {task: {"checkpoint", "metrics", "paths"}}, "seconds"}, plus the first model's
     "checkpoint", "metrics" and "paths" (data included) at the top level.
 
-    work_dir/data (synthetic dataroot + infos); per model, in work_dir (lidarseg) or
-    work_dir/occupancy: train/ (checkpoints, logs, TensorBoard), eval/metrics.json,
+    Per model, in work_dir (lidarseg) or work_dir/occupancy: data/ (its synthetic dataroot +
+    infos, DemoModel.data), train/ (checkpoints, logs, TensorBoard), eval/metrics.json,
     predictions/*.npz, export/*.ply, renders/<token>/*.png, view/scene.html. `iters` replaces
     every model's fixed schedule (warm-up + cosine); `overrides` apply to every model.
     """
@@ -220,56 +244,71 @@ def run_demo(
     threads = torch.get_num_threads()
     torch.set_num_threads(DEMO_THREADS)
     try:
-        data_paths = _data_stage(work_dir / "data", scenes, samples_per_scene, log)
         runs: dict[str, dict[str, Any]] = {}
         for number, task in enumerate(tasks, start=1):
             model = DEMO_MODELS[task]
             label = f"{task} ({number}/{len(tasks)})"
+            data_paths = _data_stage(work_dir, model.data, log)
             runs[task] = _run_model(
                 model, work_dir, data_paths, iters, overrides, log, start, label
             )
+            runs[task]["paths"] = {"data": data_paths, **runs[task]["paths"]}
     finally:
         torch.set_num_threads(threads)  # a caller (a test session) keeps its own setting
     seconds = time.monotonic() - start
     eta = sum(run["eta"] for run in runs.values())
     _banner(f"demo finished in {_clock(seconds)} (min:s; estimated {_clock(eta)} + data)")
     for task, run in runs.items():
-        paths = {"data": data_paths, **run["paths"]} if task == tasks[0] else run["paths"]
-        for stage, items in paths.items():
+        for stage, items in run["paths"].items():
             for p in items:
                 log(f"  {task:9s} {stage:8s} {p}")
     for task, run in runs.items():
-        log(_metrics_line(task, run["metrics"]))
+        log(_metrics_line(task, run["metrics"], run["val_split"]))
         log(f"TensorBoard ({task}): tensorboard --logdir {run['train_dir'] / 'tb'}")
     first = runs[tasks[0]]
     return {
         "checkpoint": first["checkpoint"],
         "metrics": first["metrics"],
-        "paths": {"data": data_paths, **first["paths"]},
+        "paths": first["paths"],
         "runs": runs,
         "seconds": seconds,
     }
 
 
-def _data_stage(
-    data_root: Path, scenes: int, samples_per_scene: int, log: Callable[[str], None]
-) -> list[Path]:
-    """The synthetic dataroot and its info files (reused when they exist)."""
-    _banner("synthetic data")
-    train_info = data_root / "infos" / info_file_name("mini_train")
-    val_info = data_root / "infos" / info_file_name("mini_val")
+def data_splits(data_root: Path) -> tuple[str, str]:
+    """(train, val) split names of the info files in a synthetic dataroot (v1.0-mini's or
+    v1.0-trainval's; the mini pair when neither is complete)."""
+    for version in ("v1.0-mini", "v1.0-trainval"):
+        pair = SPLITS_BY_VERSION[version]
+        if all((data_root / "infos" / info_file_name(split)).is_file() for split in pair):
+            return pair[0], pair[1]
+    return SPLITS_BY_VERSION["v1.0-mini"][0], SPLITS_BY_VERSION["v1.0-mini"][1]
+
+
+def _data_stage(work_dir: Path, data: DemoData, log: Callable[[str], None]) -> list[Path]:
+    """A demo model's synthetic dataroot and its info files (reused when they exist)."""
+    data_root = work_dir / data.folder
+    _banner(f"synthetic data ({data.version}, {data.scenes} streets)")
+    train_split, val_split = data_splits(data_root)
+    train_info = data_root / "infos" / info_file_name(train_split)
+    val_info = data_root / "infos" / info_file_name(val_split)
     if train_info.is_file() and val_info.is_file():
         log(f"reusing the synthetic dataroot {data_root}")
     else:
         # A dataroot without its info files is a leftover we replace (generation is atomic).
         generate_synthetic(
             data_root,
-            scenes=scenes,
-            samples_per_scene=samples_per_scene,
+            scenes=data.scenes,
+            samples_per_scene=data.samples_per_scene,
             seed=DEMO_SEED,
+            version=data.version,
+            val_scenes=data.val_scenes,
             overwrite=data_root.exists(),
-            workers=1,  # the same bytes with any worker count; 1 keeps the cores for training
+            workers=2,  # the same bytes with any worker count; nothing else runs yet
         )
+        train_split, val_split = data_splits(data_root)
+        train_info = data_root / "infos" / info_file_name(train_split)
+        val_info = data_root / "infos" / info_file_name(val_split)
     return [data_root, train_info, val_info]
 
 
@@ -325,9 +364,10 @@ def _run_model(
         log(f"elapsed {_clock(now - start)}, about {_clock(max(left, 0))} left for this model")
 
     # Evaluate -----------------------------------------------------------------------------
-    progress("evaluate on mini_val")
+    val_split = data_splits(data_root)[1]
+    progress(f"evaluate on {val_split} (held-out streets)")
     eval_dir = out / "eval"
-    metrics = evaluate(cfg, checkpoint, val_info, split="mini_val", out_dir=eval_dir)
+    metrics = evaluate(cfg, checkpoint, val_info, split=val_split, out_dir=eval_dir)
     paths["eval"] = [eval_dir / "metrics.json"]
 
     # Predict + export ---------------------------------------------------------------------
@@ -358,6 +398,7 @@ def _run_model(
         "paths": paths,
         "eta": eta,
         "train_dir": train_dir,
+        "val_split": val_split,
     }
 
 
@@ -366,7 +407,7 @@ def _first_tokens(info_path: Path, count: int) -> list[str]:
     return [infos[i]["token"] for i in range(min(count, len(infos)))]
 
 
-def _metrics_line(task: str, metrics: dict[str, Any]) -> str:
+def _metrics_line(task: str, metrics: dict[str, Any], split: str) -> str:
     def pct(value: Any) -> str:
         return "n/a" if value is None else f"{100 * value:.2f}"
 
@@ -374,12 +415,12 @@ def _metrics_line(task: str, metrics: dict[str, Any]) -> str:
         occ = metrics.get("occupancy", metrics)
         per_class = occ.get("iou_per_class") or {}
         return (
-            f"mini_val occupancy mIoU (camera mask) {pct(occ.get('miou'))}, "
+            f"{split} occupancy mIoU (camera mask) {pct(occ.get('miou'))}, "
             f"RayIoU {pct(occ.get('rayiou'))}, car {pct(per_class.get('car'))}, "
             f"manmade {pct(per_class.get('manmade'))}, {occ.get('num_samples')} samples"
         )
     return (
-        f"mini_val mIoU (points) {pct(metrics.get('miou'))}, "
+        f"{split} mIoU (points) {pct(metrics.get('miou'))}, "
         f"mIoU (voxel look-up) {pct(metrics.get('miou_voxel'))}, "
         f"{metrics.get('num_samples')} samples"
     )
