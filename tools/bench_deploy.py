@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 # config name -> overrides; Base runs at 224x400 (padded 224x416), as tools/bench_model.py's
 # quarter-size Base.
 SHAPES: dict[str, list[str]] = {
@@ -104,9 +106,10 @@ def run_child(
         feeds = {"img": img.numpy(), "lidar2img": lidar2img.numpy()}
         if "points" in chosen:
             feeds["points"] = pts.numpy()
+        names = [o.name for o in session.get_outputs()]
 
         def once():
-            session.run(None, feeds)
+            return dict(zip(names, session.run(None, feeds), strict=True))
     else:
         model = _model(cfg)
         if engine == "pytorch-export":
@@ -115,21 +118,47 @@ def run_child(
 
         def once():
             with torch.inference_mode():
-                model(
+                out = model(
                     img, lidar2img, points=pts if "points" in chosen else None, decode_voxels=decode
                 )
+            return {k: v.numpy() for k, v in out.items()}
 
     once()  # warm-up
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        once()
+        result = once()
         times.append(time.perf_counter() - t0)
+    # the outputs of the last pass, for the parent's agreement check
+    np.savez(f"{path}.{engine}.npz", **{k: v for k, v in result.items() if k.endswith("logits")})
     return {
         "engine": engine,
         "median_s": sorted(times)[len(times) // 2],
         "peak_rss_GiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }
+
+
+def _available_gib() -> float:
+    """MemAvailable of /proc/meminfo (Linux), NaN elsewhere."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return float("nan")
+
+
+def agreement(path: str, engine: str) -> str:
+    """Largest absolute difference and argmax agreement of `engine`'s logits against
+    "pytorch"'s, on the same inputs (written by the children)."""
+    ref, got = np.load(f"{path}.pytorch.npz"), np.load(f"{path}.{engine}.npz")
+    parts = []
+    for key in sorted(ref.files):
+        a, b = ref[key].astype(np.float64), got[key].astype(np.float64)
+        same = float((a.argmax(1) == b.argmax(1)).mean())
+        parts.append(f"{key} max abs err {np.abs(a - b).max():.3g}, argmax {100 * same:.3f}%")
+    return "; ".join(parts)
 
 
 def _child(args: list[str]) -> dict | None:
@@ -171,7 +200,8 @@ def main() -> None:
         return
 
     print(
-        f"load before: {os.getloadavg()[0]:.2f} (1-min), {os.cpu_count()} CPUs, "
+        f"load before: {os.getloadavg()[0]:.2f} (1-min), {_available_gib():.1f} GiB available, "
+        f"{os.cpu_count()} CPUs, "
         f"{args.threads} threads, {args.points} points, outputs {args.outputs}",
         flush=True,
     )
@@ -206,9 +236,13 @@ def main() -> None:
                     f"  {engine:<15} {r['median_s']:8.3f} s  peak RSS {r['peak_rss_GiB']:5.2f} GiB",
                     flush=True,
                 )
+            for engine in rows:
+                if engine != "pytorch" and "pytorch" in rows:
+                    print(f"  {engine} vs pytorch: {agreement(path, engine)}", flush=True)
             table.append((name, rows))
-            os.unlink(path)
-    print(f"\nload after: {os.getloadavg()[0]:.2f} (1-min)")
+            for leftover in Path(tmp).glob(f"{name}.onnx*"):
+                leftover.unlink()
+    print(f"\nload after: {os.getloadavg()[0]:.2f} (1-min), {_available_gib():.1f} GiB available")
     print("\n| config | engine | latency | vs pytorch | peak RSS |\n|---|---|---|---|---|")
     for name, rows in table:
         ref = rows.get("pytorch")

@@ -521,7 +521,11 @@ class ImageCrossAttention(nn.Module):
         (index b * N_cam + n); hits: per plane, from gather_camera_hits. Returns per plane.
 
         `compact` (the default) gives the same result with less work, see _forward_compact;
-        otherwise every (camera, slot) projects its query and all sub-queries are sampled."""
+        otherwise every (camera, slot) projects its query and all sub-queries are sampled.
+        `export` (dense hits): _forward_export, the same result with shapes fixed by the input
+        shapes."""
+        if self.export and all(h.dense for h in hits):
+            return self._forward_export(queries, value, spatial_shapes, level_start_index, hits)
         if self.compact and not self.export:
             return self._forward_compact(queries, value, spatial_shapes, level_start_index, hits)
         b = queries[0].shape[0]
@@ -575,6 +579,76 @@ class ImageCrossAttention(nn.Module):
                     0, hit.index, o.reshape(-1, c).to(q.dtype)
                 )
             slots = slots.view(b, -1, c) / hit.count.unsqueeze(-1).to(q.dtype)
+            results.append(q + self.dropout(self.output_proj(slots)))
+        return results
+
+    def _forward_export(
+        self,
+        queries: Sequence[torch.Tensor],
+        value: torch.Tensor,
+        spatial_shapes: torch.Tensor,
+        level_start_index: torch.Tensor,
+        hits: Sequence[CameraHits],
+    ) -> list[torch.Tensor]:
+        """The straightforward forward's result for dense hits (gather_camera_hits_dense:
+        slot j of every camera is query j), arranged for a traced graph:
+        - offsets (divided by the level sizes) and softmaxed weights are computed once per
+          query, not once per (camera, slot): the dense slots would repeat every query's
+          linear layers N_cam times;
+        - one deformable-attention call per camera covers the sub-queries of all planes, with
+          the weights of the queries the camera does not see set to zero, and the calls' sum
+          is the sum over cameras; no (camera, slot) tensor is ever built, so the largest
+          temporary is one camera's sampling locations, not N_cam of them.
+        The work of the sampling stays that of the dense slots; the memory is bounded by one
+        camera's share.
+        """
+        b = queries[0].shape[0]
+        bn, num_value, c = value.shape
+        n = bn // b
+        H, L = self.num_heads, self.num_levels
+        P0, D0 = self.base_points, self.base_anchors
+        v = self.value_proj(value).view(b, n, num_value, H, c // H)
+        size = _offset_normalizer(spatial_shapes).to(value.device)  # (L, 2) (W_l, H_l)
+        offsets, weights, sub_counts = [], [], []
+        for i, q in enumerate(queries):
+            nq, k = q.shape[1], self.multipliers[i]
+            off = self.sampling_offsets[i](q).float().view(b, nq, H, L, k, P0, 2)
+            off = off / size[None, None, None, :, None, None, :]
+            offsets.append(off.permute(0, 1, 4, 2, 3, 5, 6).reshape(b, nq * k, H, L, P0, 2))
+            w = self.attention_weights[i](q).view(b, nq, H, L * self.num_points[i]).softmax(-1)
+            w = w.view(b, nq, H, L, k, P0).permute(0, 1, 4, 2, 3, 5)
+            weights.append(w.reshape(b, nq * k, H, L, P0))
+            sub_counts.append(nq * k)
+        num_sub = sum(sub_counts)
+        off = torch.cat(offsets, 1).view(b, num_sub, H, L, D0, P0 // D0, 2)
+        w = torch.cat(weights, 1)  # (B, Q_sub, H, L, P0)
+        total = value.new_zeros(b, num_sub, c, dtype=torch.float32)
+        for cam in range(n):
+            refs, seen = [], []
+            for i, (q, hit) in enumerate(zip(queries, hits, strict=True)):
+                nq, k = q.shape[1], self.multipliers[i]
+                ref = hit.reference_points.view(b, n, nq * k, D0, 2)[:, cam]
+                refs.append(ref)
+                visible = hit.valid.view(b, n, nq, 1)[:, cam].expand(b, nq, k)
+                seen.append(visible.reshape(b, nq * k))
+            ref = torch.cat(refs, 1).float()[:, :, None, None, :, None, :]
+            locations = (ref + off).view(b, num_sub, H, L, P0, 2)
+            mask = torch.cat(seen, 1).to(w.dtype)[:, :, None, None, None]
+            out = _msda_fp32(
+                v[:, cam],
+                spatial_shapes,
+                level_start_index,
+                locations,
+                w * mask,
+                msda_export if self.export else self.msda_backend,
+            )
+            total = total + out.float()
+        results = []
+        for i, (q, hit, o) in enumerate(
+            zip(queries, hits, total.split(sub_counts, dim=1), strict=True)
+        ):
+            slots = o.view(b, q.shape[1], self.multipliers[i], c).sum(2).to(q.dtype)
+            slots = slots / hit.count.unsqueeze(-1).to(q.dtype)
             results.append(q + self.dropout(self.output_proj(slots)))
         return results
 
