@@ -14,6 +14,7 @@ from tpvkit.models.attention import (
     HWSelfAttention,
     ImageCrossAttention,
     gather_camera_hits,
+    gather_camera_hits_dense,
 )
 from tpvkit.models.geometry import cross_view_reference_points, plane_grid_reference_points
 
@@ -116,14 +117,16 @@ def _ica_reference(ica, queries, value, shapes, uv, valid):
     return outs
 
 
-@pytest.mark.parametrize("compact", [True, False])
-def test_image_cross_attention_matches_reference(compact: bool) -> None:
+@pytest.mark.parametrize("form", ["compact", "straightforward", "export"])
+def test_image_cross_attention_matches_reference(form: str) -> None:
+    """Each form of the forward; "export" is the export mode's (dense camera slots, one
+    GridSample MSDA call per camera with the unseen queries weighted 0)."""
     torch.manual_seed(0)
     C, H, L = 8, 2, 2
     shapes = [(5, 7), (3, 4)]
-    ica = ImageCrossAttention(
-        C, H, L, num_points=[2, 4, 4], num_anchors=[1, 2, 2], dropout=0.0, compact=compact
-    )
+    ica = ImageCrossAttention(C, H, L, num_points=[2, 4, 4], num_anchors=[1, 2, 2], dropout=0.0)
+    ica.compact = form == "compact"
+    ica.export = form == "export"
     _randomise(ica)
     B, N = 2, 2
     plane_q = [5, 3, 4]
@@ -133,7 +136,8 @@ def test_image_cross_attention_matches_reference(compact: bool) -> None:
     uv = [torch.rand(B, N, q, d, 2) * 1.2 - 0.1 for q, d in zip(plane_q, [1, 2, 2], strict=True)]
     valid = [torch.rand(B, N, q, d) < 0.5 for q, d in zip(plane_q, [1, 2, 2], strict=True)]
     valid[1][:, :, 0] = False  # a query no camera sees: only output_proj(0) is added
-    hits = [gather_camera_hits(u, m) for u, m in zip(uv, valid, strict=True)]
+    gather = gather_camera_hits_dense if form == "export" else gather_camera_hits
+    hits = [gather(u, m) for u, m in zip(uv, valid, strict=True)]
     spatial = torch.tensor(shapes)
     starts = torch.tensor([0, shapes[0][0] * shapes[0][1]])
     out = ica(queries, value, spatial, starts, hits)
