@@ -76,14 +76,18 @@ def _model(cfg):
 
 
 def export_child(name: str, path: str, outputs: str) -> dict:
-    """Build and export; reports the export time and the file size."""
+    """Build and export; reports the export time, the file size and the peak memory."""
     from tpvkit.deploy import export_onnx
 
     cfg = _config(name)
     model = _model(cfg)
     t0 = time.perf_counter()
     result = export_onnx(model, cfg, path, outputs=outputs)
-    return {"export_s": time.perf_counter() - t0, "file_MiB": result.num_bytes / 2**20}
+    return {
+        "export_s": time.perf_counter() - t0,
+        "file_MiB": result.num_bytes / 2**20,
+        "peak_rss_GiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    }
 
 
 def run_child(
@@ -223,7 +227,8 @@ def main() -> None:
             if exported is None:
                 continue
             print(
-                f"{name}: exported in {exported['export_s']:.1f} s, {exported['file_MiB']:.1f} MiB",
+                f"{name}: exported in {exported['export_s']:.1f} s, {exported['file_MiB']:.1f} MiB"
+                f", peak RSS {exported['peak_rss_GiB']:.2f} GiB",
                 flush=True,
             )
             rows = {}
