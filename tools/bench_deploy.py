@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -33,7 +34,8 @@ SHAPES: dict[str, list[str]] = {
     "bev_tiny": [],
     "tpv_lidarseg_base": ["data.img_size=[224,400]"],
     # The Base architecture on 50x50x8 planes at 112x200: a Base-shaped point that fits memory
-    # beside other jobs (ONNX Runtime at the full Base shape needs more than ~11 GB free).
+    # beside other jobs (ONNX Runtime at the full Base shape peaks at ~18.4 GiB,
+    # docs/benchmarks.md run C).
     "base_50x50_112x200": [
         "model.tpv_h=50",
         "model.tpv_w=50",
@@ -171,7 +173,11 @@ def _child(args: list[str]) -> dict | None:
     )
     if proc.returncode != 0:
         why = f"exit status {proc.returncode}" + (
-            " (killed: out of memory?)" if proc.returncode < 0 else ""
+            " (SIGKILL: out of memory?)"
+            if proc.returncode == -signal.SIGKILL
+            else f" (killed by signal {-proc.returncode})"
+            if proc.returncode < 0
+            else ""
         )
         print(f"{' '.join(args)}: failed, {why}\n{proc.stderr[-3000:]}", file=sys.stderr)
         return None
