@@ -117,16 +117,17 @@ def run_child(
         def once():
             return dict(zip(names, session.run(None, feeds), strict=True))
     else:
+        from tpvkit.data.inputs import SceneInputs
+
         model = _model(cfg)
+        inputs = SceneInputs(img=img, projection=lidar2img, frame=model.input_frame, points=pts)
         if engine == "pytorch-export":
             ctx = model.export_mode()
             ctx.__enter__()  # held for the life of this child process
 
         def once():
             with torch.inference_mode():
-                out = model(
-                    img, lidar2img, points=pts if "points" in chosen else None, decode_voxels=decode
-                )
+                out = model(inputs, decode_voxels=decode, decode_points="points" in chosen)
             return {k: v.numpy() for k, v in out.items()}
 
     once()  # warm-up

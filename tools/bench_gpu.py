@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from tpvkit.config import Config, apply_overrides, load_config
+from tpvkit.data.inputs import SceneInputs
 from tpvkit.data.synthetic_render import rig_lidar2img
 from tpvkit.ops.msda import available_backends, multi_scale_deformable_attn
 
@@ -206,6 +207,7 @@ def bench_inference(shapes: Shapes, meter: Meter) -> None:
     torch.manual_seed(0)
     model = build_model(cfg).to(device).eval()
     img, lidar2img, pts, hw = model_inputs(cfg, shapes, device)
+    inputs = SceneInputs(img=img, projection=lidar2img, frame=model.input_frame, points=pts)
     weights = meter.allocated() / 2**30
     print(
         f"\n== {shapes.config} inference, batch 1, six {hw[0]}x{hw[1]} images, {shapes.points} "
@@ -216,7 +218,7 @@ def bench_inference(shapes: Shapes, meter: Meter) -> None:
 
         def forward(bf16=bf16):
             with torch.inference_mode(), autocast(device, bf16):
-                return model(img, lidar2img, points=pts, decode_voxels=False)
+                return model(inputs, decode_voxels=False)
 
         seconds, peak = meter.run(forward, shapes.repeats, shapes.warmup)
         total = peak + weights if peak == peak else meter.total_peak()
@@ -241,19 +243,17 @@ def bench_training(shapes: Shapes, meter: Meter) -> None:
         model = build_model(cfg).to(device).train()
         optimizer = build_optimizer(model, cfg.optim)
         img, lidar2img, pts, _ = model_inputs(cfg, shapes, device)
+        inputs = SceneInputs(img=img, projection=lidar2img, frame=model.input_frame, points=pts)
         g = torch.Generator().manual_seed(2)
         point_labels = torch.randint(1, cfg.model.num_classes, (1, shapes.points), generator=g)
         point_labels = point_labels.to(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
 
-        def step(
-            model=model, optimizer=optimizer, inputs=(img, lidar2img, pts), labels=point_labels
-        ):
-            img, lidar2img, pts = inputs
+        def step(model=model, optimizer=optimizer, inputs=inputs, labels=point_labels):
             optimizer.zero_grad(set_to_none=True)
             with autocast(device, True):
-                out = model(img, lidar2img, points=pts)
+                out = model(inputs)
                 vox = out["voxel_logits"]
                 vox_labels = torch.randint(
                     1, vox.shape[1], (vox.shape[0], *vox.shape[2:]), device=device

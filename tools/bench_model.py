@@ -37,6 +37,7 @@ def run_one(name: str, img_scale: float, points: int, threads: int, repeats: int
     import torch
 
     from tpvkit.config import load_config
+    from tpvkit.data.inputs import SceneInputs
     from tpvkit.data.synthetic_render import rig_lidar2img
     from tpvkit.models.tpvformer import build_model
 
@@ -52,14 +53,15 @@ def run_one(name: str, img_scale: float, points: int, threads: int, repeats: int
     lidar2img = torch.from_numpy(rig_lidar2img(w, h))[None]
     pcr = torch.tensor(cfg.model.point_cloud_range)
     pts = pcr[:3] + torch.rand(1, points, 3) * (pcr[3:] - pcr[:3])
+    inputs = SceneInputs(img=img, projection=lidar2img, frame=model.input_frame, points=pts)
     result = {"config": name, "image": [hp, wp], "params_M": n_params / 1e6}
     with torch.inference_mode():
-        model(img, lidar2img, points=pts, decode_voxels=False)  # warm-up
+        model(inputs, decode_voxels=False)  # warm-up
         for key, decode in (("points_s", False), ("voxels_s", True)):
             times = []
             for _ in range(repeats):
                 t0 = time.perf_counter()
-                out = model(img, lidar2img, points=pts, decode_voxels=decode)
+                out = model(inputs, decode_voxels=decode)
                 times.append(time.perf_counter() - t0)
             result[key] = sorted(times)[len(times) // 2]  # median
         result["grid"] = list(out["voxel_logits"].shape[2:])
@@ -121,6 +123,7 @@ def run_compare_child(path: str, points: int, threads: int, logits_file: str) ->
     import torch
 
     from tpvkit.config import load_config
+    from tpvkit.data.inputs import SceneInputs
     from tpvkit.data.synthetic_render import rig_lidar2img
     from tpvkit.models.tpvformer import build_model
 
@@ -136,13 +139,14 @@ def run_compare_child(path: str, points: int, threads: int, logits_file: str) ->
     lidar2img = torch.from_numpy(rig_lidar2img(w, h))[None]
     pcr = torch.tensor(cfg.model.point_cloud_range)
     pts = pcr[:3] + torch.rand(1, points, 3, generator=g) * (pcr[3:] - pcr[:3])
+    inputs = SceneInputs(img=img, projection=lidar2img, frame=model.input_frame, points=pts)
     rss_built = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     times = _profile_hooks(model)
     with torch.inference_mode():
-        model(img, lidar2img, points=pts, decode_voxels=False)  # warm-up
+        model(inputs, decode_voxels=False)  # warm-up
         times.clear()
         t0, c0 = time.perf_counter(), time.process_time()
-        out = model(img, lidar2img, points=pts, decode_voxels=False)
+        out = model(inputs, decode_voxels=False)
         total, cpu = time.perf_counter() - t0, time.process_time() - c0
     torch.save(out["point_logits"], logits_file)
     return {

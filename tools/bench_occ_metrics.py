@@ -115,6 +115,7 @@ def main() -> None:
 
     t_ray_free = best_of(ray_pass_free, 1) / n
 
+    from tpvkit.data.inputs import SceneInputs
     from tpvkit.models.tpvformer import build_model
 
     cfg = load_config("tpv_occ3d_tiny")
@@ -123,10 +124,11 @@ def main() -> None:
     pad = cfg.data.size_divisor
     img = torch.randn(1, 6, 3, -(-h // pad) * pad, -(-w // pad) * pad, device=device)
     lidar2img = torch.eye(4, device=device).repeat(1, 6, 1, 1)
+    inputs = SceneInputs(img=img, projection=lidar2img, frame=model.input_frame)
 
     def forward() -> None:
         with torch.no_grad():
-            model(img, lidar2img, points=None, decode_voxels=True)
+            model(inputs, decode_voxels=True)
         if device.type == "cuda":
             torch.cuda.synchronize()
 

@@ -88,7 +88,7 @@ def child(intra: int, workers: int, data: Path, steps: int) -> dict:
     count = 0
     with torch.inference_mode():
         for batch in eval_loader:
-            model(batch["img"], batch["lidar2img"], points=batch["points"], decode_voxels=True)
+            model(batch["inputs"], decode_voxels=True)
             count += 1
     infer = (time.perf_counter() - start) / max(count, 1)
     return {"intra": intra, "workers": workers, "train_s": times, "infer_s_per_batch": infer}

@@ -10,6 +10,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from data_helpers import assert_cameras_compose
 from PIL import Image
 
 from tpvkit.config import load_config
@@ -26,6 +27,7 @@ from tpvkit.data.dataset import (
     photometric_distortion,
 )
 from tpvkit.data.infos import InfoSet, load_infos
+from tpvkit.data.inputs import SceneInputs
 from tpvkit.errors import TpvkitError
 
 
@@ -45,15 +47,24 @@ def test_item_shapes_dtypes_points_and_labels(tiny_infos):
     assert len(ds) == 4 and ds.padded_size() == (64, 96) and ds.grid == (50, 50, 8)
     item = ds[0]
     # plain RGB at the resize target: the model normalises and pads (to padded_size())
-    assert item["img"].shape == (6, 3, 40, 72) and item["img"].dtype == torch.float32
-    assert float(item["img"].min()) >= 0 and float(item["img"].max()) <= 255
-    assert item["lidar2img"].shape == (6, 4, 4) and item["lidar2img"].dtype == torch.float32
+    assert (
+        item["inputs"].img[0].shape == (6, 3, 40, 72)
+        and item["inputs"].img[0].dtype == torch.float32
+    )
+    assert float(item["inputs"].img[0].min()) >= 0 and float(item["inputs"].img[0].max()) <= 255
+    assert (
+        item["inputs"].projection[0].shape == (6, 4, 4)
+        and item["inputs"].projection[0].dtype == torch.float32
+    )
+    assert_cameras_compose(item["inputs"])
     sample = info.samples[0]
     raw = np.fromfile(info.resolve(sample["lidar_path"]), dtype=np.float32).reshape(-1, 5)
     n = len(raw)
     # every point, in file order, xyz only
-    assert item["points"].shape == (n, 3) and item["points"].dtype == torch.float32
-    np.testing.assert_array_equal(item["points"].numpy(), raw[:, :3])
+    assert (
+        item["inputs"].points[0].shape == (n, 3) and item["inputs"].points[0].dtype == torch.float32
+    )
+    np.testing.assert_array_equal(item["inputs"].points[0].numpy(), raw[:, :3])
     general = np.fromfile(info.resolve(sample["lidarseg_path"]), dtype=np.uint8)
     expected = [LABEL_MAP_32_TO_16[g] for g in general]
     assert item["point_labels"].dtype == torch.int64
@@ -79,7 +90,7 @@ def test_item_shapes_dtypes_points_and_labels(tiny_infos):
 def test_voxel_convention_and_ignore_switch_reach_the_item(tiny_infos):
     exact = _dataset(tiny_infos["mini_val"])[0]
     public = _dataset(tiny_infos["mini_val"], "data.voxel_convention=tpvformer")[0]
-    pts = exact["points"].numpy()
+    pts = exact["inputs"].points[0].numpy()
     idx = geometry.point_voxel_indices(
         pts, [-51.2, -51.2, -5.0, 51.2, 51.2, 3.0], (50, 50, 8), "tpvformer"
     )
@@ -95,21 +106,32 @@ def test_voxel_convention_and_ignore_switch_reach_the_item(tiny_infos):
 def test_collate_pads_points_batch_of_two(tiny_infos):
     ds = _dataset(tiny_infos["mini_train"])
     a, b = ds[0], ds[1]
-    na, nb = len(a["points"]), len(b["points"])
+    na, nb = len(a["inputs"].points[0]), len(b["inputs"].points[0])
     assert na != nb
     batch = collate_batch([a, b])
     n = max(na, nb)
+    inputs = batch["inputs"]
+    assert isinstance(inputs, SceneInputs) and inputs.frame == "lidar"
+    for name, shape in {
+        "img": (2, 6, 3, 40, 72),  # RGB, unpadded
+        "projection": (2, 6, 4, 4),
+        "points": (2, n, 3),
+        "intrinsics": (2, 6, 3, 3),
+        "extrinsics": (2, 6, 4, 4),
+    }.items():
+        value = getattr(inputs, name)
+        assert value.dtype == torch.float32 and tuple(value.shape) == shape, name
+    assert inputs.previous == () and inputs.ego_motion is None
+    for key in ("img", "projection", "intrinsics", "extrinsics"):
+        assert torch.equal(getattr(inputs, key)[1], getattr(b["inputs"], key)[0]), key
     expected = {
-        "img": (torch.float32, (2, 6, 3, 40, 72)),  # RGB, unpadded
-        "lidar2img": (torch.float32, (2, 6, 4, 4)),
-        "points": (torch.float32, (2, n, 3)),
         "point_labels": (torch.int64, (2, n)),
         "point_mask": (torch.bool, (2, n)),
         "num_points": (torch.int64, (2,)),
         "point_voxel_index": (torch.int64, (2, n, 3)),
         "voxel_labels": (torch.int64, (2, 50, 50, 8)),
     }
-    assert set(batch) == set(expected) | {"tokens", "lidar_tokens"}
+    assert set(batch) == set(expected) | {"inputs", "tokens", "lidar_tokens"}
     for key, (dtype, shape) in expected.items():
         assert batch[key].dtype == dtype and tuple(batch[key].shape) == shape, key
     assert batch["num_points"].tolist() == [na, nb]
@@ -117,9 +139,11 @@ def test_collate_pads_points_batch_of_two(tiny_infos):
     m = min(na, nb)
     assert batch["point_mask"][short, :m].all() and not batch["point_mask"][short, m:].any()
     assert batch["point_mask"][1 - short].all()
-    assert (batch["points"][short, m:] == 0).all() and (batch["point_labels"][short, m:] == 0).all()
+    assert (batch["inputs"].points[short, m:] == 0).all() and (
+        batch["point_labels"][short, m:] == 0
+    ).all()
     assert (batch["point_voxel_index"][short, m:] == 0).all()
-    np.testing.assert_array_equal(batch["points"][0, :na], a["points"])
+    np.testing.assert_array_equal(batch["inputs"].points[0, :na], a["inputs"].points[0])
     assert batch["tokens"] == [a["token"], b["token"]]
     assert batch["lidar_tokens"] == [a["lidar_token"], b["lidar_token"]]
 
@@ -150,11 +174,13 @@ def test_resize_keeps_projection_consistent(broken):
     )
     item = ds[0]
     cam_i = CAMERA_ORDER.index("CAM_FRONT_LEFT")
-    img = item["img"][cam_i, 0, :90, :160].numpy()
+    img = item["inputs"].img[0][cam_i, 0, :90, :160].numpy()
     ys, xs = np.nonzero(img > 127)
     weights = img[ys, xs]
     centroid = np.array([(xs + 0.5) @ weights, (ys + 0.5) @ weights]) / weights.sum()
-    uv2, _ = geometry.project_points(item["lidar2img"][cam_i].double().numpy(), pts[k : k + 1])
+    uv2, _ = geometry.project_points(
+        item["inputs"].projection[0][cam_i].double().numpy(), pts[k : k + 1]
+    )
     np.testing.assert_allclose(uv2[0], [u * 2, v * 2], rtol=1e-5)
     # the square is centred on the pixel holding the point: within half a source pixel (x2)
     assert np.abs(centroid - uv2[0]).max() <= 1.0 + 0.1
@@ -177,13 +203,13 @@ def test_channel_order_normalisation_and_padding(tiny_infos):
     im = Image.open(info.resolve(cam["img_path"])).convert("RGB").resize((72, 40), Image.BILINEAR)
     rgb = np.asarray(im, dtype=np.float32).transpose(2, 0, 1)
     i = CAMERA_ORDER.index("CAM_BACK")
-    np.testing.assert_array_equal(item["img"][i].numpy(), rgb)
+    np.testing.assert_array_equal(item["inputs"].img[0][i].numpy(), rgb)
     with torch.device("meta"):  # the normalisation buffers are rebuilt below on the CPU
         model = build_model(_cfg(*overrides))
     model.to_empty(device="cpu")
     model.pixel_mean.copy_(torch.tensor([10.0, 20.0, 30.0]).view(1, 1, 3, 1, 1))
     model.pixel_std.copy_(torch.tensor([2.0, 4.0, 8.0]).view(1, 1, 3, 1, 1))
-    got = model.normalize(item["img"][None])[0, i].numpy()
+    got = model.normalize(item["inputs"].img[0][None])[0, i].numpy()
     assert got.shape == (3, *ds.padded_size())
     expected = (rgb[::-1] - np.array([10, 20, 30.0])[:, None, None]) / np.array([2, 4, 8.0])[
         :, None, None
@@ -197,7 +223,7 @@ def test_test_split_has_ignore_labels_and_every_point(tiny_infos):
     samples = [{**s, "lidarseg_path": None} for s in info.samples]
     test_set = InfoSet(samples, info.dataroot, "v1.0-test", "test", "tpvkit")
     item = _dataset(test_set)[0]
-    assert len(item["points"]) > 0 and (item["point_labels"] == 0).all()
+    assert len(item["inputs"].points[0]) > 0 and (item["point_labels"] == 0).all()
     assert (item["voxel_labels"] == 0).all()
 
 
@@ -351,12 +377,13 @@ def test_grid_mask_matches_loop_reference(h, w, d, st_h, st_w):
 
 def test_training_augmentations_switch(tiny_infos):
     info = load_infos(tiny_infos["mini_val"])
-    clean = _dataset(info, train=False)[0]["img"]
+    clean = _dataset(info, train=False)[0]["inputs"].img[0]
     torch.manual_seed(0)
-    aug = _dataset(info, "data.grid_mask=true", "data.grid_mask_prob=1.0", train=True)[0]["img"]
+    masked_set = _dataset(info, "data.grid_mask=true", "data.grid_mask_prob=1.0", train=True)
+    aug = masked_set[0]["inputs"].img[0]
     assert not torch.equal(aug, clean)
     no_aug = _dataset(info, "data.photometric_aug=false", "data.grid_mask=false", train=True)
-    assert torch.equal(no_aug[0]["img"], clean)
+    assert torch.equal(no_aug[0]["inputs"].img[0], clean)
     # GridMask alone fills whole cells with the mean colour (0 once the model normalises),
     # identically in all six cameras, and draws the mask of the padded image, as before the
     # normalisation moved into the model
@@ -365,7 +392,7 @@ def test_training_augmentations_switch(tiny_infos):
         info, "data.photometric_aug=false", "data.grid_mask=true", "data.grid_mask_prob=1.0",
         train=True,
     )  # fmt: skip
-    masked = ds[0]["img"]
+    masked = ds[0]["inputs"].img[0]
     mean_rgb = torch.tensor(ds.data_cfg.img_mean).view(3, 1, 1)  # tpv_tiny: to_rgb
     filled = (masked == mean_rgb).all(dim=1) & ~(clean == mean_rgb).all(dim=1)
     assert filled.any() and (filled == filled[0]).all()
@@ -379,7 +406,7 @@ def test_training_augmentations_switch(tiny_infos):
 def test_build_dataloader_and_distributed_split(tiny_infos):
     ds = _dataset(tiny_infos["mini_train"])
     batches = list(build_dataloader(ds, batch_size=2, shuffle=False))
-    assert len(batches) == 2 and batches[0]["img"].shape[0] == 2
+    assert len(batches) == 2 and batches[0]["inputs"].img.shape[0] == 2
     assert [t for b in batches for t in b["tokens"]] == [s["token"] for s in ds.infos.samples]
     seen = []
     for rank in range(2):
@@ -398,15 +425,19 @@ def test_synthetic_end_to_end(synthetic_infos):
     ds = LidarSegDataset(synthetic_infos["mini_val"], cfg.data, cfg.model, train=True)
     batch = next(iter(build_dataloader(ds, batch_size=2, shuffle=True, seed=0)))
     H, W = cfg.data.img_size
-    assert batch["img"].shape == (2, 6, 3, H, W) and torch.isfinite(batch["img"]).all()
+    assert (
+        batch["inputs"].img.shape == (2, 6, 3, H, W) and torch.isfinite(batch["inputs"].img).all()
+    )
     assert (batch["num_points"] > 1000).all()
     labels = batch["point_labels"][batch["point_mask"]]
     assert len(labels.unique()) >= 3 and labels.max() <= 16
     assert (batch["voxel_labels"] > 0).any()
     # points project into every camera of the rig
     for cam in range(6):
-        homo = torch.cat([batch["points"][0], torch.ones_like(batch["points"][0, :, :1])], 1)
-        proj = homo.double() @ batch["lidar2img"][0, cam].double().T
+        homo = torch.cat(
+            [batch["inputs"].points[0], torch.ones_like(batch["inputs"].points[0, :, :1])], 1
+        )
+        proj = homo.double() @ batch["inputs"].projection[0, cam].double().T
         depth = proj[:, 2]
         u, v = proj[:, 0] / depth, proj[:, 1] / depth
         H, W = cfg.data.img_size

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from data_helpers import assert_cameras_compose
 
 from tpvkit.config import load_config
 from tpvkit.data import geometry, occ3d
@@ -190,16 +191,21 @@ def test_dataset_yields_dense_targets_in_the_ego_frame(synthetic_infos):
     lidar_item = LidarSegDataset(
         synthetic_infos["mini_val"], lidar_cfg.data, lidar_cfg.model, train=False
     )[0]
-    pts_lidar = lidar_item["points"].double().numpy()[:100]
+    pts_lidar = lidar_item["inputs"].points[0].double().numpy()[:100]
     np.testing.assert_allclose(
-        item["points"].double().numpy()[:100],
+        item["inputs"].points[0].double().numpy()[:100],
         pts_lidar @ lidar2ego[:3, :3].T + lidar2ego[:3, 3],
         atol=1e-4,
     )
     pts_ego = pts_lidar @ lidar2ego[:3, :3].T + lidar2ego[:3, 3]
-    uv_l, _ = geometry.project_points(lidar_item["lidar2img"][0].double().numpy(), pts_lidar)
-    uv_e, _ = geometry.project_points(item["lidar2img"][0].double().numpy(), pts_ego)
+    uv_l, _ = geometry.project_points(
+        lidar_item["inputs"].projection[0][0].double().numpy(), pts_lidar
+    )
+    uv_e, _ = geometry.project_points(item["inputs"].projection[0][0].double().numpy(), pts_ego)
     np.testing.assert_allclose(uv_e, uv_l, atol=0.05)  # float32 matrices
+    # the inputs say their frame, and the ego-frame extrinsics compose to the ego2img
+    assert item["inputs"].frame == "ego" and lidar_item["inputs"].frame == "lidar"
+    assert_cameras_compose(item["inputs"])
     np.testing.assert_allclose(
         item["ray_origins"].numpy(), occ3d.scene_ray_origins(ds.infos.samples)[0]
     )
@@ -259,18 +265,21 @@ def test_grid_flip_mirrors_targets_points_and_projections_together(
     monkeypatch.setattr(ds, "draw_grid_flip", lambda: flip)
     mirrored = ds[0]
     sign = torch.tensor([flip[0], flip[1], 1.0])
-    assert torch.equal(mirrored["img"], plain["img"])
+    assert torch.equal(mirrored["inputs"].img[0], plain["inputs"].img[0])
     assert torch.equal(mirrored["point_labels"], plain["point_labels"])
-    torch.testing.assert_close(mirrored["points"], plain["points"] * sign)
+    torch.testing.assert_close(mirrored["inputs"].points[0], plain["inputs"].points[0] * sign)
     for cam in range(6):
         uv_m, d_m = geometry.project_points(
-            mirrored["lidar2img"][cam].double().numpy(), mirrored["points"].double().numpy()
+            mirrored["inputs"].projection[0][cam].double().numpy(),
+            mirrored["inputs"].points[0].double().numpy(),
         )
         uv_p, d_p = geometry.project_points(
-            plain["lidar2img"][cam].double().numpy(), plain["points"].double().numpy()
+            plain["inputs"].projection[0][cam].double().numpy(),
+            plain["inputs"].points[0].double().numpy(),
         )
         np.testing.assert_allclose(uv_m, uv_p, rtol=0, atol=1e-3)
         np.testing.assert_allclose(d_m, d_p, rtol=0, atol=1e-4)
+    assert_cameras_compose(mirrored["inputs"])  # the extrinsics are mirrored with the projection
     # the Occ3D volume, by a loop over the mirrored voxels of one z layer
     X, Y, _ = plain["occ_semantics"].shape
     for i in range(0, X, 7):

@@ -65,7 +65,9 @@ def test_onnx_argmax_is_what_predict_writes(tmp_path, synthetic_infos, name, cla
     assert task_from_onnx(onnx_path) == task
     subset = InfoSet(**{**info_set.__dict__, "samples": [sample]})
     batch = next(iter(inference_loader(cfg, subset, torch.device("cpu"), batch_size=1)))
-    feeds = {"img": batch["img"].numpy(), "lidar2img": batch["lidar2img"].numpy()}
+    inputs = batch["inputs"]  # the graph keeps plain tensors: the projection is its "lidar2img"
+    assert inputs.frame == task.input_frame
+    feeds = {"img": inputs.img.numpy(), "lidar2img": inputs.projection.numpy()}
     (onnx_cls,) = onnx_session(onnx_path).run(None, feeds)
     onnx_cls = np.asarray(onnx_cls)[0]
     assert onnx_cls.shape == pred.voxels.shape

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from tpvkit.constants import CLASS_NAMES, NUM_CLASSES
+from tpvkit.data.inputs import SceneInputs
 from tpvkit.engine.evaluate import evaluate_model
 from tpvkit.outputs.submission import read_prediction
 
@@ -29,7 +30,8 @@ class FakeModel(nn.Module):
         self.calls: list[bool] = []
         self.modes: list[bool] = []
 
-    def forward(self, img, lidar2img, points=None, decode_voxels=True):
+    def forward(self, inputs, decode_voxels=True):
+        points = inputs.points
         self.calls.append(decode_voxels)
         self.modes.append(self.training)
         out = {"point_logits": torch.einsum("cd,bnd->bcn", self.proj, points)}
@@ -45,9 +47,11 @@ def fake_batches(seed: int = 0, labelled: bool = True) -> list[dict]:
         counts = [int(rng.integers(5, 40)) for _ in range(2)]
         nmax = max(counts) + 3  # padding that must never be scored
         batch = {
-            "img": torch.zeros(2, 6, 3, 8, 8),
-            "lidar2img": torch.eye(4).expand(2, 6, 4, 4),
-            "points": torch.from_numpy(rng.normal(size=(2, nmax, 3)).astype(np.float32)),
+            "inputs": SceneInputs(
+                img=torch.zeros(2, 6, 3, 8, 8),
+                projection=torch.eye(4).expand(2, 6, 4, 4),
+                points=torch.from_numpy(rng.normal(size=(2, nmax, 3)).astype(np.float32)),
+            ),
             "num_points": torch.tensor(counts),
             # Labels everywhere, padding included: slicing by num_points is what excludes it.
             "point_labels": torch.from_numpy(rng.integers(0, NUM_CLASSES, size=(2, nmax))),
@@ -74,7 +78,7 @@ def loop_reference(model: FakeModel, batches: list[dict]) -> tuple[list[float], 
                 gt = int(batch["point_labels"][b, i])
                 if gt == 0:
                     continue
-                logits = proj @ batch["points"][b, i].double()
+                logits = proj @ batch["inputs"].points[b, i].double()
                 x, y, z = (int(v) for v in batch["point_voxel_index"][b, i])
                 vlogits = table[:, x, y, z]
                 for kind, lg in (("points", logits), ("voxels", vlogits)):
@@ -118,7 +122,7 @@ def test_evaluate_model_matches_a_loop_and_writes_predictions(tmp_path: Path) ->
     batch = batches[1]
     pred = read_prediction(tmp_path / "lidarseg" / "mini_val" / "tok1b_lidarseg.bin")
     n = int(batch["num_points"][1])
-    logits = torch.einsum("cd,nd->cn", model.proj.detach(), batch["points"][1, :n])
+    logits = torch.einsum("cd,nd->cn", model.proj.detach(), batch["inputs"].points[1, :n])
     np.testing.assert_array_equal(pred, (logits[1:].argmax(0) + 1).numpy())
     assert (tmp_path / "mini_val" / "submission.json").is_file()
 

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from tpvkit.cli import app
 from tpvkit.config import load_config, parse_override
+from tpvkit.data.inputs import SceneInputs
 from tpvkit.engine.checkpoint import (
     CheckpointError,
     build_checkpoint,
@@ -51,7 +52,8 @@ class FakeModel(torch.nn.Module):
         self.w = torch.nn.Parameter(torch.ones(17, 3))
         self.decoded: list[bool] = []
 
-    def forward(self, img, lidar2img, points=None, decode_voxels=True):
+    def forward(self, inputs, decode_voxels=True):
+        points = inputs.points
         self.decoded.append(decode_voxels)
         assert not self.training
         out = {"point_logits": torch.einsum("cd,bnd->bcn", self.w, points)}
@@ -63,9 +65,11 @@ class FakeModel(torch.nn.Module):
 def _batches(count: int = 2) -> list[dict]:
     return [
         {
-            "img": torch.zeros(1, 6, 3, 4, 4),
-            "lidar2img": torch.eye(4).expand(1, 6, 4, 4),
-            "points": torch.randn(1, 5, 3),
+            "inputs": SceneInputs(
+                img=torch.zeros(1, 6, 3, 4, 4),
+                projection=torch.eye(4).expand(1, 6, 4, 4),
+                points=torch.randn(1, 5, 3),
+            ),
             "num_points": torch.tensor([5]),
             "tokens": [f"s{i}"],
         }

@@ -40,7 +40,7 @@ class OracleModel(nn.Module):
         self.batches = batches
         self.calls = 0
 
-    def forward(self, img, lidar2img, points=None, decode_voxels=True):  # noqa: ANN001
+    def forward(self, inputs, decode_voxels=True):  # noqa: ANN001
         batch = self.batches[self.calls]
         self.calls += 1
         C = OCC3D_NUM_CLASSES

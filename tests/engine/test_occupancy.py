@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tpvkit.config import load_config
+from tpvkit.data.inputs import SceneInputs
 from tpvkit.engine.occupancy import OccupancyMetricsSink, OccupancyPredictionWriter
 from tpvkit.errors import TpvkitError
 from tpvkit.models.losses import (
@@ -122,8 +123,8 @@ class _ConstModel(torch.nn.Module):
         super().__init__()
         self.logits = torch.nn.Parameter(torch.zeros(1, 18, *grid))
 
-    def forward(self, img, lidar2img, points=None, decode_voxels=True):
-        return {"voxel_logits": self.logits.expand(img.shape[0], -1, -1, -1, -1)}
+    def forward(self, inputs, decode_voxels=True, decode_points=True):
+        return {"voxel_logits": self.logits.expand(inputs.batch_size, -1, -1, -1, -1)}
 
 
 def test_occ3d_loss_respects_the_protocol():
@@ -131,8 +132,9 @@ def test_occ3d_loss_respects_the_protocol():
 
     cfg = apply_overrides(load_config("tpv_occ3d_tiny"), list(PLAIN_OCC3D_OVERRIDES))
     batch = _batch([_scene(0)])
-    batch["img"] = torch.zeros(1, 6, 3, 8, 8)
-    batch["lidar2img"] = torch.eye(4).repeat(1, 6, 1, 1)
+    batch["inputs"] = SceneInputs(
+        img=torch.zeros(1, 6, 3, 8, 8), projection=torch.eye(4).repeat(1, 6, 1, 1), frame="ego"
+    )
     model = _ConstModel()
     with torch.no_grad():
         model.logits[0, FREE, 150:] = 5.0  # confidently free outside the camera mask
@@ -154,8 +156,9 @@ def test_tpv_occupancy_loss_fills_unobserved_voxels_with_free():
     voxel_labels = torch.zeros(1, *grid, dtype=torch.int64)
     voxel_labels[0, 1, 1, 0] = 4
     batch = {
-        "img": torch.zeros(1, 6, 3, 8, 8),
-        "lidar2img": torch.eye(4).repeat(1, 6, 1, 1),
+        "inputs": SceneInputs(
+            img=torch.zeros(1, 6, 3, 8, 8), projection=torch.eye(4).repeat(1, 6, 1, 1)
+        ),
         "voxel_labels": voxel_labels,
         "point_voxel_index": torch.tensor([[[1, 1, 0], [2, 2, 1], [0, 0, 0]]]),
         "point_mask": torch.tensor([[True, True, False]]),

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from tpvkit.config import load_config
+from tpvkit.data.inputs import SceneInputs
 from tpvkit.errors import TpvkitError
 from tpvkit.models.losses import (
     class_weights_from_frequencies,
@@ -192,7 +193,7 @@ def test_occ3d_loss_sampled_equals_dense_on_the_same_voxels():
     logits = torch.randn(1, 18, 4, 4, 2, generator=g)
 
     class Fake(torch.nn.Module):
-        def forward(self, img, lidar2img, points=None, decode_voxels=True, voxel_index=None):
+        def forward(self, inputs, decode_voxels=True, voxel_index=None, decode_points=True):
             out = {}
             if decode_voxels:
                 out["voxel_logits"] = logits
@@ -202,8 +203,7 @@ def test_occ3d_loss_sampled_equals_dense_on_the_same_voxels():
             return out
 
     batch = {
-        "img": torch.zeros(1),
-        "lidar2img": torch.zeros(1),
+        "inputs": SceneInputs(img=torch.zeros(1), projection=torch.zeros(1), frame="ego"),
         "occ_semantics": labels,
         "occ_mask_camera": mask,
         "occ_mask_lidar": mask,

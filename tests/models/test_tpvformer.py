@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from tpvkit.config import ModelConfig, load_config, shipped_configs
+from tpvkit.data.inputs import SceneInputs
 from tpvkit.errors import TpvkitError
 from tpvkit.models.tpvformer import TPVFormer, build_model
 
@@ -51,6 +52,11 @@ def tiny_batch(name: str, n_points: int = 300, seed: int = 0):
     return cfg, img, l2i, points
 
 
+def scene(img: torch.Tensor, l2i: torch.Tensor, points: torch.Tensor | None = None) -> SceneInputs:
+    """The model's inputs in the LiDAR frame (the tiny configs' frame)."""
+    return SceneInputs(img=img, projection=l2i, frame="lidar", points=points)
+
+
 def _unzero_residual_norms(model: TPVFormer) -> None:
     """mmdet's zero_init_residual starts every block's last BN at weight 0, which makes the
     gradients of the block's earlier layers exactly 0 on the first step. Give them a value so
@@ -68,7 +74,7 @@ def test_tiny_forward_backward(name: str) -> None:
     cfg, img, l2i, points = tiny_batch(name)
     model = build_model(cfg).train()
     _unzero_residual_norms(model)
-    out = model(img, l2i, points)
+    out = model(scene(img, l2i, points))
     X, Y, Z = model.grid
     cfg = cfg.model
     assert out["point_logits"].shape == (1, cfg.num_classes, points.shape[1])
@@ -98,9 +104,9 @@ def test_lidarseg_inference_path() -> None:
     cfg, img, l2i, points = tiny_batch("tpv_tiny", n_points=100)
     model = build_model(cfg).eval()
     with torch.no_grad():
-        full = model(img, l2i, points)
-        seg = model(img, l2i, points, decode_voxels=False)
-        vox = model(img, l2i)
+        full = model(scene(img, l2i, points))
+        seg = model(scene(img, l2i, points), decode_voxels=False)
+        vox = model(scene(img, l2i, points), decode_points=False)
     assert set(seg) == {"point_logits"} and set(vox) == {"voxel_logits"}
     assert torch.allclose(full["point_logits"], seg["point_logits"], atol=1e-5)
     assert torch.allclose(full["voxel_logits"], vox["voxel_logits"], atol=1e-5)
@@ -109,10 +115,14 @@ def test_lidarseg_inference_path() -> None:
 def test_bad_inputs_are_reported() -> None:
     cfg, img, l2i, points = tiny_batch("bev_tiny", n_points=10)
     model = build_model(cfg)
-    with pytest.raises(TpvkitError, match="lidar2img"):
-        model(img, l2i[:, :5])
+    with pytest.raises(TpvkitError, match="projection"):
+        model(scene(img, l2i[:, :5]))
     with pytest.raises(TpvkitError, match="points"):
-        model(img, l2i, points[..., :2])
+        model(scene(img, l2i, points[..., :2]))
+    with pytest.raises(TpvkitError, match="works in the lidar frame but the inputs are in the ego"):
+        model(SceneInputs(img=img, projection=l2i, frame="ego"))
+    with pytest.raises(TypeError, match="SceneInputs"):
+        model(img, l2i)  # the call of tpvkit 0.2
 
 
 def _meta_model(name: str) -> TPVFormer:
@@ -155,7 +165,7 @@ def test_fast_settings_keep_the_point_logits() -> None:
         torch.manual_seed(0)
         model = build_model(cfg).eval()
         with torch.no_grad():
-            logits.append(model(img, l2i, points, decode_voxels=False)["point_logits"])
+            logits.append(model(scene(img, l2i, points), decode_voxels=False)["point_logits"])
     for other in logits[1:]:
         assert torch.allclose(other, logits[0], atol=1e-5), (other - logits[0]).abs().max()
 
@@ -196,7 +206,7 @@ def test_normalisation_in_the_model_gives_the_same_logits(to_rgb: bool) -> None:
     reference = _normalised_as_tpvkit_0_2(img, cfg)
     assert torch.equal(model.normalize(img), reference)
     with torch.no_grad():
-        got = model(img, l2i, points)
+        got = model(scene(img, l2i, points))
         expected = _forward_normalised(model, reference, l2i, points)
     for key in ("point_logits", "voxel_logits"):
         assert torch.equal(got[key], expected[key]), key
@@ -228,7 +238,7 @@ def test_export_mode_gives_the_eager_outputs(name: str) -> None:
             p.add_(0.05 * torch.randn(p.shape, generator=g))
     model.eval()
     with torch.no_grad():
-        eager = model(img, l2i, points)
+        eager = model(scene(img, l2i, points))
         model.train()
         with model.export_mode() as exporting:
             assert exporting is model and not model.training
@@ -236,7 +246,7 @@ def test_export_mode_gives_the_eager_outputs(name: str) -> None:
             kinds = {type(m).__name__ for m in flagged}
             assert {"TPVFormer", "TPVEncoder", "ModulatedDeformConv2dPack"} <= kinds
             assert "ImageCrossAttention" in kinds
-            exported = model(img, l2i, points)
+            exported = model(scene(img, l2i, points))
     assert model.training and not any(getattr(m, "export", False) for m in model.modules())
     for key in ("point_logits", "voxel_logits"):
         torch.testing.assert_close(exported[key], eager[key], rtol=1e-4, atol=1e-4)

@@ -177,7 +177,9 @@ def test_ground_truth_export_uses_the_dataset_voxelisation(tmp_path, synthetic_i
     # Voxels holding a point inside the range; 0 labels: no point (or a noise majority).
     lo, hi = np.array(cfg.model.point_cloud_range[:3]), np.array(cfg.model.point_cloud_range[3:])
     observed = np.zeros(voxel_labels.shape, bool)
-    for p, idx in zip(item["points"].numpy(), item["point_voxel_index"].numpy(), strict=True):
+    for p, idx in zip(
+        item["inputs"].points[0].numpy(), item["point_voxel_index"].numpy(), strict=True
+    ):
         if np.all(p >= lo) and np.all(p <= hi):
             observed[tuple(idx)] = True
     shown = observed & (voxel_labels != 0)

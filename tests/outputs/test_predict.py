@@ -81,7 +81,7 @@ def test_predict_writes_the_models_argmax_with_consistent_geometry(tmp_path, tin
     index = [s["token"] for s in info_set].index(chosen[0])
     batch = collate_batch([LidarSegDataset(infos, cfg.data, cfg.model, train=False)[index]])
     with torch.inference_mode():
-        out = model(batch["img"], batch["lidar2img"], points=batch["points"])
+        out = model(batch["inputs"])
     vox_logits = out["voxel_logits"][0].double()
     np.testing.assert_array_equal(pred.voxels, (vox_logits[1:].argmax(0) + 1).numpy())
     pt_logits = out["point_logits"][0].double()
@@ -92,7 +92,7 @@ def test_predict_writes_the_models_argmax_with_consistent_geometry(tmp_path, tin
         atol=2e-3,
     )
     np.testing.assert_array_equal(pred.gt_point_labels, batch["point_labels"][0].numpy())
-    np.testing.assert_allclose(pred.points, batch["points"][0].numpy())
+    np.testing.assert_allclose(pred.points, batch["inputs"].points[0].numpy())
 
     # Geometry: the grid of the model, the info file's poses and cameras.
     m = cfg.model

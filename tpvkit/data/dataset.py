@@ -20,6 +20,7 @@ from tpvkit.config import DataConfig, ModelConfig
 from tpvkit.constants import CAMERA_ORDER, LABEL_MAP_32_TO_16
 from tpvkit.data import geometry, occ3d
 from tpvkit.data.infos import InfoSet, load_infos
+from tpvkit.data.inputs import SceneInputs
 from tpvkit.errors import TpvkitError
 
 POINT_DIMS = 5  # x, y, z, intensity, ring (float32 each) in a nuScenes .pcd.bin
@@ -209,10 +210,12 @@ def grid_mask(height: int, width: int, ratio: float = 0.5) -> torch.Tensor:
 class LidarSegDataset(torch.utils.data.Dataset):
     """Samples of an info file as model inputs and targets (one dict per key frame).
 
-    Items: img float32 (6, 3, H, W) plain RGB in [0, 255] at data.img_size (the model
-    normalises and pads: tpvkit.models.tpvformer.TPVFormer.normalize), lidar2img float32
-    (6, 4, 4) (from the grid frame: ego2img for an ego-frame model), points float32 (N, 3)
-    (grid frame),
+    Items: inputs, the model's inputs (tpvkit.data.inputs.SceneInputs of batch size 1): img
+    float32 (1, 6, 3, H, W) plain RGB in [0, 255] at data.img_size (the model normalises and
+    pads: tpvkit.models.tpvformer.TPVFormer.normalize), projection float32 (1, 6, 4, 4) from the
+    grid frame (lidar2img, or ego2img for an ego-frame model), intrinsics (1, 6, 3, 3) and
+    extrinsics (1, 6, 4, 4) (grid frame -> camera) of the resized images, points float32
+    (1, N, 3) (grid frame), frame; and the targets:
     point_labels int64 (N,), point_voxel_index int64 (N, 3), voxel_labels int64 (X, Y, Z),
     token, lidar_token. Every point of the sweep is kept, in file order. When the info file
     links Occ3D labels: occ_semantics, occ_mask_camera, occ_mask_lidar, ray_origins
@@ -276,9 +279,12 @@ class LidarSegDataset(torch.utils.data.Dataset):
         h, w = self.img_size
         return (-(-h // div) * div, -(-w // div) * div)
 
-    def _load_camera(self, cam_info: dict[str, Any], out: torch.Tensor) -> np.ndarray:
+    def _load_camera(
+        self, cam_info: dict[str, Any], out: torch.Tensor
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One camera: its resized RGB image (float, 0..255, photometric augmentation in
-        training) into `out` (3, H, W); returns the (4, 4) lidar2img of the resized image."""
+        training) into `out` (3, H, W); returns the (4, 4) lidar2img of the resized image, its
+        (3, 3) intrinsic K and the (4, 4) lidar2cam (lidar2img = pad4(K) @ lidar2cam)."""
         path = self.infos.resolve(cam_info["img_path"])
         im = read_image(path)
         w0, h0 = im.size
@@ -292,11 +298,10 @@ class LidarSegDataset(torch.utils.data.Dataset):
         if (w0, h0) != (W, H):
             im = im.resize((W, H), Image.BILINEAR)
         K = geometry.scale_intrinsic(cam_info["cam_intrinsic"], W / w0, H / h0)
-        lidar2img = geometry.lidar2img_from_sensor2lidar(
-            np.asarray(cam_info["sensor2lidar_rotation"]),
-            np.asarray(cam_info["sensor2lidar_translation"]),
-            K,
-        )
+        rotation = np.asarray(cam_info["sensor2lidar_rotation"])
+        translation = np.asarray(cam_info["sensor2lidar_translation"])
+        lidar2img = geometry.lidar2img_from_sensor2lidar(rotation, translation, K)
+        lidar2cam = geometry.lidar2img_from_sensor2lidar(rotation, translation, np.eye(3))
         img = torch.from_numpy(np.array(im)).permute(2, 0, 1)  # (3, H, W) uint8 RGB
         if self.train and self.data_cfg.photometric_aug:
             img = photometric_distortion(
@@ -305,15 +310,18 @@ class LidarSegDataset(torch.utils.data.Dataset):
                 channel_swap=self.data_cfg.photometric_channel_swap,
             )
         out.copy_(img)
-        return lidar2img
+        return lidar2img, K, lidar2cam
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.infos[index]
         h, w = self.img_size
         img_t = torch.zeros(len(CAMERA_ORDER), 3, h, w)  # (6, 3, H, W) RGB 0..255
-        lidar2imgs = [
+        cameras = [
             self._load_camera(sample["cams"][cam], img_t[i]) for i, cam in enumerate(CAMERA_ORDER)
         ]
+        lidar2imgs = [c[0] for c in cameras]
+        intrinsics = np.stack([c[1] for c in cameras])  # (6, 3, 3)
+        extrinsics = np.stack([c[2] for c in cameras])  # (6, 4, 4) grid frame -> camera
         if (
             self.train
             and self.data_cfg.grid_mask
@@ -328,15 +336,16 @@ class LidarSegDataset(torch.utils.data.Dataset):
         xyz = np.ascontiguousarray(points[:, :3])
         if self.grid_frame == "ego":
             xyz = np.ascontiguousarray(occ3d.lidar_to_frame(xyz, sample, "ego"))
-            lidar2imgs = list(
-                occ3d.ego2img_from_lidar2img(np.stack(lidar2imgs), occ3d.lidar2ego_matrix(sample))
-            )
+            lidar2ego = occ3d.lidar2ego_matrix(sample)
+            lidar2imgs = list(occ3d.ego2img_from_lidar2img(np.stack(lidar2imgs), lidar2ego))
+            extrinsics = occ3d.ego2img_from_lidar2img(extrinsics, lidar2ego)  # ego -> camera
         flip = self.draw_grid_flip() if self.train and self.data_cfg.grid_flip else (1, 1)
         if flip != (1, 1):
             # a point q of the mirrored grid is the point F q of the real one: F is its own
             # inverse, so the projections become lidar2img @ F and the points F xyz
             mirror = np.diag([float(flip[0]), float(flip[1]), 1.0, 1.0])
             lidar2imgs = [m @ mirror for m in lidar2imgs]
+            extrinsics = extrinsics @ mirror
             xyz = np.ascontiguousarray(xyz * mirror[:3, :3].diagonal().astype(np.float32))
         if sample.get("lidarseg_path"):
             lidar_path = self.infos.resolve(sample["lidar_path"])
@@ -351,10 +360,16 @@ class LidarSegDataset(torch.utils.data.Dataset):
         voxel_labels = geometry.voxel_majority_labels(
             voxel_index, labels, self.grid, ignore_index=self.voxel_label_ignore
         )
+        inputs = SceneInputs(
+            img=img_t[None],  # (1, 6, 3, H, W)
+            projection=torch.from_numpy(np.stack(lidar2imgs)).float()[None],  # (1, 6, 4, 4)
+            frame=self.grid_frame,
+            points=torch.from_numpy(xyz)[None],  # (1, N, 3)
+            intrinsics=torch.from_numpy(intrinsics).float()[None],
+            extrinsics=torch.from_numpy(extrinsics).float()[None],
+        )
         item = {
-            "img": img_t,
-            "lidar2img": torch.from_numpy(np.stack(lidar2imgs)).float(),  # (6, 4, 4)
-            "points": torch.from_numpy(xyz),  # (N, 3)
+            "inputs": inputs,
             "point_labels": torch.from_numpy(labels),  # (N,)
             "point_voxel_index": torch.from_numpy(voxel_index),  # (N, 3)
             "voxel_labels": torch.from_numpy(voxel_labels),  # (X, Y, Z)
@@ -380,21 +395,18 @@ def collate_batch(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if not samples:
         raise ValueError("collate_batch needs at least one sample")
     B = len(samples)
-    counts = [int(s["points"].shape[0]) for s in samples]
+    inputs = SceneInputs.collate([s["inputs"] for s in samples])
+    counts = [int(s["inputs"].points.shape[1]) for s in samples]
     n_max = max(counts)
-    points = torch.zeros(B, n_max, 3, dtype=torch.float32)
     labels = torch.zeros(B, n_max, dtype=torch.int64)
     mask = torch.zeros(B, n_max, dtype=torch.bool)
     voxel_index = torch.zeros(B, n_max, 3, dtype=torch.int64)
     for b, (s, n) in enumerate(zip(samples, counts, strict=True)):
-        points[b, :n] = s["points"]
         labels[b, :n] = s["point_labels"]
         mask[b, :n] = True
         voxel_index[b, :n] = s["point_voxel_index"]
     return {
-        "img": torch.stack([s["img"] for s in samples]).float(),
-        "lidar2img": torch.stack([s["lidar2img"] for s in samples]).float(),
-        "points": points,
+        "inputs": inputs,
         "point_labels": labels,
         "point_mask": mask,
         "num_points": torch.tensor(counts, dtype=torch.int64),

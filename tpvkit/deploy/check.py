@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from tpvkit.config import Config, task_of
+from tpvkit.data.inputs import SceneInputs
 from tpvkit.deploy.graph import OUTPUT_CHOICES, img_hw
 from tpvkit.errors import TpvkitError
 from tpvkit.models.tpvformer import TPVFormer
@@ -55,6 +56,10 @@ class GraphInputs:
 
     def feeds(self, names: Sequence[str]) -> dict[str, np.ndarray]:
         return {n: getattr(self, n).numpy() for n in names}
+
+    def scene(self, frame: str) -> SceneInputs:
+        """The same inputs as the model takes them (lidar2img maps from `frame`)."""
+        return SceneInputs(img=self.img, projection=self.lidar2img, frame=frame, points=self.points)
 
 
 def random_inputs(cfg: Config, seed: int, num_points: int = 1000) -> GraphInputs:
@@ -196,10 +201,9 @@ def compare_with_pytorch(
     try:
         with torch.inference_mode():
             ref = model(
-                inputs.img,
-                inputs.lidar2img,
-                points=inputs.points if "points" in outputs else None,
+                inputs.scene(model.input_frame),
                 decode_voxels=decode,
+                decode_points="points" in outputs,
             )
     finally:
         model.train(training)

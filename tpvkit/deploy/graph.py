@@ -22,6 +22,7 @@ from torch import nn
 
 from tpvkit.config import Config
 from tpvkit.constants import CAMERA_ORDER
+from tpvkit.data.inputs import SceneInputs
 from tpvkit.errors import TpvkitError
 from tpvkit.models.tpvformer import TPVFormer
 from tpvkit.task import LabelSpace
@@ -132,15 +133,18 @@ class InferenceGraph(nn.Module):
     def forward(
         self, img: torch.Tensor, lidar2img: torch.Tensor, points: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, ...]:
+        """The graph's plain tensor inputs, unpacked into the model's SceneInputs (in the
+        model's input frame: "lidar2img" is ego2img for an ego-frame model)."""
         decode = "voxels" in self.outputs or "argmax" in self.outputs
-        out = self.model(
-            img,  # float32 RGB: the model normalises in float32, then casts to its dtype
-            lidar2img,
+        inputs = SceneInputs(
+            img=img,  # float32 RGB: the model normalises in float32, then casts to its dtype
+            projection=lidar2img,
+            frame=self.model.input_frame,
             # float32 points: their grid coordinates are computed before the cast to the maps'
             # dtype, so float16 weights do not cost point-position precision.
             points=points,
-            decode_voxels=decode,
         )
+        out = self.model(inputs, decode_voxels=decode)
         results: list[torch.Tensor] = []
         if "points" in self.outputs:
             results.append(out["point_logits"].float())

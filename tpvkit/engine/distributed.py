@@ -19,6 +19,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Sampler
 
+from tpvkit.data.inputs import SceneInputs
 from tpvkit.errors import TpvkitError
 from tpvkit.utils.rng import mix_seed
 
@@ -74,10 +75,13 @@ def select_device(preference: str, local_rank: int = 0) -> torch.device:
 
 
 def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
-    """A collate_batch dict with its tensors moved to `device` (asynchronously on CUDA)."""
+    """A collate_batch dict with its tensors and its SceneInputs moved to `device`
+    (asynchronously on CUDA)."""
     non_blocking = device.type == "cuda"
     return {
-        k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
+        k: v.to(device, non_blocking=non_blocking)
+        if isinstance(v, torch.Tensor | SceneInputs)
+        else v
         for k, v in batch.items()
     }
 

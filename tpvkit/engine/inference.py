@@ -203,12 +203,7 @@ def run_inference(
         with torch.inference_mode():
             for batch in iterator:
                 batch = to_device(batch, device)
-                out = model(
-                    batch["img"],
-                    batch["lidar2img"],
-                    points=batch["points"],
-                    decode_voxels=needs_voxels,
-                )
+                out = model(batch["inputs"], decode_voxels=needs_voxels)
                 for sink in sinks:
                     sink.add(batch, out)
     finally:
@@ -379,7 +374,7 @@ class PredictionFileSink:
                 sample,
                 voxel_logits=out["voxel_logits"][b],
                 point_logits=out["point_logits"][b, :, :n],
-                points=_numpy(batch["points"][b, :n]),
+                points=_numpy(batch["inputs"].points[b, :n]),
                 point_voxel_index=_numpy(batch["point_voxel_index"][b, :n]),
                 gt_point_labels=_numpy(batch["point_labels"][b, :n]) if has_gt else None,
                 gt_voxel_labels=_numpy(batch["voxel_labels"][b]) if has_gt else None,

@@ -345,7 +345,7 @@ def lidarseg_losses(cfg: Config) -> LossFn:
     """TPVFormer's lidarseg recipe: Lovasz-softmax on point logits + CE on point-voted voxels."""
 
     def compute(model: nn.Module, batch: Mapping[str, Any]) -> Mapping[str, torch.Tensor]:
-        out = model(batch["img"], batch["lidar2img"], points=batch["points"], decode_voxels=True)
+        out = model(batch["inputs"], decode_voxels=True)
         # Losses in float32 even under autocast: Lovasz sorts errors, CE sums many terms.
         return lidarseg_loss(
             out["point_logits"].float(),
@@ -446,13 +446,15 @@ def occ3d_losses(cfg: Config) -> LossFn:
             index, valid = sample_voxels(
                 labels, mask, free, t.occ_free_per_occupied, t.occ_min_free_samples
             )
-            out = model(batch["img"], batch["lidar2img"], decode_voxels=False, voxel_index=index)
+            out = model(
+                batch["inputs"], decode_voxels=False, voxel_index=index, decode_points=False
+            )
             logits = out["voxel_logits_at"].movedim(1, -1)[valid]  # (P, C)
             B, X, Y, Z = labels.shape
             flat = (index[..., 0] * Y + index[..., 1]) * Z + index[..., 2]
             target = labels.reshape(B, -1).gather(1, flat)[valid]  # (P,)
         else:
-            out = model(batch["img"], batch["lidar2img"], points=None, decode_voxels=True)
+            out = model(batch["inputs"], decode_points=False, decode_voxels=True)
             if tuple(out["voxel_logits"].shape[2:]) != tuple(labels.shape[1:]):
                 raise TpvkitError(
                     f"the model decodes a {tuple(out['voxel_logits'].shape[2:])} grid but the "
@@ -487,7 +489,7 @@ def tpv_occupancy_losses(cfg: Config) -> LossFn:
     _check_occupancy_model(cfg, "tpv_occupancy")
 
     def compute(model: nn.Module, batch: Mapping[str, Any]) -> Mapping[str, torch.Tensor]:
-        out = model(batch["img"], batch["lidar2img"], points=None, decode_voxels=True)
+        out = model(batch["inputs"], decode_points=False, decode_voxels=True)
         labels = fill_unobserved_voxels(
             batch["voxel_labels"], batch["point_voxel_index"], batch["point_mask"], OCC3D_FREE
         )

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tpvkit.config import Config
+from tpvkit.config import Config, task_of
+from tpvkit.data.inputs import SceneInputs
 from tpvkit.errors import TpvkitError
 from tpvkit.models.backbone import ResNet
 from tpvkit.models.encoder import TPVEncoder
@@ -52,6 +53,7 @@ class TPVFormer(nn.Module):
         pixel_std: Sequence[float],
         bgr: bool,
         size_divisor: int = 1,
+        input_frame: str = "lidar",
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -69,6 +71,9 @@ class TPVFormer(nn.Module):
             self.register_buffer(name, buf, persistent=False)
         self.bgr = bool(bgr)
         self.size_divisor = max(int(size_divisor), 1)
+        # the frame its projections and points come from (the task's input frame): inputs in
+        # another frame are refused
+        self.input_frame = input_frame
         self.export = False
 
     def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
@@ -142,32 +147,45 @@ class TPVFormer(nn.Module):
 
     def forward(
         self,
-        img: torch.Tensor,
-        lidar2img: torch.Tensor,
-        points: torch.Tensor | None = None,
+        inputs: SceneInputs,
         decode_voxels: bool = True,
         voxel_index: torch.Tensor | None = None,
+        decode_points: bool = True,
     ) -> dict[str, torch.Tensor]:
-        """img (B, N_cam, 3, H, W) plain RGB in [0, 255] (float), unpadded; lidar2img
-        (B, N_cam, 4, 4) from the grid frame (the task's input frame: LiDAR for lidarseg, ego
-        for Occ3D, where it is ego2img) to pixels of that image; points (B, N, 3) xyz in the
-        grid frame or None; voxel_index (B, K, 3) integer [x, y, z] voxels to decode alone, or
-        None.
+        """inputs (tpvkit.data.inputs.SceneInputs): the images (B, N_cam, 3, H, W) plain RGB in
+        [0, 255] (float), unpadded; their projection (B, N_cam, 4, 4) from the grid frame (the
+        task's input frame, which `inputs.frame` must be: LiDAR for lidarseg, ego for Occ3D,
+        where it is ego2img) to pixels of those images; the query points (B, N, 3) in the grid
+        frame, or None. voxel_index (B, K, 3) integer [x, y, z] voxels to decode alone, or None.
 
-        Returns "point_logits" (B, n_cls, N) when points are given, "voxel_logits"
-        (B, n_cls, X, Y, Z) when decode_voxels and "voxel_logits_at" (B, n_cls, K) for
-        voxel_index (docs/internals.md).
+        Returns "point_logits" (B, n_cls, N) when the inputs hold points and decode_points,
+        "voxel_logits" (B, n_cls, X, Y, Z) when decode_voxels and "voxel_logits_at"
+        (B, n_cls, K) for voxel_index (docs/internals.md).
         """
-        if img.dim() != 5 or img.shape[2] != 3 or lidar2img.shape != (*img.shape[:2], 4, 4):
-            raise TpvkitError(
-                f"TPVFormer expects img (B, N_cam, 3, H, W) and lidar2img (B, N_cam, 4, 4), "
-                f"got {tuple(img.shape)} and {tuple(lidar2img.shape)}"
+        if not isinstance(inputs, SceneInputs):
+            raise TypeError(
+                f"TPVFormer takes a SceneInputs (tpvkit.data.inputs), got {type(inputs).__name__}"
             )
+        img, projection = inputs.img, inputs.projection
+        if img.dim() != 5 or img.shape[2] != 3 or projection.shape != (*img.shape[:2], 4, 4):
+            raise TpvkitError(
+                f"TPVFormer expects img (B, N_cam, 3, H, W) and projection (B, N_cam, 4, 4), "
+                f"got {tuple(img.shape)} and {tuple(projection.shape)}"
+            )
+        if inputs.frame != self.input_frame:
+            raise TpvkitError(
+                f"the model works in the {self.input_frame} frame but the inputs are in the "
+                f"{inputs.frame} frame: project from the model's grid frame (model.grid_frame)"
+            )
+        points = inputs.points if decode_points else None
         if points is not None and (points.dim() != 3 or points.shape[-1] != 3):
-            raise TpvkitError(f"points must be (B, N, 3) LiDAR xyz, got {tuple(points.shape)}")
+            raise TpvkitError(
+                f"points must be (B, N, 3) xyz in the {inputs.frame} frame, got "
+                f"{tuple(points.shape)}"
+            )
         x = self.normalize(img)  # (B, N_cam, 3, Hp, Wp)
         feats = self.extract_features(x)
-        planes = self.encoder(feats, lidar2img, (x.shape[-2], x.shape[-1]))
+        planes = self.encoder(feats, projection, (x.shape[-2], x.shape[-1]))
         return self.head(
             planes, points=points, decode_voxels=decode_voxels, voxel_index=voxel_index
         )
@@ -194,4 +212,5 @@ def build_model(cfg: Config) -> TPVFormer:
         pixel_std=cfg.data.img_std,
         bgr=not cfg.data.to_rgb,
         size_divisor=cfg.data.size_divisor,
+        input_frame=task_of(cfg).input_frame,
     )

@@ -313,7 +313,7 @@ def ground_truth_record(cfg: Config, infos: str | Path, token: str) -> Predictio
         )
     subset = InfoSet(**{**info_set.__dict__, "samples": [sample]})
     item = LidarSegDataset(subset, cfg.data, cfg.model, train=False)[0]
-    points = item["points"].numpy()
+    points = item["inputs"].points[0].numpy()
     pc_range = np.asarray(cfg.model.point_cloud_range, dtype=np.float64)
     voxel_labels = item["voxel_labels"].numpy()
     observed = _in_range_occupancy(
