@@ -95,6 +95,10 @@ class HeadConfig:
     # Residual 3x3 conv blocks per plane at the output resolution, before decoding (0: none,
     # the public head). See docs/learning.md for what they buy and cost.
     refine_layers: int = 0
+    # Added to the voxel logits the model decides with (eval mode: inference, validation,
+    # export; the training loss sees raw logits): one value per class, or empty for none.
+    # Written by training when train.occ_sampled_prior_correction applies (docs/occupancy.md).
+    voxel_logit_offset: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -190,6 +194,12 @@ class TrainConfig:
     # plus this many free ones per occupied voxel (at least occ_min_free_samples); 0: all.
     occ_free_per_occupied: float = 0.0
     occ_min_free_samples: int = 4096
+    # With the sampled loss, free is seen occ_free_per_occupied times per occupied voxel
+    # instead of its natural ratio r, so the model learns the odds of free x
+    # occ_free_per_occupied / r. When training starts, write log(r / occ_free_per_occupied)
+    # on the free class into model.head.voxel_logit_offset (unless that is set), so that
+    # decisions use the data's prior again (logit adjustment).
+    occ_sampled_prior_correction: bool = True
     log_interval: int = 10
     val_interval: int = 0  # iterations between validations; 0 = at the end of every epoch
     ckpt_interval: int = 0  # iterations between checkpoints; 0 = at the end of every epoch
@@ -522,6 +532,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"train.class_frequencies: give {m.num_classes} values (model.num_classes), "
             f"got {len(cfg.train.class_frequencies)}"
+        )
+    if m.head.voxel_logit_offset and len(m.head.voxel_logit_offset) != m.num_classes:
+        raise ConfigError(
+            f"model.head.voxel_logit_offset: give {m.num_classes} values (model.num_classes) "
+            f"or none, got {len(m.head.voxel_logit_offset)}"
         )
     if m.head.refine_layers < 0:
         raise ConfigError(f"model.head.refine_layers: {m.head.refine_layers} must be 0 or more")

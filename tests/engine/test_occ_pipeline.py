@@ -5,6 +5,7 @@ visualize run through the CLI on a tiny ego-frame occupancy model."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from tpvkit.cli import app
-from tpvkit.config import load_config
+from tpvkit.config import ConfigError, load_config
 from tpvkit.data.occ3d import OCC3D_FREE, OCC3D_GRID, OCC3D_NUM_CLASSES
 from tpvkit.errors import TpvkitError
 
@@ -132,6 +133,31 @@ def test_train_loss_follows_the_config():
         assert build_loss(cfg).__qualname__.startswith(f"{loss}_losses")
     assert build_loss(load_config("tpv_tiny")).__qualname__.startswith("lidarseg_losses")
     assert load_config("bev_occ3d_tiny").model.mode == "bev"
+
+
+def test_training_writes_the_sampled_prior_correction():
+    from tpvkit.engine.train import resolve_voxel_logit_offset
+
+    freqs = [0.002] * 17 + [1 - 0.034]  # free 96.6 %: r = 0.966 / 0.034 free per occupied
+    cfg = load_config("tpv_occ3d_tiny", [f"train.class_frequencies={freqs}"])
+    assert cfg.train.occ_free_per_occupied == 8 and not cfg.model.head.voxel_logit_offset
+    resolve_voxel_logit_offset(cfg)
+    offset = cfg.model.head.voxel_logit_offset
+    assert offset[:17] == [0.0] * 17
+    assert offset[17] == pytest.approx(math.log(0.966 / 0.034 / 8))
+    # a stated offset wins; the switch off or the dense loss leave it empty
+    stated = load_config(
+        "tpv_occ3d_tiny",
+        [f"train.class_frequencies={freqs}", f"model.head.voxel_logit_offset={[0.5] * 18}"],
+    )
+    resolve_voxel_logit_offset(stated)
+    assert stated.model.head.voxel_logit_offset == [0.5] * 18
+    for override in ("train.occ_sampled_prior_correction=false", "train.occ_free_per_occupied=0"):
+        off = load_config("tpv_occ3d_tiny", [f"train.class_frequencies={freqs}", override])
+        resolve_voxel_logit_offset(off)
+        assert off.model.head.voxel_logit_offset == []
+    with pytest.raises(ConfigError, match="model.head.voxel_logit_offset: give 18 values"):
+        load_config("tpv_occ3d_tiny", ["model.head.voxel_logit_offset=[1.0]"])
 
 
 @pytest.mark.slow

@@ -232,3 +232,26 @@ def test_refiner_starts_as_identity_and_learns():
     loss = refined(planes)["voxel_logits"].square().mean()
     loss.backward()
     assert refined.refine["hw"].blocks[0][2].weight.grad.abs().sum() > 0
+
+
+def test_voxel_logit_offset_applies_in_eval_mode_only():
+    cfg = make_cfg("tpv", scales=(2, 1, 1))
+    plain = TPVHead(cfg)
+    cfg.head.voxel_logit_offset = [0.0, 0.0, 0.0, 0.0, 1.25]
+    shifted = TPVHead(cfg)
+    shifted.load_state_dict(plain.state_dict())  # the offset is not a weight
+    planes = make_planes(cfg)
+    index = torch.tensor([[[0, 1, 2], [3, 0, 1]]] * 2)
+    raw = plain(planes, voxel_index=index)
+    torch.testing.assert_close(
+        shifted(planes, voxel_index=index)["voxel_logits"], raw["voxel_logits"]
+    )
+    plain.eval()
+    shifted.eval()
+    raw = plain(planes, voxel_index=index)
+    out = shifted(planes, voxel_index=index)
+    delta = out["voxel_logits"] - raw["voxel_logits"]
+    torch.testing.assert_close(delta[:, :4], torch.zeros_like(delta[:, :4]))
+    torch.testing.assert_close(delta[:, 4], torch.full_like(delta[:, 4], 1.25))
+    # the sampled path is what the training loss reads: raw in either mode
+    torch.testing.assert_close(out["voxel_logits_at"], raw["voxel_logits_at"])

@@ -18,6 +18,7 @@ from tpvkit.models.losses import (
     lovasz_softmax,
     occupancy_terms,
     sample_voxels,
+    sampled_prior_offset,
     sem_scal_loss,
 )
 
@@ -215,3 +216,18 @@ def test_occ3d_loss_sampled_equals_dense_on_the_same_voxels():
     assert set(dense) == {"loss", "loss_ce", "loss_lovasz", "loss_sem_scal", "loss_geo_scal"}
     for key in ("loss_ce", "loss_lovasz"):
         assert sampled[key].item() == pytest.approx(dense[key].item(), rel=1e-5)
+
+
+def test_sampled_prior_offset_restores_the_data_odds():
+    # 96 % free, 4 % occupied: r = 24 free voxels per occupied one; 8 sampled -> log(24 / 8)
+    freqs = [0.01, 0.03, 0.96]
+    offset = sampled_prior_offset(freqs, free_index=2, free_per_occupied=8.0)
+    assert offset[:2] == [0.0, 0.0]
+    assert offset[2] == pytest.approx(math.log(3.0))
+    # odds check: a model that learned the sampled odds p_free / p_occ = 8 * q decides with
+    # odds 24 * q once the offset is added
+    assert math.exp(offset[2]) * 8.0 == pytest.approx(0.96 / 0.04)
+    # every free voxel sampled anyway, sampling off, or no free voxel: nothing to correct
+    assert sampled_prior_offset(freqs, 2, 30.0) == [0.0, 0.0, 0.0]
+    assert sampled_prior_offset(freqs, 2, 0.0) == [0.0, 0.0, 0.0]
+    assert sampled_prior_offset([0.5, 0.5, 0.0], 2, 8.0) == [0.0, 0.0, 0.0]

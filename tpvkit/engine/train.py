@@ -23,7 +23,15 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from tpvkit.config import Config, ConfigError, apply_overrides, from_dict, load_config, to_dict
+from tpvkit.config import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    from_dict,
+    load_config,
+    task_of,
+    to_dict,
+)
 from tpvkit.engine.checkpoint import (
     config_differences,
     find_resume_checkpoint,
@@ -95,7 +103,9 @@ def resolve_class_frequencies(cfg: Config, train_set: Dataset) -> None:
     supervised voxels, when the loss needs them and the config does not state them yet; the
     config (config.yaml, every checkpoint) then carries them."""
     t = cfg.train
-    needed = t.loss == "occ3d" and (t.class_weights != "none" or t.init_bias_from_frequencies)
+    needed = t.loss == "occ3d" and (
+        t.class_weights != "none" or t.init_bias_from_frequencies or _corrects_prior(cfg)
+    )
     if not needed or t.class_frequencies:
         return
     from tpvkit.data.occ3d import label_frequencies
@@ -104,6 +114,32 @@ def resolve_class_frequencies(cfg: Config, train_set: Dataset) -> None:
     if infos is None:
         raise TpvkitError("train.class_frequencies are empty and the training set has no infos")
     t.class_frequencies = label_frequencies(infos, t.occ_loss_mask, cfg.model.num_classes)
+
+
+def _corrects_prior(cfg: Config) -> bool:
+    t = cfg.train
+    return (
+        t.loss == "occ3d"
+        and t.occ_free_per_occupied > 0
+        and t.occ_sampled_prior_correction
+        and not cfg.model.head.voxel_logit_offset
+    )
+
+
+def resolve_voxel_logit_offset(cfg: Config) -> None:
+    """Write model.head.voxel_logit_offset from the training frequencies when the sampled
+    loss's prior is to be corrected (train.occ_sampled_prior_correction) and the config does
+    not state an offset yet; the config (config.yaml, every checkpoint) then carries it."""
+    if not _corrects_prior(cfg):
+        return
+    from tpvkit.models.losses import sampled_prior_offset
+
+    free = task_of(cfg).label_space.free_index
+    if free is None:
+        return
+    cfg.model.head.voxel_logit_offset = sampled_prior_offset(
+        cfg.train.class_frequencies, free, cfg.train.occ_free_per_occupied
+    )
 
 
 def init_classifier_bias(model: nn.Module, frequencies: list[float]) -> None:
@@ -133,6 +169,7 @@ def build_parts(cfg: Config) -> TrainParts:
     if cfg.data.val_infos and Path(cfg.data.val_infos).is_file():
         val_set = _dataset(cfg, Path(cfg.data.val_infos), "data.val_infos", train=False)
     resolve_class_frequencies(cfg, train_set)
+    resolve_voxel_logit_offset(cfg)
     loss = build_loss(cfg)  # before the datasets' first item: a wrong class count fails early
     model = build_model(cfg)
     if cfg.train.init_bias_from_frequencies:

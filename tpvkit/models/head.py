@@ -57,6 +57,11 @@ class TPVHead(nn.Module):
             nn.Linear(cfg.dim, 2 * cfg.dim), nn.Softplus(), nn.Linear(2 * cfg.dim, cfg.dim)
         )
         self.classifier = nn.Linear(cfg.dim, cfg.num_classes)
+        # Decision-time offset of the voxel logits (model.head.voxel_logit_offset), applied in
+        # eval mode only: training's loss sees the raw logits.
+        offset = torch.tensor(head.voxel_logit_offset or [0.0] * cfg.num_classes)
+        self.register_buffer("voxel_logit_offset", offset, persistent=False)
+        self.has_voxel_logit_offset = bool(head.voxel_logit_offset) and bool(offset.any())
         self.height_embed: nn.Embedding | None = None
         if self.mode == "bev":
             self.height_embed = nn.Embedding(self.grid[2], cfg.dim)
@@ -186,7 +191,8 @@ class TPVHead(nn.Module):
         voxel_index (B, K, 3) integer [x, y, z] voxels to decode alone (a sampled loss).
 
         Returns "point_logits" (B, n_cls, N) when points are given, "voxel_logits"
-        (B, n_cls, X, Y, Z) when decode_voxels and "voxel_logits_at" (B, n_cls, K) when
+        (B, n_cls, X, Y, Z) when decode_voxels (plus model.head.voxel_logit_offset in eval
+        mode) and "voxel_logits_at" (B, n_cls, K) when
         voxel_index is given.
         """
         maps = self.plane_maps(planes)
@@ -203,7 +209,11 @@ class TPVHead(nn.Module):
                 logits = self.decode(self.point_features(maps, points))
             out["point_logits"] = logits.transpose(1, 2)
         if decode_voxels:
-            out["voxel_logits"] = self.voxel_logits(maps)
+            logits = self.voxel_logits(maps)
+            if self.has_voxel_logit_offset and not self.training:
+                offset = self.voxel_logit_offset.to(logits.dtype)
+                logits = logits + offset[None, :, None, None, None]
+            out["voxel_logits"] = logits
         if voxel_index is not None:
             out["voxel_logits_at"] = self.decode(
                 self.voxel_features_at(maps, voxel_index)

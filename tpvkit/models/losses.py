@@ -8,6 +8,7 @@ implementation is vectorised over classes: one sort of a (P, C) error matrix.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -403,6 +404,29 @@ def sample_voxels(
         valid[b, : c.numel()] = True
     index = torch.stack([flat // (Y * Z), (flat // Z) % Y, flat % Z], dim=-1)
     return index, valid
+
+
+def sampled_prior_offset(
+    frequencies: list[float], free_index: int, free_per_occupied: float
+) -> list[float]:
+    """The per-class logit offset that undoes the sampled loss's prior (logit adjustment).
+
+    The sampled loss shows the model free_per_occupied free voxels per occupied one where the
+    supervised voxels hold r = f_free / (1 - f_free) (the training split's frequencies), so
+    the model learns odds of free scaled by free_per_occupied / r. Adding log(r /
+    free_per_occupied) to the free logit restores the data's odds. Zero when every free voxel
+    is sampled anyway (free_per_occupied >= r) or the sampling is off (0). The floor of
+    occ_min_free_samples free voxels per sample is ignored (it matters only for frames with
+    few occupied voxels).
+    """
+    offset = [0.0] * len(frequencies)
+    f_free = float(frequencies[free_index])
+    if free_per_occupied <= 0 or not 0.0 < f_free < 1.0:
+        return offset
+    ratio = f_free / (1.0 - f_free)
+    if ratio > free_per_occupied:
+        offset[free_index] = math.log(ratio / free_per_occupied)
+    return offset
 
 
 # tpvkit 0.2's occ3d loss on a config that ships the recipe: plain CE + Lovasz (free included)
