@@ -3,6 +3,8 @@ and the refusals (mixed frames, a field some samples lack)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -70,8 +72,15 @@ def test_to_moves_every_tensor_and_the_batch_helper_moves_the_inputs() -> None:
     inputs = _one(3, 0, previous=(_one(2, 1),), ego_motion=torch.eye(4)[None, None])
     moved = to_device({"inputs": inputs, "tokens": ["a"]}, torch.device("meta"))["inputs"]
     assert isinstance(moved, SceneInputs) and moved.frame == "lidar"
-    for t in (moved.img, moved.projection, moved.points, moved.intrinsics, moved.extrinsics):
-        assert t.device.type == "meta"
+    # every tensor field, a field added later included (SceneInputs._map must list it)
+    tensors = [
+        f.name
+        for f in dataclasses.fields(moved)
+        if isinstance(getattr(inputs, f.name), torch.Tensor)
+    ]
+    assert {"img", "projection", "points", "intrinsics", "extrinsics", "ego_motion"} <= set(tensors)
+    for name in tensors:
+        assert getattr(moved, name).device.type == "meta", name
     assert moved.previous[0].img.device.type == "meta" and moved.ego_motion.device.type == "meta"
     assert inputs.img.device.type == "cpu"  # a copy: the original stays
     assert moved.replace(points=None).points is None and moved.points is not None

@@ -12,7 +12,7 @@ Targets (labels, masks, tokens) are not inputs: they stay keys of the batch dict
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -62,39 +62,31 @@ class SceneInputs:
     def num_cams(self) -> int:
         return int(self.img.shape[1])
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> SceneInputs:
-        """Every tensor (and every earlier frame) moved to `device`."""
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> SceneInputs:
+        """A copy with `fn` applied to every tensor, those of the earlier frames included (a
+        new tensor field is added here and in `collate`)."""
 
-        def move(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.to(device, non_blocking=non_blocking)
+        def opt(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else fn(t)
 
         return dataclasses.replace(
             self,
-            img=move(self.img),
-            projection=move(self.projection),
-            points=move(self.points),
-            intrinsics=move(self.intrinsics),
-            extrinsics=move(self.extrinsics),
-            previous=tuple(p.to(device, non_blocking) for p in self.previous),
-            ego_motion=move(self.ego_motion),
+            img=fn(self.img),
+            projection=fn(self.projection),
+            points=opt(self.points),
+            intrinsics=opt(self.intrinsics),
+            extrinsics=opt(self.extrinsics),
+            previous=tuple(p._map(fn) for p in self.previous),
+            ego_motion=opt(self.ego_motion),
         )
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> SceneInputs:
+        """Every tensor (and every earlier frame) moved to `device`."""
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> SceneInputs:
         """Every tensor in page-locked memory (DataLoader(pin_memory=True) calls this)."""
-
-        def pin(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.pin_memory()
-
-        return dataclasses.replace(
-            self,
-            img=pin(self.img),
-            projection=pin(self.projection),
-            points=pin(self.points),
-            intrinsics=pin(self.intrinsics),
-            extrinsics=pin(self.extrinsics),
-            previous=tuple(p.pin_memory() for p in self.previous),
-            ego_motion=pin(self.ego_motion),
-        )
+        return self._map(lambda t: t.pin_memory())
 
     def replace(self, **changes) -> SceneInputs:
         """A copy with some fields changed (dataclasses.replace)."""
@@ -119,18 +111,13 @@ class SceneInputs:
                 raise ValueError(f"a batch mixes samples with and without SceneInputs.{name}")
             return torch.cat(values)
 
+        clouds = [it.points for it in items]
         points = None
-        if any(it.points is not None for it in items):
-            if any(it.points is None for it in items):
+        if any(c is not None for c in clouds):
+            present = [c for c in clouds if c is not None]
+            if len(present) != len(clouds):
                 raise ValueError("a batch mixes samples with and without SceneInputs.points")
-            n_max = max(int(it.points.shape[1]) for it in items)  # type: ignore[union-attr]
-            first = items[0].points
-            points = first.new_zeros(sum(it.batch_size for it in items), n_max, 3)  # type: ignore[union-attr]
-            row = 0
-            for it in items:
-                p = it.points
-                points[row : row + p.shape[0], : p.shape[1]] = p  # type: ignore[union-attr]
-                row += p.shape[0]  # type: ignore[union-attr]
+            points = _pad_clouds(present)
         depth = {len(it.previous) for it in items}
         if len(depth) > 1:
             raise ValueError(f"a batch mixes samples with {sorted(depth)} earlier frames")
@@ -147,3 +134,14 @@ class SceneInputs:
             previous=previous,
             ego_motion=cat("ego_motion"),
         )
+
+
+def _pad_clouds(clouds: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Point clouds (B_i, N_i, 3) -> (sum of B_i, largest N_i, 3), zero-padded."""
+    n_max = max(int(c.shape[1]) for c in clouds)
+    out = clouds[0].new_zeros(sum(int(c.shape[0]) for c in clouds), n_max, 3)
+    row = 0
+    for c in clouds:
+        out[row : row + c.shape[0], : c.shape[1]] = c
+        row += int(c.shape[0])
+    return out
