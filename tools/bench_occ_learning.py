@@ -40,14 +40,16 @@ import numpy as np
 import torch
 
 from tpvkit.config import Config, apply_overrides, load_config
+from tpvkit.constants import SPLITS_BY_VERSION
 from tpvkit.data.occ3d import OCC3D_CLASS_NAMES, OCC3D_FREE
-from tpvkit.data.synthetic import ensure_synthetic, synthetic_info_path
+from tpvkit.data.synthetic import ensure_synthetic, synthetic_info_path, synthetic_splits
 from tpvkit.engine.runlog import read_records
 from tpvkit.engine.train import StepClock
+from tpvkit.errors import TpvkitError
 from tpvkit.outputs.occ_metrics import geometric_iou
 from tpvkit.utils.io import atomic_write_text
 
-SPLITS = {"v1.0-mini": ("mini_train", "mini_val"), "v1.0-trainval": ("train", "val")}
+SPLITS = {v: SPLITS_BY_VERSION[v][:2] for v in ("v1.0-mini", "v1.0-trainval")}
 OBJECT_CLASSES = tuple(range(1, 11))  # Occ3D: barrier, bicycle, ..., truck
 SCORE_KEYS = ("miou", "miou_objects", "geometric_iou", "miou_nomask", "rayiou")
 
@@ -88,14 +90,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def data_splits(root: Path) -> tuple[str, str]:
-    """(train, val) split names of a synthetic dataroot, from the info files it holds."""
-    for pair in SPLITS.values():
-        if all(synthetic_info_path(root, split).is_file() for split in pair):
-            return pair
-    raise SystemExit(f"{root / 'infos'}: no train/val info files (tpvkit prepare synthetic)")
-
-
 def fmt(value: float | None) -> str:
     return "-" if value is None or value != value else f"{100 * value:.1f}"
 
@@ -126,7 +120,7 @@ def score_model(
 
     loader = inference_loader(
         apply_overrides(cfg, {"data.num_workers": 0}),
-        load_infos(synthetic_info_path(root, data_splits(root)[1])),
+        load_infos(synthetic_info_path(root, synthetic_splits(root)[1])),
         torch.device("cpu"),
     )
     sink = OccupancyMetricsSink(ray_iou=ray_iou)
@@ -139,11 +133,11 @@ def training_infos(root: Path, more: list[Path], out: Path) -> Path:
     `more` dataroots (paths made absolute, tokens and scene names prefixed so that they stay
     unique) into out/train_infos.json."""
     if not more:
-        return synthetic_info_path(root, data_splits(root)[0])
+        return synthetic_info_path(root, synthetic_splits(root)[0])
     doc: dict[str, Any] = {}
     samples = []
     for k, world in enumerate([root, *more]):
-        doc = json.loads(synthetic_info_path(world, data_splits(world)[0]).read_text())
+        doc = json.loads(synthetic_info_path(world, synthetic_splits(world)[0]).read_text())
         for sample in doc["samples"]:
             for key in ("lidar_path", "lidarseg_path", "occ3d_path"):
                 if sample.get(key):
@@ -172,7 +166,7 @@ def label_blind(root: Path, seed: int, train_infos: Path | None = None) -> dict[
     from tpvkit.engine.occupancy import OccupancyMetricsSink
 
     C = OCC3D_NUM_CLASSES
-    train_split, val_split = data_splits(root)
+    train_split, val_split = synthetic_splits(root)
     train = load_infos(train_infos or synthetic_info_path(root, train_split))
     per_position = np.zeros((*OCC3D_GRID, C), dtype=np.int32)
     grid_index = np.indices(OCC3D_GRID)
@@ -410,7 +404,10 @@ def main(argv: list[str] | None = None) -> int:
         version=args.version,
         val_scenes=args.val_scenes if args.version == "v1.0-trainval" else 0,
     )
-    data_splits(root)
+    try:
+        synthetic_splits(root)
+    except TpvkitError as err:
+        raise SystemExit(f"error: {err}") from None
     args.train_infos = training_infos(root, args.more_train_data, args.out)
     jobs = [(c, int(s)) for s in args.seeds.split(",") for c in args.configs.split(",") if c]
     if args.runs:
@@ -432,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         "iterations": args.iters,
         "data": {
             "root": str(root),
-            "splits": data_splits(root),
+            "splits": synthetic_splits(root),
             "samples_per_scene": args.samples_per_scene,
             "more_train_data": [str(p) for p in args.more_train_data],
             "train_infos": str(args.train_infos),

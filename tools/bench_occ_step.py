@@ -136,12 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     from tpvkit.data.dataset import LidarSegDataset, collate_batch
     from tpvkit.data.infos import load_infos
     from tpvkit.data.occ3d import label_frequencies
+    from tpvkit.data.synthetic import synthetic_info_path, synthetic_splits
     from tpvkit.models.losses import sample_voxels, supervised_voxels
 
     base = apply_overrides(
         load_config(args.config), ["data.photometric_aug=false", *args.overrides]
     )
-    infos = load_infos(args.data / "infos" / "tpvkit_infos_mini_train.json")
+    infos = load_infos(synthetic_info_path(args.data, synthetic_splits(args.data)[0]))
     freq = label_frequencies(infos, base.train.occ_loss_mask, base.model.num_classes)
     base = apply_overrides(base, {"train.class_frequencies": freq})
     batch = collate_batch([LidarSegDataset(infos, base.data, base.model, train=True)[0]])

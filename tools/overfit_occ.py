@@ -29,6 +29,7 @@ import torch
 from tpvkit.config import apply_overrides, load_config
 from tpvkit.data.infos import load_infos
 from tpvkit.data.occ3d import OCC3D_CLASS_NAMES, OCC3D_FREE
+from tpvkit.data.synthetic import synthetic_info_path, synthetic_splits
 from tpvkit.outputs.occ_metrics import geometric_iou
 from tpvkit.utils.io import atomic_write_text
 
@@ -54,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def frames_info_file(data: Path, frames: int, out: Path) -> Path:
     """An info file holding the first `frames` key frames of the synthetic training split."""
-    src = data / "infos" / "tpvkit_infos_mini_train.json"
+    src = synthetic_info_path(data, synthetic_splits(data)[0])
     doc = json.loads(src.read_text())
     if len(doc["samples"]) < frames:
         sys.exit(f"error: {src} holds {len(doc['samples'])} samples, fewer than --frames {frames}")

@@ -15,7 +15,13 @@ from typer.testing import CliRunner
 
 from tpvkit.constants import CAMERA_ORDER, GENERAL_CLASS_NAMES, LABEL_MAP_32_TO_16, LIDAR_CHANNEL
 from tpvkit.data import synthetic_world as sw
-from tpvkit.data.synthetic import SCENE_NAMES, VERSION, generate_synthetic, scene_world
+from tpvkit.data.synthetic import (
+    SCENE_NAMES,
+    VERSION,
+    generate_synthetic,
+    scene_world,
+    synthetic_splits,
+)
 from tpvkit.data.synthetic_render import render_camera
 from tpvkit.errors import TpvkitError
 
@@ -472,6 +478,7 @@ def test_trainval_lifts_the_scene_cap_and_keeps_val_streets(tmp_path: Path) -> N
     assert names[:1] == splits["val"][:1] and names[1:] == splits["train"][:11]
     assert len(load_infos(small / "infos" / "tpvkit_infos_train.json")) == 11
     assert len(load_infos(small / "infos" / "tpvkit_infos_val.json")) == 1
+    assert synthetic_splits(small) == ("train", "val")  # what the demo and the tools score
     nusc.get_sample_data_path(nusc.sample[0]["data"][LIDAR_CHANNEL])  # files where the devkit looks
     big = generate_synthetic(
         tmp_path / "b", version="v1.0-trainval", scenes=13, val_scenes=1, write_infos=False, **kw
@@ -485,3 +492,11 @@ def test_trainval_lifts_the_scene_cap_and_keeps_val_streets(tmp_path: Path) -> N
         for ch in (*CAMERA_ORDER, LIDAR_CHANNEL)
     ]
     assert all(da[f] == db[f] for f in val_files)
+
+
+def test_synthetic_splits_name_the_info_files_or_say_how_to_make_them(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    assert synthetic_splits(synthetic_root) == ("mini_train", "mini_val")
+    with pytest.raises(TpvkitError, match="no train/val info files.*tpvkit prepare synthetic"):
+        synthetic_splits(tmp_path)

@@ -695,6 +695,21 @@ def synthetic_info_path(root: str | Path, split: str) -> Path:
     return Path(root) / "infos" / info_file_name(split)
 
 
+def synthetic_splits(root: str | Path) -> tuple[str, str]:
+    """(train, val) split names of a synthetic dataroot, from the info files it holds
+    (v1.0-mini's mini_train/mini_val or v1.0-trainval's train/val)."""
+    from tpvkit.constants import SPLITS_BY_VERSION
+
+    for version in ("v1.0-mini", "v1.0-trainval"):
+        train, val = SPLITS_BY_VERSION[version][:2]
+        if synthetic_info_path(root, train).is_file() and synthetic_info_path(root, val).is_file():
+            return train, val
+    raise TpvkitError(
+        f"{Path(root) / 'infos'}: no train/val info files; create them with "
+        "`tpvkit prepare synthetic`"
+    )
+
+
 def ensure_synthetic(
     root: str | Path,
     *,

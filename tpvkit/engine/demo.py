@@ -16,6 +16,7 @@ the trained model (or finishes an interrupted training run).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from typing import Any
 from tpvkit.config import Config, apply_overrides, load_config
 from tpvkit.constants import SPLITS_BY_VERSION
 from tpvkit.data.infos import info_file_name, load_infos
-from tpvkit.data.synthetic import generate_synthetic
+from tpvkit.data.synthetic import generate_synthetic, synthetic_info_path, synthetic_splits
 from tpvkit.engine.checkpoint import find_resume_checkpoint, load_resume_checkpoint
 from tpvkit.engine.evaluate import evaluate
 from tpvkit.engine.predict import predict
@@ -139,7 +140,7 @@ def demo_config(
 ) -> Config:
     """A demo model's config pointed at the info files of its synthetic world, with the demo's
     fixed schedule on the CPU."""
-    train_split, val_split = data_splits(data_root)
+    train_split, val_split = synthetic_splits(data_root)
     infos = data_root / "infos"
     return load_config(
         config,
@@ -275,23 +276,15 @@ def run_demo(
     }
 
 
-def data_splits(data_root: Path) -> tuple[str, str]:
-    """(train, val) split names of the info files in a synthetic dataroot (v1.0-mini's or
-    v1.0-trainval's; the mini pair when neither is complete)."""
-    for version in ("v1.0-mini", "v1.0-trainval"):
-        pair = SPLITS_BY_VERSION[version]
-        if all((data_root / "infos" / info_file_name(split)).is_file() for split in pair):
-            return pair[0], pair[1]
-    return SPLITS_BY_VERSION["v1.0-mini"][0], SPLITS_BY_VERSION["v1.0-mini"][1]
-
-
 def _data_stage(work_dir: Path, data: DemoData, log: Callable[[str], None]) -> list[Path]:
     """A demo model's synthetic dataroot and its info files (reused when they exist)."""
     data_root = work_dir / data.folder
     _banner(f"synthetic data ({data.version}, {data.scenes} streets)")
-    train_split, val_split = data_splits(data_root)
-    train_info = data_root / "infos" / info_file_name(train_split)
-    val_info = data_root / "infos" / info_file_name(val_split)
+    train_split, val_split = SPLITS_BY_VERSION[data.version][:2]
+    with contextlib.suppress(TpvkitError):  # a complete dataroot is reused, of either version
+        train_split, val_split = synthetic_splits(data_root)
+    train_info = synthetic_info_path(data_root, train_split)
+    val_info = synthetic_info_path(data_root, val_split)
     if train_info.is_file() and val_info.is_file():
         log(f"reusing the synthetic dataroot {data_root}")
     else:
@@ -306,9 +299,6 @@ def _data_stage(work_dir: Path, data: DemoData, log: Callable[[str], None]) -> l
             overwrite=data_root.exists(),
             workers=2,  # the same bytes with any worker count; nothing else runs yet
         )
-        train_split, val_split = data_splits(data_root)
-        train_info = data_root / "infos" / info_file_name(train_split)
-        val_info = data_root / "infos" / info_file_name(val_split)
     return [data_root, train_info, val_info]
 
 
@@ -364,7 +354,7 @@ def _run_model(
         log(f"elapsed {_clock(now - start)}, about {_clock(max(left, 0))} left for this model")
 
     # Evaluate -----------------------------------------------------------------------------
-    val_split = data_splits(data_root)[1]
+    val_split = synthetic_splits(data_root)[1]
     progress(f"evaluate on {val_split} (held-out streets)")
     eval_dir = out / "eval"
     metrics = evaluate(cfg, checkpoint, val_info, split=val_split, out_dir=eval_dir)
