@@ -36,9 +36,13 @@ def test_onnx_argmax_is_what_predict_writes(tmp_path, synthetic_infos, name, cla
 
     cfg = load_config(name, SMALL)
     task = task_of(cfg)
+    if task.label_space.free_index is not None:  # the decision-time offset travels too
+        offset = [0.0] * cfg.model.num_classes
+        offset[task.label_space.free_index] = 0.5
+        cfg = load_config(name, [*SMALL, f"model.head.voxel_logit_offset={offset}"])
     model = randomized_model(cfg)
-    with torch.no_grad():  # class 0 the best class in about a third of the voxels
-        model.head.classifier.bias[0] += 2.0
+    with torch.no_grad():  # class 0 the best class in a good share of the voxels
+        model.head.classifier.bias[0] += 3.0
     ckpt = tmp_path / "model.pth"
     save_checkpoint(build_checkpoint(model=model, cfg=cfg), ckpt)
 
