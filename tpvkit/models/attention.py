@@ -509,6 +509,20 @@ class ImageCrossAttention(nn.Module):
         xavier_linear_(self.value_proj)
         xavier_linear_(self.output_proj)
 
+    def _sub_query_terms(
+        self, plane: int, q: torch.Tensor, size: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sampling offsets and weights of plane `plane`'s queries q (..., C), per sub-query:
+        offsets (..., k, H, L, P0, 2) in float32, divided by the level sizes `size` (L, 2),
+        and softmaxed weights (..., k, H, L, P0) (k: the plane's sub-queries per query)."""
+        H, L, P0, k = self.num_heads, self.num_levels, self.base_points, self.multipliers[plane]
+        lead = q.shape[:-1]
+        off = self.sampling_offsets[plane](q).float().view(*lead, H, L, k, P0, 2)
+        off = (off / size[:, None, None, :]).movedim(len(lead) + 2, len(lead))
+        w = self.attention_weights[plane](q).view(*lead, H, L * self.num_points[plane])
+        w = w.softmax(-1).view(*lead, H, L, k, P0).movedim(len(lead) + 2, len(lead))
+        return off, w
+
     def forward(
         self,
         queries: Sequence[torch.Tensor],
@@ -533,24 +547,21 @@ class ImageCrossAttention(nn.Module):
         H, L = self.num_heads, self.num_levels
         P0, D0 = self.base_points, self.base_anchors
         v = self.value_proj(value).view(bn, num_value, H, c // H)
+        size = _offset_normalizer(spatial_shapes).to(value.device)  # (L, 2) (W_l, H_l)
 
         offsets, weights, refs, sub_counts = [], [], [], []
         for i, (q, hit) in enumerate(zip(queries, hits, strict=True)):
             m, k = hit.num_slots, self.multipliers[i]
             qg = q.reshape(-1, c)[hit.index].view(bn, m, c)  # the queries each camera sees
-            off = self.sampling_offsets[i](qg).view(bn, m, H, L, k, P0, 2)
-            offsets.append(off.permute(0, 1, 4, 2, 3, 5, 6).reshape(bn, m * k, H, L, P0, 2))
-            w = self.attention_weights[i](qg).view(bn, m, H, L * self.num_points[i]).softmax(-1)
-            w = w.view(bn, m, H, L, k, P0).permute(0, 1, 4, 2, 3, 5)
+            off, w = self._sub_query_terms(i, qg, size)
+            offsets.append(off.reshape(bn, m * k, H, L, P0, 2))
             weights.append(w.reshape(bn, m * k, H, L, P0))
             refs.append(hit.reference_points.reshape(bn, m * k, D0, 2))
             sub_counts.append(m * k)
 
         num_sub = sum(sub_counts)
         if num_sub > 0:
-            norm = _offset_normalizer(spatial_shapes).to(value.device)
-            off = torch.cat(offsets, 1).float() / norm[None, None, None, :, None, :]
-            off = off.view(bn, num_sub, H, L, D0, P0 // D0, 2)
+            off = torch.cat(offsets, 1).view(bn, num_sub, H, L, D0, P0 // D0, 2)
             ref = torch.cat(refs, 1).float()[:, :, None, None, :, None, :]
             locations = (ref + off).view(bn, num_sub, H, L, P0, 2)
             out = _msda_fp32(
@@ -612,11 +623,8 @@ class ImageCrossAttention(nn.Module):
         offsets, weights, sub_counts = [], [], []
         for i, q in enumerate(queries):
             nq, k = q.shape[1], self.multipliers[i]
-            off = self.sampling_offsets[i](q).float().view(b, nq, H, L, k, P0, 2)
-            off = off / size[None, None, None, :, None, None, :]
-            offsets.append(off.permute(0, 1, 4, 2, 3, 5, 6).reshape(b, nq * k, H, L, P0, 2))
-            w = self.attention_weights[i](q).view(b, nq, H, L * self.num_points[i]).softmax(-1)
-            w = w.view(b, nq, H, L, k, P0).permute(0, 1, 4, 2, 3, 5)
+            off, w = self._sub_query_terms(i, q, size)
+            offsets.append(off.reshape(b, nq * k, H, L, P0, 2))
             weights.append(w.reshape(b, nq * k, H, L, P0))
             sub_counts.append(nq * k)
         num_sub = sum(sub_counts)
@@ -687,11 +695,9 @@ class ImageCrossAttention(nn.Module):
             m, k = hit.num_slots, self.multipliers[i]
             flat = q.reshape(-1, c)
             nq = flat.shape[0]
-            off = self.sampling_offsets[i](flat).float().view(nq, H, L, k, P0, 2)
-            off = (off / size[None, None, :, None, None, :]).permute(0, 3, 1, 2, 4, 5)
+            off, w = self._sub_query_terms(i, flat, size)
             off = off.contiguous()  # (nq, k, H, L, P0, 2): one row block per sub-query
-            w = self.attention_weights[i](flat).view(nq, H, L * self.num_points[i]).softmax(-1)
-            w = w.view(nq, H, L, k, P0).permute(0, 3, 1, 2, 4).contiguous()  # (nq, k, H, L, P0)
+            w = w.contiguous()  # (nq, k, H, L, P0)
             per_query.append((off, w))
             with torch.no_grad():
                 grouped = off.view(nq, k, H, L, D0, P0 // D0, 2)
