@@ -95,6 +95,10 @@ class HeadConfig:
     # Residual 3x3 conv blocks per plane at the output resolution, before decoding (0: none,
     # the public head). See docs/learning.md for what they buy and cost.
     refine_layers: int = 0
+    # Residual 3x3x3 conv blocks on the coarse volume (the three planes summed at the TPV
+    # resolution, tpv_w x tpv_h x tpv_z), whose change is upsampled trilinearly to the output
+    # grid and added to every voxel's feature (0: none, the public head; TPV mode only).
+    volume_refine_layers: int = 0
     # Added to the voxel logits the model decides with (eval mode: inference, validation,
     # export; the training loss sees raw logits): one value per class, or empty for none.
     # Written by training when train.occ_sampled_prior_correction applies (docs/occupancy.md).
@@ -540,6 +544,11 @@ def validate(cfg: Config) -> None:
         )
     if m.head.refine_layers < 0:
         raise ConfigError(f"model.head.refine_layers: {m.head.refine_layers} must be 0 or more")
+    if m.head.volume_refine_layers < 0 or (m.head.volume_refine_layers and m.mode != "tpv"):
+        raise ConfigError(
+            f"model.head.volume_refine_layers: {m.head.volume_refine_layers} must be 0 or more, "
+            "and 0 in BEV mode (model.mode: bev has no volume to refine)"
+        )
     _check_task(cfg)
     if m.backbone.depth not in (18, 34, 50, 101):
         raise ConfigError(f"model.backbone.depth: {m.backbone.depth} is not one of 18, 34, 50, 101")

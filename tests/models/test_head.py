@@ -255,3 +255,58 @@ def test_voxel_logit_offset_applies_in_eval_mode_only():
     torch.testing.assert_close(delta[:, 4], torch.full_like(delta[:, 4], 1.25))
     # the sampled path is what the training loss reads: raw in either mode
     torch.testing.assert_close(out["voxel_logits_at"], raw["voxel_logits_at"])
+
+
+def test_volume_refiner_identity_at_start_and_its_change_upsampled_trilinearly():
+    cfg = make_cfg("tpv", scales=(2, 2, 2), chunk=40)  # chunks of one x-slice
+    plain = TPVHead(cfg)
+    cfg.head.volume_refine_layers = 1
+    refined = TPVHead(cfg)
+    refined.load_state_dict(plain.state_dict(), strict=False)
+    planes = make_planes(cfg)
+    torch.testing.assert_close(refined(planes)["voxel_logits"], plain(planes)["voxel_logits"])
+
+    torch.nn.init.normal_(refined.volume_refine.blocks[0][2].weight, std=0.1)
+    maps = refined.plane_maps(planes)
+    # the coarse volume by loops, [x, y, z] = hw[y, x] + zh[z, y] + wz[x, z]
+    H, W, Z, C = cfg.tpv_h, cfg.tpv_w, cfg.tpv_z, cfg.dim
+    hw = planes[0].transpose(1, 2).reshape(2, C, H, W)
+    zh = planes[1].transpose(1, 2).reshape(2, C, Z, H)
+    wz = planes[2].transpose(1, 2).reshape(2, C, W, Z)
+    vol = torch.zeros(2, C, W, H, Z)
+    for x in range(W):
+        for y in range(H):
+            for z in range(Z):
+                vol[:, :, x, y, z] = hw[:, :, y, x] + zh[:, :, z, y] + wz[:, :, x, z]
+    change = refined.volume_refine(vol) - vol
+    torch.testing.assert_close(maps["volume"], change)
+    assert change.abs().max() > 0
+    up = torch.nn.functional.interpolate(change, size=refined.grid, mode="trilinear")
+    X, Y, Zo = refined.grid
+    plain_maps = {k: v for k, v in maps.items() if k != "volume"}
+    dense = torch.cat(
+        [refined.voxel_features(maps, x, x + 1) for x in range(X)], dim=1
+    ) - torch.cat([refined.voxel_features(plain_maps, x, x + 1) for x in range(X)], dim=1)
+    torch.testing.assert_close(dense, up.permute(0, 2, 3, 4, 1))
+    # the sampled decode (the training loss) reads the same voxels
+    index = torch.stack(
+        [
+            torch.randint(0, n, (2, 13), generator=torch.Generator().manual_seed(1))
+            for n in (X, Y, Zo)
+        ],
+        dim=-1,
+    )
+    out = refined(planes, decode_voxels=True, voxel_index=index)
+    for b in range(2):
+        x, y, z = index[b].unbind(-1)
+        torch.testing.assert_close(out["voxel_logits_at"][b], out["voxel_logits"][b][:, x, y, z])
+    loss = out["voxel_logits_at"].square().mean()
+    loss.backward()
+    assert refined.volume_refine.blocks[0][0].weight.grad.abs().sum() > 0
+
+
+def test_volume_refiner_is_refused_in_bev_mode():
+    from tpvkit.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="model.head.volume_refine_layers"):
+        load_config("bev_occ3d_tiny", ["model.head.volume_refine_layers=1"])

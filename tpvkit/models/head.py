@@ -52,6 +52,11 @@ class TPVHead(nn.Module):
             names = ("hw", "zh", "wz") if self.mode == "tpv" else ("hw",)
             for name in names:
                 self.refine[name] = PlaneRefiner(cfg.dim, head.refine_layers)
+        # Optional 3D refinement on the coarse volume (tpvkit's; the public configs have none):
+        # its change is added to every voxel's feature, trilinearly upsampled.
+        self.volume_refine: VolumeRefiner | None = None
+        if head.volume_refine_layers > 0:
+            self.volume_refine = VolumeRefiner(cfg.dim, head.volume_refine_layers)
 
         self.decoder = nn.Sequential(
             nn.Linear(cfg.dim, 2 * cfg.dim), nn.Softplus(), nn.Linear(2 * cfg.dim, cfg.dim)
@@ -78,15 +83,25 @@ class TPVHead(nn.Module):
         sh, sw, sz = self.scale_h, self.scale_w, self.scale_z
         scale = {"hw": (sh, sw), "zh": (sz, sh), "wz": (sw, sz)}
         maps = {}
+        coarse = {}
         for name, q in zip(names, planes, strict=True):
             rows, cols = plane_shape(name, self.tpv_h, self.tpv_w, self.tpv_z)
             m = q.transpose(1, 2).reshape(q.shape[0], q.shape[2], rows, cols)
+            coarse[name] = m
             sr, sc = scale[name]
             if sr != 1 or sc != 1:
                 m = F.interpolate(m, size=(rows * sr, cols * sc), mode="bilinear")
             if name in self.refine:
                 m = self.refine[name](m)
             maps[name] = m
+        if self.volume_refine is not None:
+            # (B, C, X, Y, Z) at the TPV resolution, indexed [x, y, z] like the output grid
+            vol = (
+                coarse["hw"].transpose(2, 3)[:, :, :, :, None]
+                + coarse["zh"].permute(0, 1, 3, 2)[:, :, None, :, :]
+                + coarse["wz"][:, :, :, None, :]
+            )
+            maps["volume"] = self.volume_refine(vol) - vol
         return maps
 
     def decode(self, features: torch.Tensor) -> torch.Tensor:
@@ -116,6 +131,8 @@ class TPVHead(nn.Module):
         if self.mode == "tpv":
             feat = feat + sample(maps["zh"], g[..., [1, 2]])  # zh: cols y, rows z
             feat = feat + sample(maps["wz"], g[..., [2, 0]])  # wz: cols z, rows x
+            if "volume" in maps:
+                feat = feat + self._sample_volume(maps["volume"], g, padding)
         else:
             assert self.height_embed is not None
             table = self.height_embed.weight.t()[None, :, :, None].expand(b, -1, -1, 1)
@@ -132,6 +149,8 @@ class TPVHead(nn.Module):
             zh = maps["zh"].transpose(2, 3)[:, :, None, :, :]  # (B, C, 1, Y, Z)
             wz = maps["wz"][:, :, x0:x1, None, :]  # (B, C, x, 1, Z)
             vol = hw + zh + wz
+            if "volume" in maps:
+                vol = vol + self._volume_slices(maps["volume"], x0, x1)
         else:
             assert self.height_embed is not None
             height = self.height_embed.weight.t()[None, :, None, None, :].to(hw.dtype)
@@ -173,10 +192,46 @@ class TPVHead(nn.Module):
         if self.mode == "tpv":
             feat = feat + gather(maps["zh"], z * Y + y)  # zh: (B, C, Z, Y)
             feat = feat + gather(maps["wz"], x * Z + z)  # wz: (B, C, X, Z)
+            if "volume" in maps:
+                feat = feat + self._volume_at(maps["volume"], index)
         else:
             assert self.height_embed is not None
             feat = feat + self.height_embed.weight[z].to(feat.dtype)
         return feat
+
+    @staticmethod
+    def _sample_volume(volume: torch.Tensor, g: torch.Tensor, padding: str) -> torch.Tensor:
+        """The coarse volume (B, C, x, y, z) read trilinearly at g (B, ..., 3) [x, y, z] in
+        grid_sample's [-1, 1] (align_corners=False) -> (B, C, ...)."""
+        b, lead = g.shape[0], g.shape[1:-1]
+        # grid_sample's last axis is (W, H, D) = (z, y, x) of a (B, C, X, Y, Z) input
+        out = F.grid_sample(
+            volume,
+            g.flip(-1).reshape(b, 1, 1, -1, 3).to(volume.dtype),
+            mode="bilinear",
+            padding_mode=padding,
+            align_corners=False,
+        )  # (B, C, 1, 1, N)
+        return out.view(b, volume.shape[1], *lead)
+
+    def _voxel_centres(self, index: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Integer voxels (..., 3) [x, y, z] -> their centres in [-1, 1]."""
+        size = torch.tensor(self.grid, dtype=dtype, device=index.device)
+        return (index.to(dtype) * 2 + 1) / size - 1
+
+    def _volume_at(self, volume: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """The coarse volume trilinearly upsampled to the output grid (F.interpolate,
+        align_corners=False: the border clamped) at voxels index (B, K, 3) -> (B, K, C)."""
+        g = self._voxel_centres(index, volume.dtype)
+        return self._sample_volume(volume, g, "border").transpose(1, 2)
+
+    def _volume_slices(self, volume: torch.Tensor, x0: int, x1: int) -> torch.Tensor:
+        """The same upsampled volume on the x-slices [x0, x1) -> (B, C, x1 - x0, Y, Z)."""
+        _, Y, Z = self.grid
+        axes = [torch.arange(a, b, device=volume.device) for a, b in ((x0, x1), (0, Y), (0, Z))]
+        index = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)  # (x, Y, Z, 3)
+        g = self._voxel_centres(index, volume.dtype)
+        return self._sample_volume(volume, g.expand(volume.shape[0], *g.shape), "border")
 
     # -- forward --------------------------------------------------------------------------
 
@@ -219,6 +274,26 @@ class TPVHead(nn.Module):
                 self.voxel_features_at(maps, voxel_index)
             ).transpose(1, 2)
         return out
+
+
+class VolumeRefiner(nn.Module):
+    """Residual 3x3x3 convolutions on a volume (B, C, X, Y, Z): `layers` blocks of
+    x + conv(relu(conv(x))), the last conv of each starting at zero (an identity at start)."""
+
+    def __init__(self, dim: int, layers: int) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList()
+        for _ in range(layers):
+            first = nn.Conv3d(dim, dim, 3, padding=1)
+            last = nn.Conv3d(dim, dim, 3, padding=1)
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+            self.blocks.append(nn.Sequential(first, nn.ReLU(inplace=True), last))
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            v = v + block(v)
+        return v
 
 
 class PlaneRefiner(nn.Module):
