@@ -11,7 +11,8 @@ never used to stop), keeping --curve-points checkpoints; score the untrained mod
 checkpoint on the val streets with the Occ3D metrics tpvkit eval computes (mIoU inside
 mask_camera and without a mask, RayIoU at 1/2/4 m) plus, from the same confusion matrices,
 object-class mIoU (classes 1-10: barrier ... truck) and geometric IoU (occupied vs free inside
-mask_camera). Runs go --jobs at a time, one torch thread each.
+mask_camera); the final checkpoint also by distance from the ego origin (RANGE_BINS: the masked
+IoU of the voxels 0-10 m, 10-20 m, ... away). Runs go --jobs at a time, one torch thread each.
 
 Label-blind predictors, from the training labels only (every voxel, free included):
 - "frequency draw": each voxel draws a class with the training voxel frequencies;
@@ -52,6 +53,8 @@ from tpvkit.utils.io import atomic_write_text
 SPLITS = {v: SPLITS_BY_VERSION[v][:2] for v in ("v1.0-mini", "v1.0-trainval")}
 OBJECT_CLASSES = tuple(range(1, 11))  # Occ3D: barrier, bicycle, ..., truck
 SCORE_KEYS = ("miou", "miou_objects", "geometric_iou", "miou_nomask", "rayiou")
+RANGE_BINS = (0.0, 10.0, 20.0, 30.0, 40.0)  # metres from the ego origin
+RANGE_CLASSES = ("car", "manmade", "driveable_surface")  # reported per range in summary.md
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -123,7 +126,8 @@ def score_model(
         load_infos(synthetic_info_path(root, synthetic_splits(root)[1])),
         torch.device("cpu"),
     )
-    sink = OccupancyMetricsSink(ray_iou=ray_iou)
+    # the final checkpoint (the one with RayIoU) is also scored by distance
+    sink = OccupancyMetricsSink(ray_iou=ray_iou, range_bins=RANGE_BINS if ray_iou else ())
     out = run_inference(model, loader, "cpu", [sink], progress=False)[0]
     return {**out, **derived_scores(out)}
 
@@ -331,6 +335,27 @@ def summary_markdown(runs: list[dict], blind: dict) -> str:
         cells = [fmt(r["final"]["iou_per_class"][cls]) for r in runs]
         cells += [fmt(blind[n]["iou_per_class"][cls]) for n in ("position prior", "frequency draw")]
         lines.append(f"| {cls} | " + " | ".join(cells) + " |")
+    ranged = [r for r in runs if r["final"].get("iou_per_class_by_range")]
+    if ranged:
+        bins = list(ranged[0]["final"]["iou_per_class_by_range"])
+        lines += [
+            "",
+            "| masked IoU by distance from the ego origin | "
+            + " | ".join(f"{r['config']} s{r['seed']}" for r in ranged)
+            + " |",
+            "|---|" + "---|" * len(ranged),
+        ]
+        for cls in (*RANGE_CLASSES, "mIoU"):
+            for key in bins:
+                cells = [
+                    fmt(
+                        r["final"]["miou_by_range"][key]
+                        if cls == "mIoU"
+                        else r["final"]["iou_per_class_by_range"][key][cls]
+                    )
+                    for r in ranged
+                ]
+                lines.append(f"| {cls} {key} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "Held-out curves (mIoU inside mask_camera / object mIoU / RayIoU (final only), x100):",

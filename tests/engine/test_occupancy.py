@@ -255,3 +255,35 @@ def test_classifier_bias_starts_at_the_log_priors():
     assert model.head.classifier.bias.tolist() == pytest.approx(expected, rel=1e-6)
     with pytest.raises(TpvkitError, match="class_frequencies"):
         init_classifier_bias(model, [])
+
+
+def test_metrics_sink_by_range_on_a_hand_made_frame():
+    # Everything free and observed; four car voxels: voxel (100, 100) has its centre at
+    # (0.2, 0.2) m (0.28 m away), (130, 100) at 12.2 m, (131, 100) at 12.6 m, (175, 100) at
+    # 30.2 m. The prediction gets the near car, one of the two at 12 m (and adds a car at
+    # (132, 100), 13.0 m) and misses the far one.
+    gt = torch.full((200, 200, 16), FREE, dtype=torch.long)
+    for x in (100, 130, 131, 175):
+        gt[x, 100, 2] = 4
+    pred = gt.clone()
+    pred[131, 100, 2] = FREE
+    pred[132, 100, 2] = 4
+    pred[175, 100, 2] = FREE
+    batch = {
+        "occ_semantics": gt[None],
+        "occ_mask_camera": torch.ones(1, 200, 200, 16, dtype=torch.bool),
+        "occ_mask_lidar": torch.ones(1, 200, 200, 16, dtype=torch.bool),
+        "ray_origins": [torch.zeros(1, 3)],
+        "tokens": ["t"],
+    }
+    sink = OccupancyMetricsSink(ray_iou=False, range_bins=(0, 10, 20, 30, 40))
+    sink.add(batch, _logits(pred[None]))
+    res = sink.finish()
+    car = {k: v["car"] for k, v in res["iou_per_class_by_range"].items()}
+    # 10-20 m: GT {130, 131}, prediction {130, 132}: IoU 1 / 3; 30-40 m: GT only: 0
+    assert car == {"0-10 m": 1.0, "10-20 m": pytest.approx(1 / 3), "20-30 m": None, "30-40 m": 0.0}
+    assert res["miou_by_range"]["0-10 m"] == 1.0
+    assert res["miou_by_range"]["20-30 m"] is None  # free only: nothing to average
+    assert res["iou_per_class"]["car"] == pytest.approx(2 / 5)  # the whole mask as before
+    with pytest.raises(ValueError, match="ascend"):
+        OccupancyMetricsSink(range_bins=(0, 20, 10))

@@ -16,7 +16,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from tpvkit.data.occ3d import OCC3D_CLASS_NAMES, OCC3D_FREE, OCC3D_GRID, OCC3D_NUM_CLASSES
+from tpvkit.data.occ3d import (
+    OCC3D_CLASS_NAMES,
+    OCC3D_FREE,
+    OCC3D_GRID,
+    OCC3D_NUM_CLASSES,
+    OCC3D_RANGE,
+    OCC3D_VOXEL_SIZE,
+)
 from tpvkit.engine.distributed import reduce_over_ranks
 from tpvkit.errors import TpvkitError
 from tpvkit.models.losses import require_occ3d_batch
@@ -55,16 +62,27 @@ class OccupancyMetricsSink:
     Without `labelled` (a split that links no Occ3D labels) it only counts the samples and
     reports every score as None; `ray_iou` False reports the RayIoU keys as None. The keys are
     the same either way (and "task": "occupancy", the kind of report, as tpvkit 0.2 wrote it).
+
+    `range_bins` (metres, ascending, e.g. (0, 10, 20, 30, 40)) adds "miou_by_range" and
+    "iou_per_class_by_range", keyed "0-10 m", ...: the masked scores of the voxels whose centre
+    lies at that horizontal distance from the ego origin (lower edge included).
     """
 
     needs_voxels = True
     logged_keys = ("miou", "miou_voxel", "num_samples", "miou_nomask", "rayiou")
     shown_keys = ("miou", "miou_nomask", "rayiou")
 
-    def __init__(self, ray_iou: bool = True, labelled: bool = True) -> None:
+    def __init__(
+        self, ray_iou: bool = True, labelled: bool = True, range_bins: tuple[float, ...] = ()
+    ) -> None:
         self.labelled = labelled
         self.confusion_camera = OccupancyConfusion()
         self.confusion_all = OccupancyConfusion()
+        if any(b <= a for a, b in zip(range_bins, range_bins[1:], strict=False)):
+            raise ValueError(f"range_bins must ascend: {range_bins}")
+        self.range_bins = tuple(float(b) for b in range_bins)
+        self.confusion_by_range = [OccupancyConfusion() for _ in self.range_bins[1:]]
+        self._distance: torch.Tensor | None = None
         self.ray_iou = RayIoU() if ray_iou and labelled else None
         self.num_samples = 0
 
@@ -77,14 +95,31 @@ class OccupancyMetricsSink:
         pred = _voxel_predictions(out, tuple(gt.shape[1:])).to(gt.device)
         self.confusion_camera.update(gt, pred, batch["occ_mask_camera"])
         self.confusion_all.update(gt, pred)
+        if self.confusion_by_range:
+            distance = self._voxel_distance(gt.device)
+            mask = batch["occ_mask_camera"].bool()
+            for lo, hi, confusion in zip(
+                self.range_bins, self.range_bins[1:], self.confusion_by_range, strict=False
+            ):
+                confusion.update(gt, pred, mask & (distance >= lo) & (distance < hi))
         if self.ray_iou is not None:
             for b in range(gt.shape[0]):
                 self.ray_iou.add_frame(pred[b], gt[b], batch["ray_origins"][b])
         self.num_samples += int(gt.shape[0])
 
+    def _voxel_distance(self, device: torch.device) -> torch.Tensor:
+        """(X, Y, 1) horizontal distance of each Occ3D voxel centre from the ego origin."""
+        if self._distance is None:
+            X, Y, _ = OCC3D_GRID
+            x = OCC3D_RANGE[0] + (torch.arange(X, dtype=torch.float64) + 0.5) * OCC3D_VOXEL_SIZE
+            y = OCC3D_RANGE[1] + (torch.arange(Y, dtype=torch.float64) + 0.5) * OCC3D_VOXEL_SIZE
+            self._distance = torch.hypot(x[:, None], y[None, :])[:, :, None]
+        return self._distance.to(device)
+
     def finish(self) -> dict[str, Any]:
         counts = torch.tensor([self.num_samples], dtype=torch.int64)
         tensors = [self.confusion_camera.matrix, self.confusion_all.matrix, counts]
+        tensors += [c.matrix for c in self.confusion_by_range]
         if self.ray_iou is not None:
             tensors += self.ray_iou.tensors()
         reduce_over_ranks(tensors)
@@ -124,6 +159,17 @@ class OccupancyMetricsSink:
         if self.ray_iou is not None:
             results.update(self.ray_iou.summary())
             results["num_rays"] = int(self.ray_iou.gt_count.sum().item())
+        if self.confusion_by_range:
+            by_miou, by_class = {}, {}
+            for lo, hi, confusion in zip(
+                self.range_bins, self.range_bins[1:], self.confusion_by_range, strict=False
+            ):
+                key = f"{lo:g}-{hi:g} m"
+                miou = confusion.miou()
+                by_miou[key] = None if np.isnan(miou) else miou
+                by_class[key] = _class_dict(np.delete(confusion.iou_per_class(), OCC3D_FREE), names)
+            results["miou_by_range"] = by_miou
+            results["iou_per_class_by_range"] = by_class
         return results
 
     def print_results(self, results: Mapping[str, Any], title: str) -> None:
