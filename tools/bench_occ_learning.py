@@ -73,6 +73,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scenes", type=int, default=104, help="Synthetic scenes (train + val).")
     p.add_argument("--val-scenes", type=int, default=8, help="v1.0-trainval: held-out streets.")
     p.add_argument("--samples-per-scene", type=int, default=4)
+    p.add_argument(
+        "--image-size",
+        type=int,
+        nargs=2,
+        default=(400, 224),
+        metavar=("W", "H"),
+        help="Camera images of a generated world (tpv_occ3d_tiny reads 400x224).",
+    )
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument(
         "--more-train-data",
@@ -428,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         splits=SPLITS[args.version] if args.data is None else (),
         version=args.version,
         val_scenes=args.val_scenes if args.version == "v1.0-trainval" else 0,
+        image_size=tuple(args.image_size),
     )
     try:
         synthetic_splits(root)

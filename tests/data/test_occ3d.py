@@ -177,7 +177,8 @@ def test_prepare_occ3d_outside_the_dataroot_stores_absolute_paths(synthetic_root
 
 
 def test_dataset_yields_dense_targets_in_the_ego_frame(synthetic_infos):
-    cfg = load_config("tpv_occ3d_tiny")
+    # tpv_tiny's image size, so that the two projections compare pixel for pixel
+    cfg = load_config("tpv_occ3d_tiny", ["data.img_size=[112,200]"])
     ds = LidarSegDataset(synthetic_infos["mini_val"], cfg.data, cfg.model, train=False)
     item = ds[0]
     assert item["occ_semantics"].shape == (200, 200, 16)

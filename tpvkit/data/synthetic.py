@@ -720,6 +720,7 @@ def ensure_synthetic(
     splits: Sequence[str] = ("mini_train", "mini_val"),
     version: str = VERSION,
     val_scenes: int = 0,
+    image_size: tuple[int, int] = (200, 112),
 ) -> Path:
     """A synthetic dataroot at `root` with the info files of `splits`: generated when `root`
     holds no infos/ and `generate` (a given folder is used as it is); a TpvkitError when an
@@ -733,6 +734,7 @@ def ensure_synthetic(
             seed=seed,
             version=version,
             val_scenes=val_scenes,
+            image_size=image_size,
         )
     for split in splits:
         if not synthetic_info_path(root, split).is_file():

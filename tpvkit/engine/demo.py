@@ -55,7 +55,7 @@ AFTER_TRAIN_STEPS = 30
 # The occupancy model: tpvkit's recipe (configs/tpv_occ3d_tiny.yaml), sized to about 6 minutes
 # on a quiet 2-core machine (docs/learning.md).
 DEMO_OCC_CONFIG = "tpv_occ3d_tiny"
-DEMO_OCC_ITERS = 480
+DEMO_OCC_ITERS = 360
 # Its evaluation decodes the whole 200x200x16 grid and scores RayIoU: more steps' worth.
 OCC_AFTER_TRAIN_STEPS = 60
 
@@ -70,14 +70,19 @@ class DemoData:
     scenes: int
     samples_per_scene: int
     val_scenes: int = 0  # v1.0-trainval only
+    image_size: tuple[int, int] = (200, 112)  # (width, height) of the camera images
 
 
 # lidarseg: the ten v1.0-mini scene names (8 mini_train streets, 2 mini_val), 3 frames each.
 DEMO_DATA = DemoData("data", "v1.0-mini", 10, 3)
 # Occupancy learns where objects are only from many streets: on 8 it memorises them
-# (docs/learning.md). 48 training streets of 2 frames (96 frames, 5 epochs in 480
+# (docs/learning.md). 48 training streets of 2 frames (96 frames, ~4 epochs in 360
 # iterations) and 2 held-out streets; v1.0-trainval names lift the 10-scene cap.
-DEMO_OCC_DATA = DemoData("occupancy/data", "v1.0-trainval", 50, 2, val_scenes=2)
+# Rendered at 400x224, the size tpv_occ3d_tiny reads: at 200x112 a car 20 m away is ~12 px
+# tall and its depth is sub-pixel (docs/learning.md).
+DEMO_OCC_DATA = DemoData(
+    "occupancy/data", "v1.0-trainval", 50, 2, val_scenes=2, image_size=(400, 224)
+)
 
 
 @dataclass(frozen=True)
@@ -296,6 +301,7 @@ def _data_stage(work_dir: Path, data: DemoData, log: Callable[[str], None]) -> l
             seed=DEMO_SEED,
             version=data.version,
             val_scenes=data.val_scenes,
+            image_size=data.image_size,
             overwrite=data_root.exists(),
             workers=2,  # the same bytes with any worker count; nothing else runs yet
         )
