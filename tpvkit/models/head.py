@@ -51,12 +51,12 @@ class TPVHead(nn.Module):
         if head.refine_layers > 0:
             names = ("hw", "zh", "wz") if self.mode == "tpv" else ("hw",)
             for name in names:
-                self.refine[name] = PlaneRefiner(cfg.dim, head.refine_layers)
+                self.refine[name] = ResidualRefiner(cfg.dim, head.refine_layers)
         # Optional 3D refinement on the coarse volume (tpvkit's; the public configs have none):
         # its change is added to every voxel's feature, trilinearly upsampled.
-        self.volume_refine: VolumeRefiner | None = None
+        self.volume_refine: ResidualRefiner | None = None
         if head.volume_refine_layers > 0:
-            self.volume_refine = VolumeRefiner(cfg.dim, head.volume_refine_layers)
+            self.volume_refine = ResidualRefiner(cfg.dim, head.volume_refine_layers, spatial_dims=3)
 
         self.decoder = nn.Sequential(
             nn.Linear(cfg.dim, 2 * cfg.dim), nn.Softplus(), nn.Linear(2 * cfg.dim, cfg.dim)
@@ -276,37 +276,18 @@ class TPVHead(nn.Module):
         return out
 
 
-class VolumeRefiner(nn.Module):
-    """Residual 3x3x3 convolutions on a volume (B, C, X, Y, Z): `layers` blocks of
-    x + conv(relu(conv(x))), the last conv of each starting at zero (an identity at start)."""
+class ResidualRefiner(nn.Module):
+    """Residual 3x3 (or 3x3x3) convolutions on a plane map (B, C, rows, cols) or a volume
+    (B, C, X, Y, Z), `spatial_dims` 2 or 3: `layers` blocks of x + conv(relu(conv(x))). The last
+    conv of each block starts at zero, so an untrained refiner is the identity."""
 
-    def __init__(self, dim: int, layers: int) -> None:
+    def __init__(self, dim: int, layers: int, spatial_dims: int = 2) -> None:
         super().__init__()
+        conv = {2: nn.Conv2d, 3: nn.Conv3d}[spatial_dims]
         self.blocks = nn.ModuleList()
         for _ in range(layers):
-            first = nn.Conv3d(dim, dim, 3, padding=1)
-            last = nn.Conv3d(dim, dim, 3, padding=1)
-            nn.init.zeros_(last.weight)
-            nn.init.zeros_(last.bias)
-            self.blocks.append(nn.Sequential(first, nn.ReLU(inplace=True), last))
-
-    def forward(self, v: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
-            v = v + block(v)
-        return v
-
-
-class PlaneRefiner(nn.Module):
-    """Residual 3x3 convolutions on one plane map (B, C, rows, cols) at the output resolution:
-    `layers` blocks of x + conv(relu(conv(x))). The last conv of each block starts at zero, so
-    an untrained refiner is the identity."""
-
-    def __init__(self, dim: int, layers: int) -> None:
-        super().__init__()
-        self.blocks = nn.ModuleList()
-        for _ in range(layers):
-            first = nn.Conv2d(dim, dim, 3, padding=1)
-            last = nn.Conv2d(dim, dim, 3, padding=1)
+            first = conv(dim, dim, 3, padding=1)
+            last = conv(dim, dim, 3, padding=1)
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
             self.blocks.append(nn.Sequential(first, nn.ReLU(inplace=True), last))
