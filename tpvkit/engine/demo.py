@@ -76,7 +76,6 @@ class DemoData:
     scenes: int
     samples_per_scene: int
     val_scenes: int = 0  # v1.0-trainval only
-    image_size: tuple[int, int] = (200, 112)  # (width, height) of the camera images
 
 
 # lidarseg: the ten v1.0-mini scene names (8 mini_train streets, 2 mini_val), 3 frames each.
@@ -305,7 +304,6 @@ def _data_stage(work_dir: Path, data: DemoData, log: Callable[[str], None]) -> l
             seed=DEMO_SEED,
             version=data.version,
             val_scenes=data.val_scenes,
-            image_size=data.image_size,
             overwrite=data_root.exists(),
             workers=2,  # the same bytes with any worker count; nothing else runs yet
         )
