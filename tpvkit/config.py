@@ -106,6 +106,23 @@ class HeadConfig:
 
 
 @dataclass
+class DepthConfig:
+    # Depth-aware lifting (tpvkit's; the public configs have none). bins > 0 adds a per-pixel
+    # depth classifier on one FPN level (uniform bins over [min_depth, max_depth] metres of
+    # camera depth), trained from the LiDAR points projected into the cameras
+    # (train.depth_loss_weight). With weight_attention, the image cross-attention scales the
+    # samples around each pillar point by the predicted likelihood of that point's depth at
+    # its pixel, relative to the pixel's most likely depth (1 everywhere before training, so
+    # a fresh model attends as the public one); without it the depth head is an auxiliary
+    # loss only. docs/model.md.
+    bins: int = 0
+    min_depth: float = 1.0
+    max_depth: float = 45.0
+    level: int = 1  # FPN level (0: the finest) whose features predict depth
+    weight_attention: bool = True
+
+
+@dataclass
 class ModelConfig:
     mode: str = "tpv"  # "tpv": three planes; "bev": the top plane only (BEV baseline)
     dim: int = 128
@@ -123,6 +140,7 @@ class ModelConfig:
     neck: NeckConfig = field(default_factory=NeckConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
+    depth: DepthConfig = field(default_factory=DepthConfig)
 
 
 @dataclass
@@ -204,6 +222,9 @@ class TrainConfig:
     # on the free class into model.head.voxel_logit_offset (unless that is set), so that
     # decisions use the data's prior again (logit adjustment).
     occ_sampled_prior_correction: bool = True
+    # Weight of the depth classifier's cross-entropy against the LiDAR depth of each feature
+    # cell (the nearest point projected into it); needs model.depth.bins > 0 and loss occ3d.
+    depth_loss_weight: float = 0.0
     log_interval: int = 10
     val_interval: int = 0  # iterations between validations; 0 = at the end of every epoch
     ckpt_interval: int = 0  # iterations between checkpoints; 0 = at the end of every epoch
@@ -548,6 +569,23 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"model.head.volume_refine_layers: {m.head.volume_refine_layers} must be 0 or more, "
             "and 0 in BEV mode (model.mode: bev has no volume to refine)"
+        )
+    d = m.depth
+    if d.bins < 0 or (d.bins and not 0.0 < d.min_depth < d.max_depth):
+        raise ConfigError(
+            f"model.depth: bins {d.bins} must be 0 or more and 0 < min_depth ({d.min_depth}) "
+            f"< max_depth ({d.max_depth})"
+        )
+    if d.bins and not 0 <= d.level < m.neck.num_outs:
+        raise ConfigError(
+            f"model.depth.level: {d.level} is not an FPN level (0 to {m.neck.num_outs - 1})"
+        )
+    if cfg.train.depth_loss_weight < 0 or (
+        cfg.train.depth_loss_weight > 0 and (not d.bins or cfg.train.loss != "occ3d")
+    ):
+        raise ConfigError(
+            f"train.depth_loss_weight: {cfg.train.depth_loss_weight} needs model.depth.bins > 0 "
+            f"and train.loss occ3d (got bins {d.bins}, loss {cfg.train.loss}); set it to 0"
         )
     _check_task(cfg)
     if m.backbone.depth not in (18, 34, 50, 101):

@@ -79,8 +79,9 @@ def test_gather_camera_hits_matches_loop() -> None:
 
 
 @torch.no_grad()
-def _ica_reference(ica, queries, value, shapes, uv, valid):
-    """Public ICA with the flat (ungrouped) pillar formulation, per (sample, plane, query)."""
+def _ica_reference(ica, queries, value, shapes, uv, valid, factors=None):
+    """Public ICA with the flat (ungrouped) pillar formulation, per (sample, plane, query);
+    factors: per plane (B, N, Q, D) scales of each pillar point's samples (depth-aware)."""
     B = queries[0].shape[0]
     BN, S, C = value.shape
     N = BN // B
@@ -110,17 +111,22 @@ def _ica_reference(ica, queries, value, shapes, uv, valid):
                                 x = float(anchor[0] + off[h, lvl, p, 0] / w_l)
                                 y = float(anchor[1] + off[h, lvl, p, 1] / h_l)
                                 sample = bilinear(maps[lvl][b * N + n, :, :, h], x, y)
-                                acc[h * d : (h + 1) * d] += w[h, lvl, p] * sample
+                                scale = 1.0
+                                if factors is not None:
+                                    scale = float(factors[i][b, n, q, p // (P // Dp)])
+                                acc[h * d : (h + 1) * d] += w[h, lvl, p] * scale * sample
                 slot = acc / max(len(cams), 1)
                 res[b, q] = query.double() + _lin(ica.output_proj, slot)
         outs.append(res)
     return outs
 
 
+@pytest.mark.parametrize("depth_aware", [False, True])
 @pytest.mark.parametrize("form", ["compact", "straightforward", "export"])
-def test_image_cross_attention_matches_reference(form: str) -> None:
+def test_image_cross_attention_matches_reference(form: str, depth_aware: bool) -> None:
     """Each form of the forward; "export" is the export mode's (dense camera slots, one
-    GridSample MSDA call per camera with the unseen queries weighted 0)."""
+    GridSample MSDA call per camera with the unseen queries weighted 0). depth_aware: every
+    (camera, query, pillar point) scales its samples by its own factor (anchor_weights)."""
     torch.manual_seed(0)
     C, H, L = 8, 2, 2
     shapes = [(5, 7), (3, 4)]
@@ -138,18 +144,25 @@ def test_image_cross_attention_matches_reference(form: str) -> None:
     valid[1][:, :, 0] = False  # a query no camera sees: only output_proj(0) is added
     gather = gather_camera_hits_dense if form == "export" else gather_camera_hits
     hits = [gather(u, m) for u, m in zip(uv, valid, strict=True)]
+    factors = None
+    if depth_aware:
+        factors = [torch.rand(m.shape) for m in valid]
+        for hit, f in zip(hits, factors, strict=True):
+            hit.anchor_weights = hit.pack(f)
     spatial = torch.tensor(shapes)
     starts = torch.tensor([0, shapes[0][0] * shapes[0][1]])
     out = ica(queries, value, spatial, starts, hits)
-    ref = _ica_reference(ica, queries, value, shapes, uv, valid)
+    ref = _ica_reference(ica, queries, value, shapes, uv, valid, factors)
     for o, r in zip(out, ref, strict=True):
         assert torch.allclose(o.double(), r, atol=1e-4), (o.double() - r).abs().max()
     assert torch.allclose(out[1][:, 0], queries[1][:, 0] + ica.output_proj.bias, atol=1e-6)
 
 
-def test_compact_image_cross_attention_equals_the_straightforward_one() -> None:
+@pytest.mark.parametrize("depth_aware", [False, True])
+def test_compact_image_cross_attention_equals_the_straightforward_one(depth_aware: bool) -> None:
     # Reference points spread far outside the images: many sub-queries miss every level and
-    # are skipped by the compact path; values and every gradient must not change.
+    # are skipped by the compact path; values and every gradient (the pillar points' depth
+    # factors' included) must not change.
     torch.manual_seed(3)
     C, H, L = 8, 2, 3
     shapes = [(6, 9), (3, 5), (1, 2)]
@@ -159,6 +172,7 @@ def test_compact_image_cross_attention_equals_the_straightforward_one() -> None:
     uv = [torch.rand(B, N, q, d, 2) * 6 - 2.5 for q, d in zip(plane_q, anchors, strict=True)]
     valid = [torch.rand(B, N, q, d) < 0.6 for q, d in zip(plane_q, anchors, strict=True)]
     hits = [gather_camera_hits(u, m) for u, m in zip(uv, valid, strict=True)]
+    factors = [torch.rand(m.shape) for m in valid]
     spatial = torch.tensor(shapes)
     starts = torch.tensor([0, 54, 69])
     results = []
@@ -169,10 +183,16 @@ def test_compact_image_cross_attention_equals_the_straightforward_one() -> None:
         )
         _randomise(ica)
         leaves = [t.clone().requires_grad_() for t in (*queries, value)]
+        scales = [f.clone().requires_grad_() for f in factors]
+        if depth_aware:
+            for hit, f in zip(hits, scales, strict=True):
+                hit.anchor_weights = hit.pack(f)
         out = ica(leaves[:3], leaves[3], spatial, starts, hits)
         g = torch.Generator().manual_seed(5)
         sum((o * torch.randn(o.shape, generator=g)).sum() for o in out).backward()
         grads = [t.grad for t in leaves] + [p.grad for p in ica.parameters()]
+        if depth_aware:
+            grads += [f.grad for f in scales]
         results.append([o.detach() for o in out] + grads)
     for a, b in zip(*results, strict=True):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), (a - b).abs().max()

@@ -363,17 +363,41 @@ class CameraHits:
     count (B, Q) float: the number of cameras seeing each query, clamped to >= 1;
     reference_points (B * N_cam, M, D, 2): the slot's pillar points in normalised pixels.
     dense: M = Q and slot j of every camera is query j (gather_camera_hits_dense).
+    source (B * N_cam * M,) int64: the row of the (B * N_cam * Q) projections each slot holds
+    (`pack` gathers any per-(camera, query) tensor into the slots the same way).
+    anchor_weights (B * N_cam, M, D) or None: a factor on the attention weights of the samples
+    around each pillar point (depth-aware lifting, TPVFormer.depth_likelihood); None: 1.
     """
 
     index: torch.Tensor
     valid: torch.Tensor
     count: torch.Tensor
     reference_points: torch.Tensor
+    source: torch.Tensor
     dense: bool = False
+    anchor_weights: torch.Tensor | None = None
 
     @property
     def num_slots(self) -> int:
         return self.valid.shape[-1]
+
+    def pack(self, per_query: torch.Tensor) -> torch.Tensor:
+        """(B, N_cam, Q, ...) -> (B * N_cam, M, ...): the rows of the slots' (camera, query)."""
+        b, n, q = per_query.shape[:3]
+        rows = per_query.reshape(b * n * q, *per_query.shape[3:])
+        return rows.index_select(0, self.source).view(b * n, self.num_slots, *per_query.shape[3:])
+
+
+def scale_by_anchors(w: torch.Tensor, anchor_weights: torch.Tensor | None) -> torch.Tensor:
+    """Attention weights w (..., H, L, P0) of sub-queries whose D0 pillar points have the
+    factors anchor_weights (..., D0) (None: w unchanged): the P0 / D0 samples around pillar
+    point d (the layout of the sampling locations) are scaled by its factor."""
+    if anchor_weights is None:
+        return w
+    *lead, h, lv, p0 = w.shape
+    d0 = anchor_weights.shape[-1]
+    scaled = w.view(*lead, h, lv, d0, p0 // d0) * anchor_weights[..., None, None, :, None]
+    return scaled.view(*lead, h, lv, p0).to(w.dtype)
 
 
 def gather_camera_hits(uv: torch.Tensor, valid: torch.Tensor) -> CameraHits:
@@ -397,9 +421,12 @@ def gather_camera_hits(uv: torch.Tensor, valid: torch.Tensor) -> CameraHits:
     packed = torch.where(slot_valid, packed, torch.zeros_like(packed))
     flat_index = (packed + (torch.arange(b, device=uv.device) * q).view(b, 1, 1)).flatten()
     cam_index = (torch.arange(b * n, device=uv.device) * q).view(b, n, 1)
-    ref = uv.reshape(b * n * q, d, 2)[(packed + cam_index).flatten()].view(b * n, m, d, 2)
+    source = (packed + cam_index).flatten()
+    ref = uv.reshape(b * n * q, d, 2)[source].view(b * n, m, d, 2)
     count = hit.sum(1).clamp(min=1).to(uv.dtype)  # (B, Q)
-    return CameraHits(index=flat_index, valid=slot_valid, count=count, reference_points=ref)
+    return CameraHits(
+        index=flat_index, valid=slot_valid, count=count, reference_points=ref, source=source
+    )
 
 
 def gather_camera_hits_dense(uv: torch.Tensor, valid: torch.Tensor) -> CameraHits:
@@ -419,7 +446,10 @@ def gather_camera_hits_dense(uv: torch.Tensor, valid: torch.Tensor) -> CameraHit
     # Masked slots read at (0, 0) rather than at their (possibly far-out) projections.
     ref = torch.where(hit[..., None, None], uv, torch.zeros_like(uv)).reshape(b * n, q, d, 2)
     count = hit.sum(1).clamp(min=1).to(uv.dtype)  # (B, Q)
-    return CameraHits(index=flat_index, valid=hit, count=count, reference_points=ref, dense=True)
+    source = torch.arange(b * n * q, device=uv.device)
+    return CameraHits(
+        index=flat_index, valid=hit, count=count, reference_points=ref, source=source, dense=True
+    )
 
 
 class ImageCrossAttention(nn.Module):
@@ -555,7 +585,9 @@ class ImageCrossAttention(nn.Module):
             qg = q.reshape(-1, c)[hit.index].view(bn, m, c)  # the queries each camera sees
             off, w = self._sub_query_terms(i, qg, size)
             offsets.append(off.reshape(bn, m * k, H, L, P0, 2))
-            weights.append(w.reshape(bn, m * k, H, L, P0))
+            aw = hit.anchor_weights
+            aw = None if aw is None else aw.reshape(bn, m * k, D0)
+            weights.append(scale_by_anchors(w.reshape(bn, m * k, H, L, P0), aw))
             refs.append(hit.reference_points.reshape(bn, m * k, D0, 2))
             sub_counts.append(m * k)
 
@@ -631,23 +663,30 @@ class ImageCrossAttention(nn.Module):
         off = torch.cat(offsets, 1).view(b, num_sub, H, L, D0, P0 // D0, 2)
         w = torch.cat(weights, 1)  # (B, Q_sub, H, L, P0)
         total = value.new_zeros(b, num_sub, c, dtype=torch.float32)
+        if any(h.anchor_weights is not None for h in hits) and not all(
+            h.anchor_weights is not None for h in hits
+        ):
+            raise ValueError("anchor_weights must be given for every plane or for none")
         for cam in range(n):
-            refs, seen = [], []
+            refs, seen, factors = [], [], []
             for i, (q, hit) in enumerate(zip(queries, hits, strict=True)):
                 nq, k = q.shape[1], self.multipliers[i]
                 ref = hit.reference_points.view(b, n, nq * k, D0, 2)[:, cam]
                 refs.append(ref)
                 visible = hit.valid.view(b, n, nq, 1)[:, cam].expand(b, nq, k)
                 seen.append(visible.reshape(b, nq * k))
+                if hit.anchor_weights is not None:
+                    factors.append(hit.anchor_weights.view(b, n, nq * k, D0)[:, cam])
             ref = torch.cat(refs, 1).float()[:, :, None, None, :, None, :]
             locations = (ref + off).view(b, num_sub, H, L, P0, 2)
             mask = torch.cat(seen, 1).to(w.dtype)[:, :, None, None, None]
+            w_cam = scale_by_anchors(w, torch.cat(factors, 1) if factors else None)
             out = _msda_fp32(
                 v[:, cam],
                 spatial_shapes,
                 level_start_index,
                 locations,
-                w * mask,
+                w_cam * mask,
                 msda_export if self.export else self.msda_backend,
             )
             total = total + out.float()
@@ -711,7 +750,10 @@ class ImageCrossAttention(nn.Module):
                 slot, sub = touch[cam].nonzero().unbind(1)
                 query = qidx[cam].index_select(0, slot)
                 anchors = hit.reference_points[cam].view(m, k, D0, 2)[slot, sub].float()
-                picked.append((i, cam, query, query * k + sub, anchors))
+                factors = None
+                if hit.anchor_weights is not None:
+                    factors = hit.anchor_weights[cam].view(m, k, D0)[slot, sub]
+                picked.append((i, cam, query, query * k + sub, anchors, factors))
 
         sums = [q.new_zeros(q.shape[0] * q.shape[1], c) for q in queries]
         for cam in range(bn):
@@ -719,12 +761,13 @@ class ImageCrossAttention(nn.Module):
             if not parts:
                 continue
             locations, weights = [], []
-            for i, _, _, sub_ids, anchors in parts:
+            for i, _, _, sub_ids, anchors, factors in parts:
                 off, w = per_query[i]
                 rows = off.view(-1, H, L, D0, P0 // D0, 2).index_select(0, sub_ids)
                 rows = rows + anchors.view(-1, 1, 1, D0, 1, 2)
                 locations.append(rows.view(-1, H, L, P0, 2))
-                weights.append(w.view(-1, H, L, P0).index_select(0, sub_ids))
+                w_rows = w.view(-1, H, L, P0).index_select(0, sub_ids)
+                weights.append(scale_by_anchors(w_rows, factors))
             out = _msda_fp32(
                 v[cam : cam + 1],
                 spatial_shapes,
@@ -733,7 +776,7 @@ class ImageCrossAttention(nn.Module):
                 torch.cat(weights)[None],
                 self.msda_backend,
             )[0]
-            for (i, _, query, _, _), o in zip(
+            for (i, _, query, _, _, _), o in zip(
                 parts, out.split([p[2].numel() for p in parts]), strict=True
             ):
                 sums[i] = sums[i].index_add(0, query, o.to(sums[i].dtype))

@@ -26,6 +26,7 @@ from tpvkit.models.attention import (
 )
 from tpvkit.models.geometry import (
     PLANES,
+    anchor_depth_weights,
     cross_view_reference_points,
     pillar_reference_points,
     plane_grid_reference_points,
@@ -298,16 +299,35 @@ class TPVEncoder(nn.Module):
         level_start_index = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
         return value, spatial_shapes, level_start_index
 
-    def camera_hits(self, lidar2img: torch.Tensor, img_hw: tuple[int, int]) -> list[CameraHits]:
-        """Project every plane's pillar points into the cameras and pack the hits, per plane."""
+    def camera_hits(
+        self,
+        lidar2img: torch.Tensor,
+        img_hw: tuple[int, int],
+        depth_likelihood: torch.Tensor | None = None,
+    ) -> list[CameraHits]:
+        """Project every plane's pillar points into the cameras and pack the hits, per plane.
+
+        depth_likelihood (B * N_cam, K, h, w) (TPVFormer.depth_likelihood), or None: each hit's
+        anchor_weights become the likelihood of its pillar points' camera depths at their
+        pixels (anchor_depth_weights), with gradient; the packing itself has none."""
         hits = []
         for p in self.planes:
             pts = getattr(self, f"pillar_points_{p}")  # (Q, D, 3)
             q, d, _ = pts.shape
-            uv, valid = project_to_cameras(pts.reshape(-1, 3), lidar2img, img_hw)
-            b, n = uv.shape[:2]
-            gather = gather_camera_hits_dense if self.export else gather_camera_hits
-            hits.append(gather(uv.view(b, n, q, d, 2), valid.view(b, n, q, d)))
+            with torch.no_grad():
+                uv, valid, depth = project_to_cameras(
+                    pts.reshape(-1, 3), lidar2img, img_hw, with_depth=True
+                )
+                b, n = uv.shape[:2]
+                gather = gather_camera_hits_dense if self.export else gather_camera_hits
+                hit = gather(uv.view(b, n, q, d, 2), valid.view(b, n, q, d))
+            if depth_likelihood is not None:
+                dcfg = self.cfg.depth
+                factors = anchor_depth_weights(
+                    depth_likelihood, uv, depth, dcfg.min_depth, dcfg.max_depth
+                )
+                hit.anchor_weights = hit.pack(factors.view(b, n, q, d))
+            hits.append(hit)
         return hits
 
     def forward(
@@ -315,10 +335,12 @@ class TPVEncoder(nn.Module):
         mlvl_feats: Sequence[torch.Tensor],
         lidar2img: torch.Tensor,
         img_hw: tuple[int, int],
+        depth_likelihood: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
         """mlvl_feats: per level (B, N_cam, C, H_l, W_l); lidar2img (B, N_cam, 4, 4) from the
         grid frame (LiDAR, or ego: ego2img) to pixels of the padded image of size img_hw =
-        (H, W). Returns per plane (B, Q_p, C)."""
+        (H, W); depth_likelihood (B * N_cam, K, h, w) or None (depth-aware lifting, see
+        camera_hits). Returns per plane (B, Q_p, C)."""
         b, n = mlvl_feats[0].shape[:2]
         if n != self.cams_embeds.shape[0]:
             raise TpvkitError(
@@ -333,8 +355,7 @@ class TPVEncoder(nn.Module):
         image = None
         if any(layer.image_cross_attn is not None for layer in self.layers):
             value, spatial_shapes, level_start_index = self.flatten_features(mlvl_feats)
-            with torch.no_grad():
-                hits = self.camera_hits(lidar2img, img_hw)
+            hits = self.camera_hits(lidar2img, img_hw, depth_likelihood)
             image = ImageContext(value, spatial_shapes, level_start_index, hits)
 
         queries = [self.tpv_queries[p].weight.unsqueeze(0).expand(b, -1, -1) for p in self.planes]

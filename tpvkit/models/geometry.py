@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 PLANES: tuple[str, ...] = ("hw", "zh", "wz")
 PILLAR_SAMPLINGS: tuple[str, ...] = ("center", "tpvformer")
@@ -97,15 +98,18 @@ def project_to_cameras(
     lidar2img: torch.Tensor,
     img_hw: tuple[int, int],
     eps: float = 1e-5,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    with_depth: bool = False,
+) -> tuple[torch.Tensor, ...]:
     """Project grid-frame points into every camera; normalise by the padded image size.
 
     points (P, 3) xyz in the grid frame (LiDAR, or ego for ego-frame models), lidar2img
     (B, N_cam, 4, 4) from that frame to pixels (ego2img for ego-frame models), img_hw = (H, W)
     of the padded image.
     Returns uv (B, N_cam, P, 2) with (u / W, v / H) and valid (B, N_cam, P): depth > eps and
-    0 < u, v < 1 (strict, as the public code). Computed in float32 at least, whatever the
-    autocast state, because the homogeneous division is ill-conditioned in half precision.
+    0 < u, v < 1 (strict, as the public code); with_depth: also the camera depth (B, N_cam, P)
+    (the third row of the projection, metres for a pinhole K). Computed in float32 at least,
+    whatever the autocast state, because the homogeneous division is ill-conditioned in half
+    precision.
     """
     dtype = torch.promote_types(points.dtype, torch.float32)
     with torch.autocast(device_type=points.device.type, enabled=False):
@@ -117,7 +121,34 @@ def project_to_cameras(
         scale = uv.new_tensor([float(img_hw[1]), float(img_hw[0])])
         uv = uv / scale
         valid = (depth[..., 0] > eps) & (uv > 0.0).all(-1) & (uv < 1.0).all(-1)
+    if with_depth:
+        return uv, valid, depth[..., 0]
     return uv, valid
+
+
+def anchor_depth_weights(
+    likelihood: torch.Tensor,
+    uv: torch.Tensor,
+    depth: torch.Tensor,
+    min_depth: float,
+    max_depth: float,
+) -> torch.Tensor:
+    """The depth likelihood of projected points: likelihood (B * N_cam, K, h, w) over K uniform
+    depth bins of [min_depth, max_depth] per feature cell, uv (B, N_cam, P, 2) normalised
+    pixels and depth (B, N_cam, P) camera depths (project_to_cameras). Returns (B, N_cam, P):
+    the likelihood interpolated bilinearly at uv and linearly between the bin centres at the
+    depth (clamped to the first / last bin, and to the image border), one trilinear grid
+    sample."""
+    b, n, p = depth.shape
+    k = likelihood.shape[1]
+    frac = (depth.to(likelihood.dtype) - min_depth) / (max_depth - min_depth)
+    grid = torch.cat([uv.to(likelihood.dtype), frac.unsqueeze(-1)], -1) * 2.0 - 1.0
+    grid = grid.reshape(b * n, p, 1, 1, 3)  # (x, y, depth) as grid_sample's (W, H, D) order
+    volume = likelihood.reshape(b * n, 1, k, *likelihood.shape[-2:])  # (BN, 1, K, h, w)
+    sampled = F.grid_sample(
+        volume, grid, mode="bilinear", padding_mode="border", align_corners=False
+    )
+    return sampled.view(b, n, p)
 
 
 def cross_view_reference_points(

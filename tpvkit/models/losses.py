@@ -20,6 +20,7 @@ from tpvkit.config import Config, task_of
 from tpvkit.constants import IGNORE_INDEX
 from tpvkit.data.occ3d import OCC3D_FREE, OCC3D_NUM_CLASSES, supervision_mask
 from tpvkit.errors import TpvkitError
+from tpvkit.models.geometry import project_to_cameras
 
 # A training loss: (model, batch on the device) -> {"loss": the scalar minimised, other terms
 # to log}. The model may be DDP-wrapped.
@@ -441,6 +442,54 @@ PLAIN_OCC3D_OVERRIDES: tuple[str, ...] = (
 )
 
 
+def lidar_depth_targets(
+    points: torch.Tensor,
+    point_mask: torch.Tensor,
+    projection: torch.Tensor,
+    img_hw: tuple[int, int],
+    cells_hw: tuple[int, int],
+    min_depth: float,
+    max_depth: float,
+    bins: int,
+) -> torch.Tensor:
+    """Depth-bin targets of the cells of a feature map from the LiDAR (or any) points.
+
+    points (B, P, 3) in the grid frame (point_mask (B, P): the real ones), projection
+    (B, N_cam, 4, 4) from that frame to pixels of images whose padded size is img_hw, covered
+    by a map of cells_hw = (h, w) cells. A cell's target is the bin of the nearest point that
+    projects into it (a z-buffer: the surface the camera sees), among uniform bins of
+    [min_depth, max_depth); -1 where no point falls or the nearest is outside that range.
+    Returns (B, N_cam, h, w) int64."""
+    b, n = projection.shape[:2]
+    h, w = cells_hw
+    targets = torch.full((b, n, h * w), -1, dtype=torch.long, device=projection.device)
+    for i in range(b):
+        pts = points[i][point_mask[i]]
+        if not len(pts):
+            continue
+        uv, valid, depth = project_to_cameras(pts, projection[i : i + 1], img_hw, with_depth=True)
+        uv, valid, depth = uv[0], valid[0], depth[0]  # (N, P, 2), (N, P), (N, P)
+        col = (uv[..., 0] * w).floor().long().clamp(0, w - 1)
+        row = (uv[..., 1] * h).floor().long().clamp(0, h - 1)
+        cell = torch.arange(n, device=uv.device)[:, None] * (h * w) + row * w + col
+        nearest = torch.full((n * h * w,), math.inf, dtype=depth.dtype, device=depth.device)
+        nearest.scatter_reduce_(0, cell[valid], depth[valid], reduce="amin")
+        frac = (nearest - min_depth) / (max_depth - min_depth)
+        inside = (frac >= 0) & (frac < 1)
+        bin_index = (frac.clamp(0, 1) * bins).floor().long().clamp(max=bins - 1)
+        targets[i] = torch.where(inside, bin_index, torch.full_like(bin_index, -1)).view(n, -1)
+    return targets.view(b, n, h, w)
+
+
+def depth_loss(depth_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of depth_logits (B, N_cam, K, h, w) against targets (B, N_cam, h, w)
+    (lidar_depth_targets; -1 ignored), averaged over the cells with a target (0 if none)."""
+    logits = depth_logits.float().movedim(2, -1)[targets >= 0]  # (cells, K)
+    if not len(logits):
+        return depth_logits.float().sum() * 0.0
+    return F.cross_entropy(logits, targets[targets >= 0])
+
+
 def occ3d_losses(cfg: Config) -> LossFn:
     """The dense Occ3D loss (docs/learning.md): cross-entropy (optionally class-weighted from
     the training split's frequencies) + Lovasz-softmax (optionally over the non-free classes
@@ -491,7 +540,7 @@ def occ3d_losses(cfg: Config) -> LossFn:
             if mask is not None:
                 keep = mask.reshape(-1)
                 logits, target = logits[keep], target[keep]
-        return occupancy_terms(
+        terms = occupancy_terms(
             logits,
             target,
             free,
@@ -502,8 +551,43 @@ def occ3d_losses(cfg: Config) -> LossFn:
             sem_scal_weight=t.sem_scal_weight,
             geo_scal_weight=t.geo_scal_weight,
         )
+        if t.depth_loss_weight > 0:
+            terms = dict(terms)
+            terms["loss_depth"] = _lidar_depth_loss(cfg, out, batch)
+            terms["loss"] = terms["loss"] + t.depth_loss_weight * terms["loss_depth"]
+        return terms
 
     return compute
+
+
+def _lidar_depth_loss(
+    cfg: Config, out: Mapping[str, torch.Tensor], batch: Mapping[str, Any]
+) -> torch.Tensor:
+    """train.depth_loss_weight's term: the depth head's cross-entropy against the batch's
+    LiDAR points (lidar_depth_targets)."""
+    if "depth_logits" not in out:
+        raise TpvkitError(
+            "train.depth_loss_weight > 0 but the model returned no depth_logits: it needs "
+            "model.depth.bins > 0 and training mode"
+        )
+    inputs = batch["inputs"]
+    if inputs.points is None:
+        raise TpvkitError("train.depth_loss_weight > 0 needs the batch's LiDAR points")
+    div = max(int(cfg.data.size_divisor), 1)
+    hp, wp = (-(-int(v) // div) * div for v in inputs.img.shape[-2:])
+    d = cfg.model.depth
+    logits = out["depth_logits"]
+    targets = lidar_depth_targets(
+        inputs.points,
+        batch["point_mask"],
+        inputs.projection,
+        (hp, wp),
+        tuple(logits.shape[-2:]),
+        d.min_depth,
+        d.max_depth,
+        d.bins,
+    )
+    return depth_loss(logits, targets)
 
 
 def tpv_occupancy_losses(cfg: Config) -> LossFn:

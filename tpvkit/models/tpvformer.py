@@ -25,6 +25,30 @@ from tpvkit.models.head import TPVHead
 from tpvkit.models.neck import FPN
 
 
+class DepthHead(nn.Module):
+    """Per-cell camera depth classifier on one FPN level (depth-aware lifting, tpvkit's; the
+    public models have none): 3x3 conv -> ReLU -> 1x1 conv to K bin logits. The last conv
+    starts at zero, so a fresh head predicts the uniform distribution (likelihood 1 at every
+    depth: the image cross-attention starts as the public one's)."""
+
+    def __init__(self, dim: int, bins: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim, 3, padding=1)
+        self.classifier = nn.Conv2d(dim, bins, 1)
+        nn.init.zeros_(self.classifier.weight)
+        nn.init.zeros_(self.classifier.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(F.relu(self.conv(x)))
+
+
+def depth_likelihood(logits: torch.Tensor) -> torch.Tensor:
+    """Depth logits (..., K, h, w) -> each bin's probability relative to the cell's most
+    probable bin, in (0, 1] (1 at every bin for a uniform prediction), float32."""
+    prob = logits.float().softmax(-3)
+    return prob / prob.amax(-3, keepdim=True)
+
+
 class TPVFormer(nn.Module):
     """Camera images (plain RGB) -> per-point and per-voxel semantic logits through a TPV (or
     BEV).
@@ -54,12 +78,20 @@ class TPVFormer(nn.Module):
         bgr: bool,
         size_divisor: int = 1,
         input_frame: str = "lidar",
+        depth_head: DepthHead | None = None,
+        depth_level: int = 1,
+        depth_weights_attention: bool = True,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.neck = neck
         self.encoder = encoder
         self.head = head
+        # Depth-aware lifting (model.depth): the depth head reads FPN level depth_level; with
+        # depth_weights_attention its likelihoods scale the image cross-attention's samples.
+        self.depth_head = depth_head
+        self.depth_level = int(depth_level)
+        self.depth_weights_attention = bool(depth_weights_attention)
         if len(pixel_mean) != 3 or len(pixel_std) != 3:
             raise TpvkitError(
                 f"pixel_mean and pixel_std need 3 values, got {list(pixel_mean)} and "
@@ -160,7 +192,8 @@ class TPVFormer(nn.Module):
 
         Returns "point_logits" (B, n_cls, N) when the inputs hold points and decode_points,
         "voxel_logits" (B, n_cls, X, Y, Z) when decode_voxels and "voxel_logits_at"
-        (B, n_cls, K) for voxel_index (docs/internals.md).
+        (B, n_cls, K) for voxel_index (docs/internals.md); in training mode, a model with a
+        depth head also returns "depth_logits" (B, N_cam, bins, h, w) at its FPN level.
         """
         if not isinstance(inputs, SceneInputs):
             raise TypeError(
@@ -185,10 +218,16 @@ class TPVFormer(nn.Module):
             )
         x = self.normalize(img)  # (B, N_cam, 3, Hp, Wp)
         feats = self.extract_features(x)
-        planes = self.encoder(feats, projection, (x.shape[-2], x.shape[-1]))
-        return self.head(
-            planes, points=points, decode_voxels=decode_voxels, voxel_index=voxel_index
-        )
+        depth_logits = likelihood = None
+        if self.depth_head is not None:
+            depth_logits = self.depth_head(feats[self.depth_level].flatten(0, 1))
+            if self.depth_weights_attention:
+                likelihood = depth_likelihood(depth_logits)
+        planes = self.encoder(feats, projection, (x.shape[-2], x.shape[-1]), likelihood)
+        out = self.head(planes, points=points, decode_voxels=decode_voxels, voxel_index=voxel_index)
+        if depth_logits is not None and self.training:
+            out["depth_logits"] = depth_logits.view(*img.shape[:2], *depth_logits.shape[1:])
+        return out
 
 
 def build_model(cfg: Config) -> TPVFormer:
@@ -213,4 +252,7 @@ def build_model(cfg: Config) -> TPVFormer:
         bgr=not cfg.data.to_rgb,
         size_divisor=cfg.data.size_divisor,
         input_frame=task_of(cfg).input_frame,
+        depth_head=DepthHead(m.dim, m.depth.bins) if m.depth.bins > 0 else None,
+        depth_level=m.depth.level,
+        depth_weights_attention=m.depth.weight_attention,
     )
