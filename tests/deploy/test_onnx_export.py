@@ -55,8 +55,13 @@ def _check_graph(path) -> onnx.ModelProto:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "overrides"),
-    [("tpv_tiny", []), ("bev_tiny", []), ("tpv_tiny", OCC_TINY)],
-    ids=["tpv_tiny", "bev_tiny", "occ_tiny"],
+    [
+        ("tpv_tiny", []),
+        ("bev_tiny", []),
+        ("tpv_tiny", OCC_TINY),
+        ("tpv_tiny", ["model.depth.bins=6", "model.depth.max_depth=30"]),
+    ],
+    ids=["tpv_tiny", "bev_tiny", "occ_tiny", "depth_aware"],
 )
 def test_tiny_exports_agree_with_pytorch_on_new_inputs(tmp_path, name, overrides) -> None:
     cfg = tiny_config(name, overrides)

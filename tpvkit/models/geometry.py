@@ -137,18 +137,23 @@ def anchor_depth_weights(
     depth bins of [min_depth, max_depth] per feature cell, uv (B, N_cam, P, 2) normalised
     pixels and depth (B, N_cam, P) camera depths (project_to_cameras). Returns (B, N_cam, P):
     the likelihood interpolated bilinearly at uv and linearly between the bin centres at the
-    depth (clamped to the first / last bin, and to the image border), one trilinear grid
-    sample."""
+    depth (clamped to the first / last bin, and to the image border)."""
     b, n, p = depth.shape
     k = likelihood.shape[1]
-    frac = (depth.to(likelihood.dtype) - min_depth) / (max_depth - min_depth)
-    grid = torch.cat([uv.to(likelihood.dtype), frac.unsqueeze(-1)], -1) * 2.0 - 1.0
-    grid = grid.reshape(b * n, p, 1, 1, 3)  # (x, y, depth) as grid_sample's (W, H, D) order
-    volume = likelihood.reshape(b * n, 1, k, *likelihood.shape[-2:])  # (BN, 1, K, h, w)
-    sampled = F.grid_sample(
-        volume, grid, mode="bilinear", padding_mode="border", align_corners=False
-    )
-    return sampled.view(b, n, p)
+    grid = uv.to(likelihood.dtype).reshape(b * n, p, 1, 2) * 2.0 - 1.0
+    # every bin at every point (a 5D, trilinear grid_sample has no ONNX export), then the two
+    # bins around each point's depth
+    per_bin = F.grid_sample(
+        likelihood, grid, mode="bilinear", padding_mode="border", align_corners=False
+    )[..., 0]  # (BN, K, P)
+    pos = (depth.to(likelihood.dtype) - min_depth) / (max_depth - min_depth) * k - 0.5
+    pos = pos.reshape(b * n, 1, p).clamp(0.0, k - 1.0)
+    lo = pos.floor().clamp(max=k - 2 if k > 1 else 0)
+    frac = pos - lo
+    lo = lo.long()
+    hi = (lo + 1).clamp(max=k - 1)
+    out = per_bin.gather(1, lo) * (1.0 - frac) + per_bin.gather(1, hi) * frac
+    return out.view(b, n, p)
 
 
 def cross_view_reference_points(
