@@ -366,7 +366,8 @@ class CameraHits:
     source (B * N_cam * M,) int64: the row of the (B * N_cam * Q) projections each slot holds
     (`pack` gathers any per-(camera, query) tensor into the slots the same way).
     anchor_weights (B * N_cam, M, D) or None: a factor on the attention weights of the samples
-    around each pillar point (depth-aware lifting, tpvkit.models.tpvformer.depth_likelihood); None: 1.
+    around each pillar point (depth-aware lifting: tpvkit.models.tpvformer.depth_likelihood);
+    None: 1.
     """
 
     index: torch.Tensor

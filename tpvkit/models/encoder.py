@@ -307,9 +307,10 @@ class TPVEncoder(nn.Module):
     ) -> list[CameraHits]:
         """Project every plane's pillar points into the cameras and pack the hits, per plane.
 
-        depth_likelihood (B * N_cam, K, h, w) (tpvkit.models.tpvformer.depth_likelihood), or None: each hit's
-        anchor_weights become the likelihood of its pillar points' camera depths at their
-        pixels (anchor_depth_weights), with gradient; the packing itself has none."""
+        depth_likelihood (B * N_cam, K, h, w) (tpvkit.models.tpvformer.depth_likelihood), or
+        None: each hit's anchor_weights become the likelihood of its pillar points' camera
+        depths at their pixels (anchor_depth_weights), with gradient; the packing itself has
+        none."""
         hits = []
         for p in self.planes:
             pts = getattr(self, f"pillar_points_{p}")  # (Q, D, 3)
