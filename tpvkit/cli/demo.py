@@ -24,7 +24,7 @@ def demo(
         None,
         "--iters",
         min=1,
-        help="Training iterations of each model (default: 576 for lidarseg, 480 for "
+        help="Training iterations of each model (default: 576 for lidarseg, 400 for "
         "occupancy; 3-4 and about 6 min on the quiet 2-core development machine, more on "
         "slower CPUs and under load).",
     ),
