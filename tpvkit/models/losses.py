@@ -553,7 +553,7 @@ def occ3d_losses(cfg: Config) -> LossFn:
         )
         if t.depth_loss_weight > 0:
             terms = dict(terms)
-            terms["loss_depth"] = _lidar_depth_loss(cfg, out, batch)
+            terms["loss_depth"] = _lidar_depth_loss(cfg, model, out, batch)
             terms["loss"] = terms["loss"] + t.depth_loss_weight * terms["loss_depth"]
         return terms
 
@@ -561,10 +561,10 @@ def occ3d_losses(cfg: Config) -> LossFn:
 
 
 def _lidar_depth_loss(
-    cfg: Config, out: Mapping[str, torch.Tensor], batch: Mapping[str, Any]
+    cfg: Config, model: nn.Module, out: Mapping[str, torch.Tensor], batch: Mapping[str, Any]
 ) -> torch.Tensor:
     """train.depth_loss_weight's term: the depth head's cross-entropy against the batch's
-    LiDAR points (lidar_depth_targets)."""
+    LiDAR points (lidar_depth_targets), projected into the images as the model padded them."""
     if "depth_logits" not in out:
         raise TpvkitError(
             "train.depth_loss_weight > 0 but the model returned no depth_logits: it needs "
@@ -573,15 +573,14 @@ def _lidar_depth_loss(
     inputs = batch["inputs"]
     if inputs.points is None:
         raise TpvkitError("train.depth_loss_weight > 0 needs the batch's LiDAR points")
-    div = max(int(cfg.data.size_divisor), 1)
-    hp, wp = (-(-int(v) // div) * div for v in inputs.img.shape[-2:])
+    padded_hw = getattr(model, "module", model).padded_size(inputs.img.shape[-2:])  # DDP or not
     d = cfg.model.depth
     logits = out["depth_logits"]
     targets = lidar_depth_targets(
         inputs.points,
         batch["point_mask"],
         inputs.projection,
-        (hp, wp),
+        padded_hw,
         tuple(logits.shape[-2:]),
         d.min_depth,
         d.max_depth,
