@@ -263,3 +263,18 @@ def test_majority_vote_ties_empty_voxels_and_ignore():
 
 def test_voxel_grid_shape_axes():
     assert geometry.voxel_grid_shape(200, 150, 16, 2, 1, 1) == (400, 150, 16)
+
+
+@pytest.mark.parametrize(
+    "hw, divisor, expected",
+    [
+        ((900, 1600), 32, (928, 1600)),  # nuScenes full size: 900 -> 29 * 32
+        ((224, 400), 32, (224, 416)),  # the occupancy demo's size: 400 -> 13 * 32
+        ((112, 200), 32, (128, 224)),
+        ((64, 96), 32, (64, 96)),  # already multiples: unchanged
+        ((65, 97), 1, (65, 97)),  # divisor 1: no padding
+        ((65, 97), 0, (65, 97)),  # divisor 0 reads as 1
+    ],
+)
+def test_padded_image_size_rounds_up(hw, divisor, expected):
+    assert geometry.padded_image_size(hw, divisor) == expected

@@ -275,9 +275,7 @@ class LidarSegDataset(torch.utils.data.Dataset):
     def padded_size(self) -> tuple[int, int]:
         """(Hp, Wp): the resize target rounded up to the size divisor, the size the model pads
         the images to."""
-        div = self.size_divisor
-        h, w = self.img_size
-        return (-(-h // div) * div, -(-w // div) * div)
+        return geometry.padded_image_size(self.img_size, self.size_divisor)
 
     def _load_camera(
         self, cam_info: dict[str, Any], out: torch.Tensor

@@ -137,6 +137,14 @@ def scale_intrinsic(intrinsic: np.ndarray, scale_x: float, scale_y: float) -> np
     return K
 
 
+def padded_image_size(hw: Sequence[int], divisor: int) -> tuple[int, int]:
+    """(Hp, Wp): an image size (H, W) rounded up to a multiple of `divisor` (>= 1), the size the
+    model pads its images to (bottom/right). The dataset, the model and the ONNX contract all
+    use this one rule."""
+    div = max(int(divisor), 1)
+    return (-(-int(hw[0]) // div) * div, -(-int(hw[1]) // div) * div)
+
+
 def project_points(lidar2img: np.ndarray, points_xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(N, 3) LiDAR points -> ((N, 2) pixel (u, v), (N,) depth) through a (4, 4) lidar2img."""
     pts = np.asarray(points_xyz, dtype=np.float64)

@@ -22,6 +22,7 @@ from torch import nn
 
 from tpvkit.config import Config
 from tpvkit.constants import CAMERA_ORDER
+from tpvkit.data.geometry import padded_image_size
 from tpvkit.data.inputs import SceneInputs
 from tpvkit.errors import TpvkitError
 from tpvkit.models.tpvformer import TPVFormer
@@ -58,9 +59,7 @@ def img_hw(cfg: Config) -> tuple[int, int]:
 
 def padded_img_hw(cfg: Config) -> tuple[int, int]:
     """(Hp, Wp): data.img_size rounded up to data.size_divisor, the size the model pads to."""
-    div = max(int(cfg.data.size_divisor), 1)
-    h, w = img_hw(cfg)
-    return (-(-h // div) * div, -(-w // div) * div)
+    return padded_image_size(img_hw(cfg), cfg.data.size_divisor)
 
 
 def image_contract(cfg: Config) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tpvkit.config import Config, task_of
+from tpvkit.data.geometry import padded_image_size
 from tpvkit.data.inputs import SceneInputs
 from tpvkit.errors import TpvkitError
 from tpvkit.models.backbone import ResNet
@@ -154,8 +155,7 @@ class TPVFormer(nn.Module):
 
     def padded_size(self, hw: tuple[int, int]) -> tuple[int, int]:
         """(Hp, Wp): an image size rounded up to the size divisor."""
-        div = self.size_divisor
-        return (-(-int(hw[0]) // div) * div, -(-int(hw[1]) // div) * div)
+        return padded_image_size(hw, self.size_divisor)
 
     def normalize(self, img: torch.Tensor) -> torch.Tensor:
         """img (B, N_cam, 3, H, W) RGB in [0, 255] -> (B, N_cam, 3, Hp, Wp) in the backbone's
