@@ -180,6 +180,27 @@ def test_the_depth_loss_trains_the_depth_head_and_reaches_the_attention() -> Non
     assert model.depth_head.classifier.weight.grad.abs().sum() > 0
 
 
+def test_an_auxiliary_only_depth_head_trains_but_does_not_run_at_inference() -> None:
+    cfg = _tiny(*DEPTH, "model.depth.weight_attention=false")
+    torch.manual_seed(0)
+    plain = build_model(_tiny()).eval()
+    torch.manual_seed(0)
+    aux = build_model(cfg)
+    aux.load_state_dict(plain.state_dict(), strict=False)
+    torch.nn.init.normal_(aux.depth_head.classifier.weight, std=0.5)  # a trained head
+    calls = []
+    aux.depth_head.register_forward_hook(lambda *_: calls.append(1))
+    inputs = _inputs()
+    with torch.no_grad():
+        got = aux.eval()(inputs, decode_points=False)
+        assert "depth_logits" not in got and calls == []  # not run at inference
+        # and it never touches the planes: the voxel logits are the plain model's
+        want = plain(inputs, decode_points=False)["voxel_logits"]
+        assert torch.allclose(got["voxel_logits"], want, atol=1e-5)
+        out = aux.train()(inputs, decode_points=False)  # (updates the batch-norm statistics)
+        assert "depth_logits" in out and calls == [1]
+
+
 @pytest.mark.parametrize(
     "overrides",
     [

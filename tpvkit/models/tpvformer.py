@@ -219,7 +219,9 @@ class TPVFormer(nn.Module):
         x = self.normalize(img)  # (B, N_cam, 3, Hp, Wp)
         feats = self.extract_features(x)
         depth_logits = likelihood = None
-        if self.depth_head is not None:
+        # An auxiliary-only depth head (weight_attention false) feeds nothing but the training
+        # loss: it does not run at inference (nor in the ONNX graph).
+        if self.depth_head is not None and (self.training or self.depth_weights_attention):
             depth_logits = self.depth_head(feats[self.depth_level].flatten(0, 1))
             if self.depth_weights_attention:
                 likelihood = depth_likelihood(depth_logits)
