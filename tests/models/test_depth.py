@@ -102,13 +102,21 @@ def test_depth_loss_by_hand() -> None:
     assert depth_loss(logits, torch.full_like(targets, -1)).item() == 0.0
 
 
-DEPTH = ["model.depth.bins=8", "model.depth.min_depth=1", "model.depth.max_depth=45"]
+DEPTH = [
+    "model.depth.bins=8",
+    "model.depth.min_depth=1",
+    "model.depth.max_depth=45",
+    "model.depth.weight_attention=true",
+]
 
 
 def _tiny(*extra: str):
+    """A small tpv_occ3d_tiny without its depth loss (plain), plus `extra`."""
     return load_config(
         "tpv_occ3d_tiny",
         [
+            "model.depth.bins=0",
+            "train.depth_loss_weight=0",
             "model.tpv_h=10",
             "model.tpv_w=10",
             "model.tpv_z=4",

@@ -431,8 +431,11 @@ def sampled_prior_offset(
 
 
 # tpvkit 0.2's occ3d loss on a config that ships the recipe: plain CE + Lovasz (free included)
-# over every supervised voxel, all decoded (benchmarks and tests compare against it).
+# over every supervised voxel, all decoded, no depth loss (benchmarks and tests compare
+# against it).
 PLAIN_OCC3D_OVERRIDES: tuple[str, ...] = (
+    "model.depth.bins=0",
+    "train.depth_loss_weight=0",
     "train.class_weights=none",
     "train.lovasz_free=true",
     "train.sem_scal_weight=0",
