@@ -47,19 +47,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 REFERENCE = "0.2: dense decode, CE + Lovasz"
 
 
+NO_DEPTH = ["model.depth.bins=0", "train.depth_loss_weight=0"]
+
+
 def variants(args: argparse.Namespace) -> dict[str, list[str]]:
+    """Each step adds one part of the recipe; the last is the config as it stands (its LiDAR
+    depth loss included when it has one)."""
     sampled = [f"train.occ_free_per_occupied={args.free_per_occupied}"]
+    refine = f"model.head.refine_layers={args.refine_layers}"
     return {
         REFERENCE: [*PLAIN_OCC3D_OVERRIDES, "model.head.refine_layers=0"],
         "recipe loss, dense decode": [
             "train.occ_free_per_occupied=0",
             "model.head.refine_layers=0",
+            *NO_DEPTH,
         ],
-        "recipe loss, sampled decode": [*sampled, "model.head.refine_layers=0"],
-        f"recipe, sampled + refine x{args.refine_layers}": [
-            *sampled,
-            f"model.head.refine_layers={args.refine_layers}",
-        ],
+        "recipe loss, sampled decode": [*sampled, "model.head.refine_layers=0", *NO_DEPTH],
+        f"recipe, sampled + refine x{args.refine_layers}": [*sampled, refine, *NO_DEPTH],
+        "+ the config's depth loss": [*sampled, refine],
     }
 
 
