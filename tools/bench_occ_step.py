@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from tpvkit.config import NO_DEPTH_OVERRIDES
 from tpvkit.models.losses import PLAIN_OCC3D_OVERRIDES
 
 
@@ -47,9 +48,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 REFERENCE = "0.2: dense decode, CE + Lovasz"
 
 
-NO_DEPTH = ["model.depth.bins=0", "train.depth_loss_weight=0"]
-
-
 def variants(args: argparse.Namespace) -> dict[str, list[str]]:
     """Each step adds one part of the recipe; the last is the config as it stands (its LiDAR
     depth loss included when it has one)."""
@@ -60,10 +58,14 @@ def variants(args: argparse.Namespace) -> dict[str, list[str]]:
         "recipe loss, dense decode": [
             "train.occ_free_per_occupied=0",
             "model.head.refine_layers=0",
-            *NO_DEPTH,
+            *NO_DEPTH_OVERRIDES,
         ],
-        "recipe loss, sampled decode": [*sampled, "model.head.refine_layers=0", *NO_DEPTH],
-        f"recipe, sampled + refine x{args.refine_layers}": [*sampled, refine, *NO_DEPTH],
+        "recipe loss, sampled decode": [
+            *sampled,
+            "model.head.refine_layers=0",
+            *NO_DEPTH_OVERRIDES,
+        ],
+        f"recipe, sampled + refine x{args.refine_layers}": [*sampled, refine, *NO_DEPTH_OVERRIDES],
         "+ the config's depth loss": [*sampled, refine],
     }
 

@@ -122,6 +122,11 @@ class DepthConfig:
     weight_attention: bool = True
 
 
+# Overrides that take the LiDAR depth loss and its head off any config (the demo, benchmarks
+# and tests that compare against the recipe without it).
+NO_DEPTH_OVERRIDES: tuple[str, ...] = ("model.depth.bins=0", "train.depth_loss_weight=0")
+
+
 @dataclass
 class ModelConfig:
     mode: str = "tpv"  # "tpv": three planes; "bev": the top plane only (BEV baseline)

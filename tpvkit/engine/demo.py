@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tpvkit.config import Config, apply_overrides, load_config
+from tpvkit.config import NO_DEPTH_OVERRIDES, Config, apply_overrides, load_config
 from tpvkit.constants import SPLITS_BY_VERSION
 from tpvkit.data.infos import info_file_name, load_infos
 from tpvkit.data.synthetic import generate_synthetic, synthetic_info_path, synthetic_splits
@@ -68,8 +68,7 @@ DEMO_OCC_ITERS = 400
 DEMO_OCC_OVERRIDES = (
     "model.backbone.out_indices=[1,2,3]",
     "data.img_size=[112,200]",
-    "model.depth.bins=0",
-    "train.depth_loss_weight=0.0",
+    *NO_DEPTH_OVERRIDES,
 )
 # Its evaluation decodes the whole 200x200x16 grid and scores RayIoU: more steps' worth.
 OCC_AFTER_TRAIN_STEPS = 60

@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tpvkit.config import Config, task_of
+from tpvkit.config import NO_DEPTH_OVERRIDES, Config, task_of
 from tpvkit.constants import IGNORE_INDEX
+from tpvkit.data.geometry import padded_image_size
 from tpvkit.data.occ3d import OCC3D_FREE, OCC3D_NUM_CLASSES, supervision_mask
 from tpvkit.errors import TpvkitError
 from tpvkit.models.geometry import project_to_cameras
@@ -434,8 +435,7 @@ def sampled_prior_offset(
 # over every supervised voxel, all decoded, no depth loss (benchmarks and tests compare
 # against it).
 PLAIN_OCC3D_OVERRIDES: tuple[str, ...] = (
-    "model.depth.bins=0",
-    "train.depth_loss_weight=0",
+    *NO_DEPTH_OVERRIDES,
     "train.class_weights=none",
     "train.lovasz_free=true",
     "train.sem_scal_weight=0",
@@ -556,7 +556,7 @@ def occ3d_losses(cfg: Config) -> LossFn:
         )
         if t.depth_loss_weight > 0:
             terms = dict(terms)
-            terms["loss_depth"] = _lidar_depth_loss(cfg, model, out, batch)
+            terms["loss_depth"] = _lidar_depth_loss(cfg, out, batch)
             terms["loss"] = terms["loss"] + t.depth_loss_weight * terms["loss_depth"]
         return terms
 
@@ -564,7 +564,7 @@ def occ3d_losses(cfg: Config) -> LossFn:
 
 
 def _lidar_depth_loss(
-    cfg: Config, model: nn.Module, out: Mapping[str, torch.Tensor], batch: Mapping[str, Any]
+    cfg: Config, out: Mapping[str, torch.Tensor], batch: Mapping[str, Any]
 ) -> torch.Tensor:
     """train.depth_loss_weight's term: the depth head's cross-entropy against the batch's
     LiDAR points (lidar_depth_targets), projected into the images as the model padded them."""
@@ -576,7 +576,7 @@ def _lidar_depth_loss(
     inputs = batch["inputs"]
     if inputs.points is None:
         raise TpvkitError("train.depth_loss_weight > 0 needs the batch's LiDAR points")
-    padded_hw = getattr(model, "module", model).padded_size(inputs.img.shape[-2:])  # DDP or not
+    padded_hw = padded_image_size(inputs.img.shape[-2:], cfg.data.size_divisor)  # as the model
     d = cfg.model.depth
     logits = out["depth_logits"]
     targets = lidar_depth_targets(
