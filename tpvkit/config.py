@@ -122,6 +122,9 @@ class DepthConfig:
     weight_attention: bool = True
 
 
+# The model's top-level parts (tpvkit.models.tpvformer.TPVFormer), as train.load_from_modules
+# names them.
+MODEL_PARTS: tuple[str, ...] = ("backbone", "neck", "encoder", "head", "depth_head")
 # Overrides that take the LiDAR depth loss and its head off any config (the demo, benchmarks
 # and tests that compare against the recipe without it).
 NO_DEPTH_OVERRIDES: tuple[str, ...] = ("model.depth.bins=0", "train.depth_loss_weight=0")
@@ -230,6 +233,14 @@ class TrainConfig:
     # Weight of the depth classifier's cross-entropy against the LiDAR depth of each feature
     # cell (the nearest point projected into it); needs model.depth.bins > 0 and loss occ3d.
     depth_loss_weight: float = 0.0
+    # Start a fresh run from another checkpoint's weights (not --resume: iteration 0, a new
+    # optimiser and schedule), as the public TPVFormer recipe starts from an FCOS3D checkpoint:
+    # a tpvkit checkpoint, a public TPVFormer checkpoint or a plain state dict. With
+    # load_from_modules (parts of the model: backbone, neck, encoder, head, depth_head) those
+    # parts are taken, each whole and with the model's shapes, and the rest keep their fresh
+    # initialisation; empty: every tensor whose name and shape match. Logged either way.
+    load_from: str = ""
+    load_from_modules: list[str] = field(default_factory=list)
     log_interval: int = 10
     val_interval: int = 0  # iterations between validations; 0 = at the end of every epoch
     ckpt_interval: int = 0  # iterations between checkpoints; 0 = at the end of every epoch
@@ -555,6 +566,8 @@ def validate(cfg: Config) -> None:
     _choice(m.grid_frame, ("lidar", "ego"), "model.grid_frame")
     _choice(cfg.train.loss, ("lidarseg", "occ3d", "tpv_occupancy"), "train.loss")
     _choice(cfg.train.occ_loss_mask, SUPERVISION_MASKS, "train.occ_loss_mask")
+    for part in cfg.train.load_from_modules:
+        _choice(part, MODEL_PARTS, "train.load_from_modules")
     _choice(
         cfg.train.class_weights, ("none", "inv_log", "inv_sqrt", "inv_freq"), "train.class_weights"
     )

@@ -313,3 +313,92 @@ def test_the_input_contract_compares_what_the_network_sees_and_not_runtime_keys(
         "data.img_size",
         "data.to_rgb",
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# train.load_from: the initial weights of a fresh run
+
+
+class WiderHeadNet(TinyNet):
+    """TinyNet's backbone with another head: a checkpoint of one gives the other its backbone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(4, 3)
+
+
+def test_load_initial_weights_takes_the_named_parts_and_leaves_the_rest(tmp_path):
+    torch.manual_seed(0)
+    src = TinyNet()
+    save_checkpoint(_full_checkpoint(src, Config()), tmp_path / "src.pth")
+    dst = WiderHeadNet()
+    head_before = {k: v.clone() for k, v in dst.head.state_dict().items()}
+    taken, kept = ckpt_mod.load_initial_weights(dst, tmp_path / "src.pth", Config(), ["backbone"])
+    # Linear (weight, bias) + BatchNorm1d (weight, bias, running mean and var, batch count).
+    assert (taken, kept) == (7, ["head.weight", "head.bias"])
+    for key, value in src.backbone.state_dict().items():
+        assert torch.equal(dst.backbone.state_dict()[key], value), key
+    for key, value in head_before.items():
+        assert torch.equal(dst.head.state_dict()[key], value), key
+    # Without parts: whatever matches by name and shape (here the same backbone), from a bare
+    # state dict with DDP's prefix too.
+    torch.save({f"module.{k}": v for k, v in src.state_dict().items()}, tmp_path / "ddp.pth")
+    other = WiderHeadNet()
+    assert ckpt_mod.load_initial_weights(other, tmp_path / "ddp.pth", Config())[0] == 7
+    assert torch.equal(other.backbone[0].weight, src.backbone[0].weight)
+
+
+def test_load_initial_weights_refuses_what_it_cannot_give_naming_the_tensors(tmp_path):
+    torch.manual_seed(0)
+    save_checkpoint(_full_checkpoint(TinyNet(), Config()), tmp_path / "src.pth")
+    with pytest.raises(CheckpointError, match=r"its head: shape mismatch: head\.weight: \(2, 4\)"):
+        ckpt_mod.load_initial_weights(WiderHeadNet(), tmp_path / "src.pth", Config(), ["head"])
+    backbone_only = {k: v for k, v in TinyNet().state_dict().items() if k.startswith("backbone")}
+    torch.save(backbone_only, tmp_path / "backbone.pth")
+    with pytest.raises(CheckpointError, match="missing in the checkpoint: head.weight, head.bias"):
+        ckpt_mod.load_initial_weights(TinyNet(), tmp_path / "backbone.pth", Config(), ["head"])
+    with pytest.raises(CheckpointError, match="its neck: the model has no such part"):
+        ckpt_mod.load_initial_weights(TinyNet(), tmp_path / "src.pth", Config(), ["neck"])
+    torch.save({"other.weight": torch.zeros(2)}, tmp_path / "unrelated.pth")
+    with pytest.raises(CheckpointError, match="no tensor of .* matches the model"):
+        ckpt_mod.load_initial_weights(TinyNet(), tmp_path / "unrelated.pth", Config())
+    with pytest.raises(CheckpointError, match="train.load_from: .*gone.pth does not exist"):
+        ckpt_mod.load_initial_weights(TinyNet(), tmp_path / "gone.pth", Config())
+
+
+def test_a_fresh_run_starts_from_load_from_and_a_resumed_run_ignores_it(tmp_path):
+    from train_helpers import toy_config, toy_parts
+
+    from tpvkit.engine.train import train
+
+    first = train(toy_config("train.max_iters=3"), tmp_path / "a", parts=toy_parts(dropout=0.0))
+    source = load_checkpoint_file(first)["model"]
+    held = {}
+
+    def build(cfg):
+        parts = toy_parts(dropout=0.0)(cfg)
+        held["before"] = {k: v.clone() for k, v in parts.model.state_dict().items()}
+        held["model"] = parts.model
+        return parts
+
+    cfg = toy_config(
+        "train.max_iters=1",
+        "optim.lr=0",
+        "optim.warmup_start_lr=0",
+        "optim.min_lr=0",
+        f"train.load_from={first}",
+        "train.load_from_modules=[backbone]",
+    )
+    train(cfg, tmp_path / "b", parts=build)
+    weights = held["model"].state_dict()  # lr 0: still the weights the run started from
+    assert torch.equal(weights["backbone.0.weight"], source["backbone.0.weight"])
+    assert torch.equal(weights["head.weight"], held["before"]["head.weight"])
+    assert not torch.equal(weights["head.weight"], source["head.weight"])
+    log = (tmp_path / "b" / "train.log").read_text()
+    assert f"initial weights from {first} (backbone): 2 tensors taken, 2 left as initialised" in log
+    # --resume continues from its own checkpoint: the file it started from is not read again.
+    for path in (tmp_path / "a").glob("*.pth"):
+        path.unlink()
+    longer = apply_overrides(cfg, ["train.max_iters=2"])
+    train(longer, tmp_path / "b", resume=True, parts=toy_parts(dropout=0.0))
+    assert (tmp_path / "b" / "train.log").read_text().count("initial weights from") == 1

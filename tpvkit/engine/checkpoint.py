@@ -551,3 +551,68 @@ def apply_model_weights(
         "epoch": meta.get("epoch"),
         "tpvkit_version": meta.get("tpvkit_version"),
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Initial weights of a fresh run (train.load_from)
+
+
+def load_initial_weights(
+    model: nn.Module, path: str | Path, cfg: Config, modules: list[str] | tuple[str, ...] = ()
+) -> tuple[int, list[str]]:
+    """Copy weights from the checkpoint at `path` into `model` before a fresh run trains it.
+
+    `modules` names the model parts to take (tpvkit.config.MODEL_PARTS): each must be in the
+    file whole, with the model's shapes, or the run is refused, naming the tensors. Without
+    `modules` every tensor whose name and shape match is taken. The rest of the model keeps its
+    fresh initialisation. The file is a tpvkit checkpoint (of any config), a public TPVFormer
+    checkpoint (mapped with `public_to_tpvkit`) or a plain state dict. Returns (tensors taken,
+    the model's tensors left as initialised).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"train.load_from: {path} does not exist; give the checkpoint to start from, or "
+            "leave train.load_from empty to start from scratch"
+        )
+    state, _ = _extract_state_dict(load_checkpoint_file(path), path)
+    state = strip_module_prefix(state)
+    target = unwrap_model(model)
+    own = target.state_dict()
+    if _is_public_layout(state, set(own)):
+        from tpvkit.models.checkpoint_keys import public_to_tpvkit
+
+        try:
+            state = public_to_tpvkit(state, cfg.model)
+        except TpvkitError as err:
+            message = f"train.load_from: public TPVFormer checkpoint {path}: {err}"
+            raise CheckpointError(message) from err
+    prefixes = tuple(f"{m}." for m in modules)
+    wanted = [k for k in own if not prefixes or k.startswith(prefixes)]
+    fits = [k for k in wanted if k in state and tuple(state[k].shape) == tuple(own[k].shape)]
+    if prefixes:
+        absent = [k for k in wanted if k not in state]
+        shapes = [
+            f"{k}: {tuple(state[k].shape)} (checkpoint) vs {tuple(own[k].shape)} (model)"
+            for k in wanted
+            if k in state and k not in fits
+        ]
+        if absent or shapes or not wanted:
+            problems = [f"shape mismatch: {_listing(shapes)}"] if shapes else []
+            if absent:
+                problems.append(f"missing in the checkpoint: {_listing(absent)}")
+            if not wanted:
+                problems.append("the model has no such part")
+            raise CheckpointError(
+                f"train.load_from: {path} cannot give the model built from '{cfg.name}' its "
+                f"{', '.join(modules)}: " + "; ".join(problems) + ". Name the parts that match "
+                "in train.load_from_modules, or leave it empty to take what matches"
+            )
+    if not fits:
+        raise CheckpointError(
+            f"train.load_from: no tensor of {path} matches the model built from '{cfg.name}' by "
+            "name and shape; is it a checkpoint of this kind of model?"
+        )
+    target.load_state_dict({k: state[k] for k in fits}, strict=False)
+    taken = set(fits)
+    return len(fits), [k for k in own if k not in taken]

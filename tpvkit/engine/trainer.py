@@ -35,6 +35,7 @@ from tpvkit.engine.checkpoint import (
     config_differences,
     format_config_differences,
     iter_checkpoint_name,
+    load_initial_weights,
     load_resume_checkpoint,
     resume_command,
     rotate_checkpoints,
@@ -354,12 +355,26 @@ class Trainer:
         finally:
             log.close()
 
+    def _load_initial_weights(self, log: RunLog) -> None:
+        """train.load_from: a fresh run starts from another checkpoint's weights (in place, so
+        the optimiser and a DDP wrapper keep the same parameters; every rank reads the file)."""
+        tc = self.cfg.train
+        taken, kept = load_initial_weights(self.model, tc.load_from, self.cfg, tc.load_from_modules)
+        parts = ", ".join(tc.load_from_modules) or "every tensor that matches"
+        log.info(
+            f"initial weights from {tc.load_from} ({parts}): {taken} tensors taken, {len(kept)} "
+            "left as initialised"
+            + (f" ({', '.join(sorted({k.split('.')[0] for k in kept}))})" if kept else "")
+        )
+
     def _run(self, model: nn.Module, log: RunLog, hooks: list[Hook]) -> TrainOutcome:
         ctx, tc = self.ctx, self.cfg.train
         if self.resume and self.resumed_from is None:
             log.info(f"--resume: no checkpoint in {self.work_dir}, starting from scratch")
         elif self.resumed_from is not None:
             log.info(f"resumed from {self.resumed_from} at iteration {self.iteration}")
+        if self.resumed_from is None and tc.load_from:
+            self._load_initial_weights(log)
         for message in self.warn_later:
             log.info(f"warning: {message}")
         n_params = sum(p.numel() for p in self.params)
