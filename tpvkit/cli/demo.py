@@ -24,9 +24,9 @@ def demo(
         None,
         "--iters",
         min=1,
-        help="Training iterations of each model (default: 576 for lidarseg, 400 for "
-        "occupancy; 3-4 and about 6 min on the quiet 2-core development machine, more on "
-        "slower CPUs and under load).",
+        help="Training iterations of each model (default: 576 for lidarseg, 600 for "
+        "occupancy; about 3 and 5 min on the 2-core development machine, more on slower "
+        "CPUs and under load).",
     ),
     minutes: float = typer.Option(
         None, "--minutes", hidden=True, help="Deprecated and ignored: use --iters."
