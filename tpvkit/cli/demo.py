@@ -25,7 +25,7 @@ def demo(
         "--iters",
         min=1,
         help="Training iterations of each model (default: 576 for lidarseg, 600 for "
-        "occupancy; about 3 and 5 min on the 2-core development machine, more on slower "
+        "occupancy; about 3 and 4-5 min on the 2-core development machine, more on slower "
         "CPUs and under load).",
     ),
     minutes: float = typer.Option(
