@@ -467,6 +467,26 @@ def _extract_state_dict(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], 
     )
 
 
+def _state_in_tpvkit_names(
+    obj: Any, path: Path, target: nn.Module, cfg: Config
+) -> tuple[dict[str, torch.Tensor], str]:
+    """(state dict named as `target`'s parameters, "tpvkit" | "state_dict" | "public") of a
+    checkpoint already read: DDP's "module." prefix stripped, a public TPVFormer layout mapped
+    with `public_to_tpvkit` for `cfg.model`."""
+    state, _ = _extract_state_dict(obj, path)
+    state = strip_module_prefix(state)
+    source = "tpvkit" if is_tpvkit_checkpoint(obj) else "state_dict"
+    if _is_public_layout(state, set(target.state_dict())):
+        from tpvkit.models.checkpoint_keys import public_to_tpvkit
+
+        try:
+            state = public_to_tpvkit(state, cfg.model)
+        except TpvkitError as err:  # its message speaks of "the checkpoint": name the file
+            raise CheckpointError(f"public TPVFormer checkpoint {path}: {err}") from err
+        source = "public"
+    return state, source
+
+
 def _is_public_layout(state: Mapping[str, torch.Tensor], model_keys: set[str]) -> bool:
     own = sum(k in model_keys for k in state)
     public = sum(k.startswith(PUBLIC_PREFIXES) for k in state)
@@ -485,12 +505,20 @@ def state_dict_mismatches(
     own = unwrap_model(model).state_dict()
     missing = sorted(k for k in own if k not in state)
     unexpected = sorted(k for k in state if k not in own)
-    shapes = sorted(
-        f"{k}: {tuple(state[k].shape)} (checkpoint) vs {tuple(own[k].shape)} (model)"
-        for k in own
-        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
-    )
+    shapes = sorted(_shape_mismatch(k, state, own) for k in own if _misshaped(k, state, own))
     return missing, unexpected, shapes
+
+
+def _misshaped(
+    key: str, state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]
+) -> bool:
+    return key in state and tuple(state[key].shape) != tuple(own[key].shape)
+
+
+def _shape_mismatch(
+    key: str, state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]
+) -> str:
+    return f"{key}: {tuple(state[key].shape)} (checkpoint) vs {tuple(own[key].shape)} (model)"
 
 
 def load_model_weights(
@@ -515,20 +543,11 @@ def apply_model_weights(
 ) -> dict[str, Any]:
     """`load_model_weights` for a checkpoint already read with `load_checkpoint_file`."""
     path = Path(path)
-    state, stored_cfg = _extract_state_dict(obj, path)
+    _, stored_cfg = _extract_state_dict(obj, path)
     if check_config and stored_cfg is not None:
         check_contract(stored_cfg, cfg, path)
-    state = strip_module_prefix(state)
     target = unwrap_model(model)
-    source = "tpvkit" if is_tpvkit_checkpoint(obj) else "state_dict"
-    if _is_public_layout(state, set(target.state_dict())):
-        from tpvkit.models.checkpoint_keys import public_to_tpvkit
-
-        try:
-            state = public_to_tpvkit(state, cfg.model)
-        except TpvkitError as err:  # its message speaks of "the checkpoint": name the file
-            raise CheckpointError(f"public TPVFormer checkpoint {path}: {err}") from err
-        source = "public"
+    state, source = _state_in_tpvkit_names(obj, path, target, cfg)
     missing, unexpected, shapes = state_dict_mismatches(target, state)
     if missing or unexpected or shapes:
         parts = []
@@ -575,39 +594,28 @@ def load_initial_weights(
             f"train.load_from: {path} does not exist; give the checkpoint to start from, or "
             "leave train.load_from empty to start from scratch"
         )
-    state, _ = _extract_state_dict(load_checkpoint_file(path), path)
-    state = strip_module_prefix(state)
     target = unwrap_model(model)
-    own = target.state_dict()
-    if _is_public_layout(state, set(own)):
-        from tpvkit.models.checkpoint_keys import public_to_tpvkit
-
-        try:
-            state = public_to_tpvkit(state, cfg.model)
-        except TpvkitError as err:
-            message = f"train.load_from: public TPVFormer checkpoint {path}: {err}"
-            raise CheckpointError(message) from err
+    try:
+        state, _ = _state_in_tpvkit_names(load_checkpoint_file(path), path, target, cfg)
+    except CheckpointError as err:
+        raise CheckpointError(f"train.load_from: {err}") from err
     prefixes = tuple(f"{m}." for m in modules)
+    own = target.state_dict()
     wanted = [k for k in own if not prefixes or k.startswith(prefixes)]
-    fits = [k for k in wanted if k in state and tuple(state[k].shape) == tuple(own[k].shape)]
-    if prefixes:
-        absent = [k for k in wanted if k not in state]
-        shapes = [
-            f"{k}: {tuple(state[k].shape)} (checkpoint) vs {tuple(own[k].shape)} (model)"
-            for k in wanted
-            if k in state and k not in fits
-        ]
-        if absent or shapes or not wanted:
-            problems = [f"shape mismatch: {_listing(shapes)}"] if shapes else []
-            if absent:
-                problems.append(f"missing in the checkpoint: {_listing(absent)}")
-            if not wanted:
-                problems.append("the model has no such part")
-            raise CheckpointError(
-                f"train.load_from: {path} cannot give the model built from '{cfg.name}' its "
-                f"{', '.join(modules)}: " + "; ".join(problems) + ". Name the parts that match "
-                "in train.load_from_modules, or leave it empty to take what matches"
-            )
+    missing = [k for k in wanted if k not in state]
+    shapes = [_shape_mismatch(k, state, own) for k in wanted if _misshaped(k, state, own)]
+    fits = [k for k in wanted if k in state and not _misshaped(k, state, own)]
+    if prefixes and (missing or shapes or not wanted):
+        problems = [f"shape mismatch: {_listing(shapes)}"] if shapes else []
+        if missing:
+            problems.append(f"missing in the checkpoint: {_listing(missing)}")
+        if not wanted:
+            problems.append("the model has no such part")
+        raise CheckpointError(
+            f"train.load_from: {path} cannot give the model built from '{cfg.name}' its "
+            f"{', '.join(modules)}: " + "; ".join(problems) + ". Name the parts that match "
+            "in train.load_from_modules, or leave it empty to take what matches"
+        )
     if not fits:
         raise CheckpointError(
             f"train.load_from: no tensor of {path} matches the model built from '{cfg.name}' by "
@@ -615,4 +623,4 @@ def load_initial_weights(
         )
     target.load_state_dict({k: state[k] for k in fits}, strict=False)
     taken = set(fits)
-    return len(fits), [k for k in own if k not in taken]
+    return len(taken), [k for k in own if k not in taken]
