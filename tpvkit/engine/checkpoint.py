@@ -543,9 +543,8 @@ def apply_model_weights(
 ) -> dict[str, Any]:
     """`load_model_weights` for a checkpoint already read with `load_checkpoint_file`."""
     path = Path(path)
-    _, stored_cfg = _extract_state_dict(obj, path)
-    if check_config and stored_cfg is not None:
-        check_contract(stored_cfg, cfg, path)
+    if check_config and is_tpvkit_checkpoint(obj) and obj.get("config") is not None:
+        check_contract(obj["config"], cfg, path)
     target = unwrap_model(model)
     state, source = _state_in_tpvkit_names(obj, path, target, cfg)
     missing, unexpected, shapes = state_dict_mismatches(target, state)
