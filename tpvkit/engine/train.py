@@ -341,7 +341,13 @@ def run_training(
             import yaml
 
             atomic_write_text(work_dir / CONFIG_FILE, yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        return trainer.run()
+        outcome = trainer.run()
+        # Every rank finishes its collectives before any of them tears the group down: without
+        # this, a rank that destroys the group first can abort another at exit ("terminate
+        # called without an active exception", seen once in a two-rank CPU test). Only on the
+        # way out of a finished run: after an error the other ranks may never arrive.
+        barrier(ctx)
+        return outcome
     finally:
         cleanup_distributed(ctx)
 
