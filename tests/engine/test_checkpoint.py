@@ -402,3 +402,14 @@ def test_a_fresh_run_starts_from_load_from_and_a_resumed_run_ignores_it(tmp_path
     longer = apply_overrides(cfg, ["train.max_iters=2"])
     train(longer, tmp_path / "b", resume=True, parts=toy_parts(dropout=0.0))
     assert (tmp_path / "b" / "train.log").read_text().count("initial weights from") == 1
+
+
+def test_a_missing_load_from_is_refused_before_the_work_dir_gets_a_file(tmp_path):
+    from train_helpers import toy_config, toy_parts
+
+    from tpvkit.engine.train import train
+
+    cfg = toy_config(f"train.load_from={tmp_path / 'gone.pth'}")
+    with pytest.raises(CheckpointError, match="gone.pth does not exist"):
+        train(cfg, tmp_path / "run", parts=toy_parts())
+    assert not (tmp_path / "run").exists()

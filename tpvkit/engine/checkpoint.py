@@ -575,6 +575,17 @@ def apply_model_weights(
 # Initial weights of a fresh run (train.load_from)
 
 
+def check_load_from(path: str | Path) -> Path:
+    """train.load_from's file, refused with the fix when it does not exist."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"train.load_from: {path} does not exist; give the checkpoint to start from, or "
+            "leave train.load_from empty to start from scratch"
+        )
+    return path
+
+
 def load_initial_weights(
     model: nn.Module, path: str | Path, cfg: Config, modules: list[str] | tuple[str, ...] = ()
 ) -> tuple[int, list[str]]:
@@ -587,12 +598,7 @@ def load_initial_weights(
     checkpoint (mapped with `public_to_tpvkit`) or a plain state dict. Returns (tensors taken,
     the model's tensors left as initialised).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(
-            f"train.load_from: {path} does not exist; give the checkpoint to start from, or "
-            "leave train.load_from empty to start from scratch"
-        )
+    path = check_load_from(path)
     target = unwrap_model(model)
     try:
         state, _ = _state_in_tpvkit_names(load_checkpoint_file(path), path, target, cfg)

@@ -33,6 +33,7 @@ from tpvkit.config import (
     to_dict,
 )
 from tpvkit.engine.checkpoint import (
+    check_load_from,
     config_differences,
     find_resume_checkpoint,
     load_resume_checkpoint,
@@ -321,8 +322,11 @@ def run_training(
     work_dir = Path(work_dir)
     ctx = init_distributed(cfg.train.device)
     try:
+        fresh = find_resume_checkpoint(work_dir) is None
+        if cfg.train.load_from and fresh:  # before the work dir gets any file
+            check_load_from(cfg.train.load_from)
         _prepare_work_dir(work_dir, ctx)
-        if not resume and find_resume_checkpoint(work_dir) is not None:
+        if not resume and not fresh:
             raise TpvkitError(
                 f"{work_dir} already holds checkpoints: pass --resume to continue that run, "
                 "or choose a new --work-dir"
