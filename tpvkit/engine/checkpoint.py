@@ -469,11 +469,11 @@ def _extract_state_dict(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], 
 
 def _state_in_tpvkit_names(
     obj: Any, path: Path, target: nn.Module, cfg: Config
-) -> tuple[dict[str, torch.Tensor], str]:
-    """(state dict named as `target`'s parameters, "tpvkit" | "state_dict" | "public") of a
-    checkpoint already read: DDP's "module." prefix stripped, a public TPVFormer layout mapped
-    with `public_to_tpvkit` for `cfg.model`."""
-    state, _ = _extract_state_dict(obj, path)
+) -> tuple[dict[str, torch.Tensor], str, Any]:
+    """(state dict named as `target`'s parameters, "tpvkit" | "state_dict" | "public", stored
+    config dict or None) of a checkpoint already read: DDP's "module." prefix stripped, a public
+    TPVFormer layout mapped with `public_to_tpvkit` for `cfg.model`."""
+    state, stored_cfg = _extract_state_dict(obj, path)
     state = strip_module_prefix(state)
     source = "tpvkit" if is_tpvkit_checkpoint(obj) else "state_dict"
     if _is_public_layout(state, set(target.state_dict())):
@@ -484,7 +484,7 @@ def _state_in_tpvkit_names(
         except TpvkitError as err:  # its message speaks of "the checkpoint": name the file
             raise CheckpointError(f"public TPVFormer checkpoint {path}: {err}") from err
         source = "public"
-    return state, source
+    return state, source, stored_cfg
 
 
 def _is_public_layout(state: Mapping[str, torch.Tensor], model_keys: set[str]) -> bool:
@@ -543,10 +543,10 @@ def apply_model_weights(
 ) -> dict[str, Any]:
     """`load_model_weights` for a checkpoint already read with `load_checkpoint_file`."""
     path = Path(path)
-    if check_config and is_tpvkit_checkpoint(obj) and obj.get("config") is not None:
-        check_contract(obj["config"], cfg, path)
     target = unwrap_model(model)
-    state, source = _state_in_tpvkit_names(obj, path, target, cfg)
+    state, source, stored_cfg = _state_in_tpvkit_names(obj, path, target, cfg)
+    if check_config and stored_cfg is not None:
+        check_contract(stored_cfg, cfg, path)
     missing, unexpected, shapes = state_dict_mismatches(target, state)
     if missing or unexpected or shapes:
         parts = []
@@ -601,7 +601,7 @@ def load_initial_weights(
     path = check_load_from(path)
     target = unwrap_model(model)
     try:
-        state, _ = _state_in_tpvkit_names(load_checkpoint_file(path), path, target, cfg)
+        state, _, _ = _state_in_tpvkit_names(load_checkpoint_file(path), path, target, cfg)
     except CheckpointError as err:
         raise CheckpointError(f"train.load_from: {err}") from err
     prefixes = tuple(f"{m}." for m in modules)
